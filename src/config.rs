@@ -1,0 +1,377 @@
+//! Every setting: a `--flag`, a `STOMPEDE_*` env var and a key in the TOML
+//! file given by `--config`. Flags beat env beat file beat defaults.
+
+use clap::Parser;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Settings as given (each optional); resolved into a [`Config`].
+///
+/// The same struct is parsed from the command line (with env fallbacks) and
+/// from the TOML file, so a setting cannot exist in one place and not the other.
+#[derive(Debug, Default, Clone, Parser, Deserialize)]
+#[command(name = "stompede", version, about = "A STOMP-over-WebSocket broker for live comments")]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Settings {
+    /// TOML file with settings (keys are the flag names without `--`).
+    #[arg(long, env = "STOMPEDE_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on for WebSocket and HTTP. [default: 127.0.0.1:8080]
+    #[arg(long, env = "STOMPEDE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// Path of the WebSocket endpoint. [default: /ws]
+    #[arg(long, env = "STOMPEDE_WS_PATH")]
+    pub ws_path: Option<String>,
+
+    /// Bearer token required by /api/v1/*. Without one, only loopback peers may call the API. [default: none]
+    #[arg(long, env = "STOMPEDE_API_TOKEN")]
+    pub api_token: Option<String>,
+
+    /// Whether STOMP clients may SEND: `deny` or `allow`. [default: deny]
+    #[arg(long, env = "STOMPEDE_CLIENT_SEND")]
+    pub client_send: Option<ClientSend>,
+
+    /// A `login:passcode` that CONNECT must match (repeatable). With none, anonymous sessions are accepted.
+    #[arg(long = "user", env = "STOMPEDE_USER", value_delimiter = ',')]
+    #[serde(default, rename = "user")]
+    pub users: Vec<String>,
+
+    /// An allowed browser `Origin` for the WebSocket handshake (repeatable; `*` allows any).
+    /// Without one, requests without `Origin` and same-host origins are accepted.
+    #[arg(long = "allowed-origin", env = "STOMPEDE_ALLOWED_ORIGIN", value_delimiter = ',')]
+    #[serde(default, rename = "allowed-origin")]
+    pub allowed_origins: Vec<String>,
+
+    /// Largest STOMP frame a client may send, and largest body the HTTP API accepts, in bytes. [default: 65536]
+    #[arg(long, env = "STOMPEDE_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+
+    /// Largest HTTP API request body, in bytes. [default: 262144]
+    #[arg(long, env = "STOMPEDE_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+
+    /// Most headers in one client frame (and in one HTTP publish). [default: 64]
+    #[arg(long, env = "STOMPEDE_MAX_HEADERS")]
+    pub max_headers: Option<usize>,
+
+    /// Longest header line in a client frame, in bytes. [default: 8192]
+    #[arg(long, env = "STOMPEDE_MAX_HEADER_LINE_BYTES")]
+    pub max_header_line_bytes: Option<usize>,
+
+    /// Most open WebSocket sessions; the next upgrade is refused with 503. [default: 16384]
+    #[arg(long, env = "STOMPEDE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Most connections still speaking HTTP (API calls, handshakes in progress); past it, new ones wait in the listen backlog. [default: 1024]
+    #[arg(long, env = "STOMPEDE_MAX_HTTP_CONNECTIONS")]
+    pub max_http_connections: Option<usize>,
+
+    /// Most subscriptions one session may hold. [default: 64]
+    #[arg(long, env = "STOMPEDE_MAX_SUBSCRIPTIONS_PER_SESSION")]
+    pub max_subscriptions_per_session: Option<usize>,
+
+    /// Most SEND/ACK/NACK frames buffered by a session's open transactions. [default: 256]
+    #[arg(long, env = "STOMPEDE_MAX_TRANSACTION_FRAMES")]
+    pub max_transaction_frames: Option<usize>,
+
+    /// The server's heart-beat `cx,cy` in milliseconds: how often it can send, how often it wants to hear. [default: 10000,10000]
+    #[arg(long, env = "STOMPEDE_HEARTBEAT")]
+    pub heartbeat: Option<String>,
+
+    /// Seconds a new WebSocket may take to send CONNECT. [default: 10]
+    #[arg(long, env = "STOMPEDE_CONNECT_TIMEOUT")]
+    pub connect_timeout: Option<f64>,
+
+    /// Seconds a client may take to send its HTTP request headers (handshake included). [default: 10]
+    #[arg(long, env = "STOMPEDE_HANDSHAKE_TIMEOUT")]
+    pub handshake_timeout: Option<f64>,
+
+    /// Most frames waiting in one connection's outbound queue. [default: 1024]
+    #[arg(long, env = "STOMPEDE_OUTBOUND_QUEUE_FRAMES")]
+    pub outbound_queue_frames: Option<usize>,
+
+    /// Most bytes waiting in one connection's outbound queue. [default: 1048576]
+    #[arg(long, env = "STOMPEDE_OUTBOUND_QUEUE_BYTES")]
+    pub outbound_queue_bytes: Option<usize>,
+
+    /// What happens to a subscriber whose outbound queue is full: `disconnect` (ERROR "slow consumer", then close) or `drop` (the message is dropped for it and counted). [default: disconnect]
+    #[arg(long, env = "STOMPEDE_SLOW_CONSUMER")]
+    pub slow_consumer: Option<SlowConsumerPolicy>,
+
+    /// WebSocket read buffer per connection, in bytes (allocated for every connection). [default: 4096]
+    #[arg(long, env = "STOMPEDE_WS_READ_BUFFER_BYTES")]
+    pub ws_read_buffer_bytes: Option<usize>,
+
+    /// Bytes queued in a connection's WebSocket write buffer before they are written out. [default: 16384]
+    #[arg(long, env = "STOMPEDE_WS_WRITE_BUFFER_BYTES")]
+    pub ws_write_buffer_bytes: Option<usize>,
+
+    /// Seconds to wait for sessions to close on SIGINT/SIGTERM before exiting. [default: 5]
+    #[arg(long, env = "STOMPEDE_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<f64>,
+
+    /// Log format: `text` or `json`. [default: text]
+    #[arg(long, env = "STOMPEDE_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientSend {
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlowConsumerPolicy {
+    Disconnect,
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A configured `login:passcode`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub login: String,
+    pub passcode: String,
+}
+
+/// The resolved configuration the broker runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub ws_path: String,
+    pub api_token: Option<String>,
+    pub client_send: ClientSend,
+    pub users: Vec<User>,
+    pub allowed_origins: Vec<String>,
+    pub max_frame_bytes: usize,
+    pub max_request_bytes: usize,
+    pub max_headers: usize,
+    pub max_header_line_bytes: usize,
+    pub max_connections: usize,
+    pub max_http_connections: usize,
+    pub max_subscriptions_per_session: usize,
+    pub max_transaction_frames: usize,
+    /// How often the server can send heart-beats (0: never).
+    pub heartbeat_send: Duration,
+    /// How often the server wants to hear from clients (0: no check).
+    pub heartbeat_receive: Duration,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub outbound_queue_frames: usize,
+    pub outbound_queue_bytes: usize,
+    pub slow_consumer: SlowConsumerPolicy,
+    pub ws_read_buffer_bytes: usize,
+    pub ws_write_buffer_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            ws_path: "/ws".into(),
+            api_token: None,
+            client_send: ClientSend::Deny,
+            users: Vec::new(),
+            allowed_origins: Vec::new(),
+            max_frame_bytes: 64 * 1024,
+            max_request_bytes: 256 * 1024,
+            max_headers: 64,
+            max_header_line_bytes: 8192,
+            max_connections: 16384,
+            max_http_connections: 1024,
+            max_subscriptions_per_session: 64,
+            max_transaction_frames: 256,
+            heartbeat_send: Duration::from_secs(10),
+            heartbeat_receive: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            outbound_queue_frames: 1024,
+            outbound_queue_bytes: 1024 * 1024,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            ws_read_buffer_bytes: 4096,
+            ws_write_buffer_bytes: 16 * 1024,
+            shutdown_grace: Duration::from_secs(5),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("invalid {setting}: {reason}")]
+    Invalid { setting: &'static str, reason: String },
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { setting, reason: reason.into() }
+}
+
+impl Settings {
+    /// Fills every setting not given here from `lower`.
+    fn or(self, lower: Settings) -> Settings {
+        fn list<T>(high: Vec<T>, low: Vec<T>) -> Vec<T> {
+            if high.is_empty() {
+                low
+            } else {
+                high
+            }
+        }
+        Settings {
+            config: self.config.or(lower.config),
+            listen: self.listen.or(lower.listen),
+            ws_path: self.ws_path.or(lower.ws_path),
+            api_token: self.api_token.or(lower.api_token),
+            client_send: self.client_send.or(lower.client_send),
+            users: list(self.users, lower.users),
+            allowed_origins: list(self.allowed_origins, lower.allowed_origins),
+            max_frame_bytes: self.max_frame_bytes.or(lower.max_frame_bytes),
+            max_request_bytes: self.max_request_bytes.or(lower.max_request_bytes),
+            max_headers: self.max_headers.or(lower.max_headers),
+            max_header_line_bytes: self.max_header_line_bytes.or(lower.max_header_line_bytes),
+            max_connections: self.max_connections.or(lower.max_connections),
+            max_http_connections: self.max_http_connections.or(lower.max_http_connections),
+            max_subscriptions_per_session: self
+                .max_subscriptions_per_session
+                .or(lower.max_subscriptions_per_session),
+            max_transaction_frames: self.max_transaction_frames.or(lower.max_transaction_frames),
+            heartbeat: self.heartbeat.or(lower.heartbeat),
+            connect_timeout: self.connect_timeout.or(lower.connect_timeout),
+            handshake_timeout: self.handshake_timeout.or(lower.handshake_timeout),
+            outbound_queue_frames: self.outbound_queue_frames.or(lower.outbound_queue_frames),
+            outbound_queue_bytes: self.outbound_queue_bytes.or(lower.outbound_queue_bytes),
+            slow_consumer: self.slow_consumer.or(lower.slow_consumer),
+            ws_read_buffer_bytes: self.ws_read_buffer_bytes.or(lower.ws_read_buffer_bytes),
+            ws_write_buffer_bytes: self.ws_write_buffer_bytes.or(lower.ws_write_buffer_bytes),
+            shutdown_grace: self.shutdown_grace.or(lower.shutdown_grace),
+            log_format: self.log_format.or(lower.log_format),
+        }
+    }
+
+    /// Flags and env (already in `self`) over the TOML file over defaults.
+    pub fn load(self) -> Result<Config, ConfigError> {
+        let settings = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                let file: Settings =
+                    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.clone(), source })?;
+                self.or(file)
+            }
+            None => self,
+        };
+        settings.resolve()
+    }
+
+    /// Resolves these settings over the defaults, without reading any file.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let d = Config::default();
+        let (heartbeat_send, heartbeat_receive) = match &self.heartbeat {
+            Some(text) => parse_heartbeat(text).ok_or_else(|| invalid("heartbeat", format!("{text:?} is not `cx,cy` in milliseconds")))?,
+            None => (d.heartbeat_send, d.heartbeat_receive),
+        };
+        let users = self
+            .users
+            .iter()
+            .map(|user| {
+                user.split_once(':')
+                    .map(|(login, passcode)| User { login: login.into(), passcode: passcode.into() })
+                    .ok_or_else(|| invalid("user", format!("{user:?} is not login:passcode")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let config = Config {
+            listen: self.listen.unwrap_or(d.listen),
+            ws_path: self.ws_path.unwrap_or(d.ws_path),
+            api_token: self.api_token.filter(|token| !token.is_empty()),
+            client_send: self.client_send.unwrap_or(d.client_send),
+            users,
+            allowed_origins: self.allowed_origins,
+            max_frame_bytes: self.max_frame_bytes.unwrap_or(d.max_frame_bytes),
+            max_request_bytes: self.max_request_bytes.unwrap_or(d.max_request_bytes),
+            max_headers: self.max_headers.unwrap_or(d.max_headers),
+            max_header_line_bytes: self.max_header_line_bytes.unwrap_or(d.max_header_line_bytes),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_http_connections: self.max_http_connections.unwrap_or(d.max_http_connections),
+            max_subscriptions_per_session: self
+                .max_subscriptions_per_session
+                .unwrap_or(d.max_subscriptions_per_session),
+            max_transaction_frames: self.max_transaction_frames.unwrap_or(d.max_transaction_frames),
+            heartbeat_send,
+            heartbeat_receive,
+            connect_timeout: seconds("connect-timeout", self.connect_timeout, d.connect_timeout)?,
+            handshake_timeout: seconds("handshake-timeout", self.handshake_timeout, d.handshake_timeout)?,
+            outbound_queue_frames: self.outbound_queue_frames.unwrap_or(d.outbound_queue_frames),
+            outbound_queue_bytes: self.outbound_queue_bytes.unwrap_or(d.outbound_queue_bytes),
+            slow_consumer: self.slow_consumer.unwrap_or(d.slow_consumer),
+            ws_read_buffer_bytes: self.ws_read_buffer_bytes.unwrap_or(d.ws_read_buffer_bytes),
+            ws_write_buffer_bytes: self.ws_write_buffer_bytes.unwrap_or(d.ws_write_buffer_bytes),
+            shutdown_grace: seconds("shutdown-grace", self.shutdown_grace, d.shutdown_grace)?,
+            log_format: self.log_format.unwrap_or(d.log_format),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.ws_path.starts_with('/') || self.ws_path.starts_with("/api/") {
+            return Err(invalid("ws-path", "must start with / and not be under /api/"));
+        }
+        for (setting, value) in [
+            ("max-frame-bytes", self.max_frame_bytes),
+            ("max-request-bytes", self.max_request_bytes),
+            ("max-headers", self.max_headers),
+            ("max-header-line-bytes", self.max_header_line_bytes),
+            ("max-connections", self.max_connections),
+            ("max-http-connections", self.max_http_connections),
+            ("max-subscriptions-per-session", self.max_subscriptions_per_session),
+            ("outbound-queue-frames", self.outbound_queue_frames),
+            ("outbound-queue-bytes", self.outbound_queue_bytes),
+            ("ws-read-buffer-bytes", self.ws_read_buffer_bytes),
+        ] {
+            if value == 0 {
+                return Err(invalid(setting, "must be greater than 0"));
+            }
+        }
+        if self.connect_timeout.is_zero() || self.handshake_timeout.is_zero() {
+            return Err(invalid("connect-timeout/handshake-timeout", "must be greater than 0"));
+        }
+        Ok(())
+    }
+}
+
+fn seconds(setting: &'static str, value: Option<f64>, default: Duration) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(s) => Duration::try_from_secs_f64(s).map_err(|_| invalid(setting, format!("{s} is not a number of seconds"))),
+    }
+}
+
+/// Parses `cx,cy` in milliseconds.
+pub fn parse_heartbeat(text: &str) -> Option<(Duration, Duration)> {
+    let (cx, cy) = text.split_once(',')?;
+    let cx: u64 = cx.trim().parse().ok()?;
+    let cy: u64 = cy.trim().parse().ok()?;
+    Some((Duration::from_millis(cx), Duration::from_millis(cy)))
+}

@@ -1,0 +1,67 @@
+//! Publishing: a message is prepared once per destination and handed to each
+//! subscriber's outbox. Nothing here waits: a full outbox is a slow consumer.
+//!
+//! This is the one publishing path: the HTTP API and client SEND both call
+//! [`Broker::publish`](crate::Broker::publish). A clustered engine (Redis
+//! pub/sub) would sit behind the same call.
+
+use crate::config::SlowConsumerPolicy;
+use crate::outbox::{Delivery, OutboxState, PushError};
+use crate::registry::Registry;
+use crate::stats::Stats;
+use bytes::Bytes;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+use stompede_protocol::{Headers, PreparedMessage};
+
+/// Headers the broker sets itself; a publisher's values for them are dropped.
+pub const RESERVED_HEADERS: &[&str] =
+    &["subscription", "message-id", "destination", "receipt", "transaction", "content-length", "ack"];
+
+pub fn is_reserved(name: &str) -> bool {
+    RESERVED_HEADERS.contains(&name)
+}
+
+/// Builds the shared MESSAGE: broker headers first, then the publisher's.
+pub fn prepare(destination: &str, message_id: &str, publisher_headers: &Headers, body: Bytes) -> PreparedMessage {
+    let mut headers = Headers::with_capacity(publisher_headers.len() + 2);
+    headers.push("destination", destination);
+    headers.push("message-id", message_id);
+    for (name, value) in publisher_headers.iter() {
+        if !is_reserved(name) {
+            headers.push(name, value);
+        }
+    }
+    PreparedMessage::new(headers, body)
+}
+
+/// Queues `message` for every subscriber of `destination`; returns how many
+/// subscribers the destination had.
+pub fn deliver(
+    registry: &Registry,
+    destination: &str,
+    message: &Arc<PreparedMessage>,
+    policy: SlowConsumerPolicy,
+    stats: &Stats,
+) -> usize {
+    let published_at = Instant::now();
+    let mut delivered = 0u64;
+    let subscribers = registry.for_each_subscriber(destination, |subscriber| {
+        match subscriber.outbox.push(Delivery::new(message.clone(), subscriber, published_at)) {
+            Ok(()) => delivered += 1,
+            Err(PushError::Closed) => {}
+            Err(PushError::Full) => match policy {
+                SlowConsumerPolicy::Disconnect => {
+                    subscriber.outbox.set_state(OutboxState::SlowConsumer);
+                    stats.slow_consumer_disconnects.fetch_add(1, Relaxed);
+                }
+                SlowConsumerPolicy::Drop => {
+                    stats.slow_consumer_drops.fetch_add(1, Relaxed);
+                }
+            },
+        }
+    });
+    stats.deliveries_queued.fetch_add(delivered, Relaxed);
+    subscribers
+}

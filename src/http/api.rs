@@ -1,0 +1,184 @@
+//! `/api/v1/*`: how the comment API publishes, and how anyone reads counts.
+
+use super::{error, json, method_not_allowed, HttpResponse};
+use crate::broker::Broker;
+use crate::destination;
+use crate::fanout;
+use crate::session::state::constant_time_eq;
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{header, Method, Request, StatusCode};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use stompede_protocol::Headers;
+
+/// The body of `POST /api/v1/publish` and `POST /api/v1/broadcast`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    /// Publish: the one destination.
+    destination: Option<String>,
+    /// Broadcast: every destination.
+    destinations: Option<Vec<String>>,
+    /// A string is sent as is (text/plain); anything else as compact JSON.
+    body: Option<serde_json::Value>,
+    /// A binary body, base64-encoded (application/octet-stream).
+    body_base64: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request<Incoming>) -> HttpResponse {
+    if let Err(response) = authorize(&broker, peer, &request) {
+        return response;
+    }
+    let path = request.uri().path();
+    if let Some(encoded) = path.strip_prefix("/api/v1/destinations/") {
+        if request.method() != Method::GET {
+            return method_not_allowed("GET");
+        }
+        return destination_info(&broker, encoded);
+    }
+    let broadcast = match path {
+        "/api/v1/publish" => false,
+        "/api/v1/broadcast" => true,
+        _ => return error(StatusCode::NOT_FOUND, format!("no route for {path}")),
+    };
+    if request.method() != Method::POST {
+        return method_not_allowed("POST");
+    }
+    let body = match read_body(&broker, request).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let request: PublishRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+    };
+    match publish(&broker, request, broadcast) {
+        Ok(response) => response,
+        Err(message) => error(StatusCode::BAD_REQUEST, message),
+    }
+}
+
+fn authorize(broker: &Broker, peer: SocketAddr, request: &Request<Incoming>) -> Result<(), HttpResponse> {
+    let Some(token) = &broker.config.api_token else {
+        if peer.ip().is_loopback() || peer.ip().to_canonical().is_loopback() {
+            return Ok(());
+        }
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "the API only accepts loopback clients unless an api-token is configured",
+        ));
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match given {
+        None => {
+            let mut response = error(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer token");
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            Err(response)
+        }
+        Some(given) if constant_time_eq(given.trim(), token) => Ok(()),
+        Some(_) => Err(error(StatusCode::FORBIDDEN, "invalid API token")),
+    }
+}
+
+async fn read_body(broker: &Broker, request: Request<Incoming>) -> Result<Bytes, HttpResponse> {
+    let limit = broker.config.max_request_bytes;
+    let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds {limit} bytes (max-request-bytes)"));
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, format!("cannot read request body: {e}"))),
+    }
+}
+
+fn publish(broker: &Broker, request: PublishRequest, broadcast: bool) -> Result<HttpResponse, String> {
+    let destinations: Vec<String> = match (broadcast, request.destination, request.destinations) {
+        (false, Some(destination), None) => vec![destination],
+        (false, _, _) => return Err("publish needs \"destination\" (use /api/v1/broadcast for \"destinations\")".into()),
+        (true, None, Some(mut destinations)) => {
+            destinations.sort();
+            destinations.dedup();
+            if destinations.is_empty() {
+                return Err("\"destinations\" is empty".into());
+            }
+            destinations
+        }
+        (true, _, _) => return Err("broadcast needs \"destinations\" (a list), not \"destination\"".into()),
+    };
+    for destination in &destinations {
+        destination::validate(destination).map_err(|reason| format!("{reason}: {destination:?}"))?;
+    }
+    let (body, default_content_type) = match (request.body, request.body_base64) {
+        (Some(serde_json::Value::String(text)), None) => (Bytes::from(text), "text/plain;charset=utf-8"),
+        (Some(value), None) => (Bytes::from(value.to_string()), "application/json"),
+        (None, Some(encoded)) => (
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map(Bytes::from)
+                .map_err(|e| format!("body_base64 is not valid base64: {e}"))?,
+            "application/octet-stream",
+        ),
+        (None, None) => return Err("missing \"body\" (or \"body_base64\")".into()),
+        (Some(_), Some(_)) => return Err("give either \"body\" or \"body_base64\", not both".into()),
+    };
+    let max_body = broker.config.max_frame_bytes;
+    if body.len() > max_body {
+        return Err(format!("message body is {} bytes; the limit is {max_body} (max-frame-bytes)", body.len()));
+    }
+    let mut headers = Headers::with_capacity(request.headers.len() + 1);
+    if !request.headers.contains_key("content-type") {
+        headers.push("content-type", default_content_type);
+    }
+    if request.headers.len() > broker.config.max_headers {
+        return Err(format!("too many headers: at most {}", broker.config.max_headers));
+    }
+    for (name, value) in request.headers {
+        if name.is_empty() || name.chars().chain(value.chars()).any(char::is_control) {
+            return Err(format!("header {name:?} must be non-empty and contain no control characters"));
+        }
+        if !fanout::is_reserved(&name) {
+            headers.push(name, value);
+        }
+    }
+    let destinations: Vec<&str> = destinations.iter().map(String::as_str).collect();
+    let published = broker.publish(&destinations, &headers, body);
+    Ok(json(
+        StatusCode::ACCEPTED,
+        serde_json::json!({ "message_id": published.message_id, "subscribers": published.subscribers }),
+    ))
+}
+
+fn destination_info(broker: &Broker, encoded: &str) -> HttpResponse {
+    let destination = match percent_encoding::percent_decode_str(encoded).decode_utf8() {
+        Ok(destination) => destination,
+        Err(_) => return error(StatusCode::BAD_REQUEST, "destination is not valid UTF-8 once percent-decoded"),
+    };
+    if let Err(reason) = destination::validate(&destination) {
+        return error(StatusCode::BAD_REQUEST, reason);
+    }
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "destination": destination,
+            "subscribers": broker.registry.subscriber_count(&destination),
+        }),
+    )
+}

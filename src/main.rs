@@ -1,0 +1,48 @@
+use clap::Parser;
+use stompede::config::LogFormat;
+use stompede::Settings;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = match Settings::parse().load() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("stompede: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match config.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+    }
+    let listener = match stompede::bind(config.listen) {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("stompede: cannot listen on {}: {error}", config.listen);
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let address = listener.local_addr().unwrap_or(config.listen);
+    println!("stompede listening: WebSocket ws://{address}{} , HTTP API http://{address}/api/v1/", config.ws_path);
+    tracing::info!(%address, "listening");
+    stompede::run(config, listener, shutdown_signal()).await;
+    std::process::ExitCode::SUCCESS
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

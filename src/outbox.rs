@@ -1,0 +1,141 @@
+//! One connection's bounded outbound queue.
+//!
+//! Publishers push deliveries without waiting; the connection's writer drains
+//! everything queued at once and writes it in one batch. The queue is bounded
+//! both in frames and in bytes; a push that does not fit is refused, and the
+//! caller applies the slow-consumer policy.
+
+use crate::registry::Subscriber;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use stompede_protocol::PreparedMessage;
+use tokio::sync::Notify;
+
+/// A MESSAGE waiting for one subscriber: the shared encoding plus the
+/// subscriber's own `subscription` (and `ack`) header, stamped when written.
+#[derive(Debug)]
+pub struct Delivery {
+    pub message: Arc<PreparedMessage>,
+    pub subscription: Arc<str>,
+    /// Whether the subscription wants an `ack` header (client ack modes).
+    pub ack: bool,
+    /// When the message was handed to the fan-out (for latency metrics).
+    pub published_at: std::time::Instant,
+    cost: usize,
+}
+
+impl Delivery {
+    pub fn new(message: Arc<PreparedMessage>, subscriber: &Subscriber, published_at: std::time::Instant) -> Delivery {
+        let cost = message.body().len() + subscriber.subscription.len() + 128;
+        Delivery { message, subscription: subscriber.subscription.clone(), ack: subscriber.ack, published_at, cost }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The queue is at its frame or byte limit.
+    Full,
+    /// The connection is closing; nothing more is queued for it.
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxState {
+    Open,
+    /// Disconnect as a slow consumer.
+    SlowConsumer,
+    Closed,
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    queue: Mutex<Queue>,
+    /// Wakes the writer when something is queued or the state changes.
+    pub ready: Notify,
+    /// Wakes the writer, even in the middle of a write, when the connection
+    /// must close (a slow consumer whose socket is not draining).
+    pub closing: Notify,
+    max_frames: usize,
+    max_bytes: usize,
+}
+
+#[derive(Debug)]
+struct Queue {
+    items: VecDeque<Delivery>,
+    bytes: usize,
+    state: OutboxState,
+}
+
+impl Outbox {
+    pub fn new(max_frames: usize, max_bytes: usize) -> Outbox {
+        Outbox {
+            queue: Mutex::new(Queue { items: VecDeque::new(), bytes: 0, state: OutboxState::Open }),
+            ready: Notify::new(),
+            closing: Notify::new(),
+            max_frames,
+            max_bytes,
+        }
+    }
+
+    // A std Mutex, not tokio's: it is held for a few instructions and never
+    // across an `.await`.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn push(&self, delivery: Delivery) -> Result<(), PushError> {
+        let mut queue = self.lock();
+        if queue.state != OutboxState::Open {
+            return Err(PushError::Closed);
+        }
+        // An empty queue accepts one delivery even over the byte limit, so a
+        // single large message can still get through.
+        if queue.items.len() >= self.max_frames
+            || (!queue.items.is_empty() && queue.bytes + delivery.cost > self.max_bytes)
+        {
+            return Err(PushError::Full);
+        }
+        let was_empty = queue.items.is_empty();
+        queue.bytes += delivery.cost;
+        queue.items.push_back(delivery);
+        drop(queue);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Marks the connection for disconnection and wakes its writer.
+    pub fn set_state(&self, state: OutboxState) {
+        let mut queue = self.lock();
+        if queue.state == OutboxState::Open {
+            queue.state = state;
+            queue.items.clear();
+            queue.bytes = 0;
+        }
+        drop(queue);
+        self.ready.notify_one();
+        self.closing.notify_one();
+    }
+
+    /// Moves everything queued into `batch` (which must be empty) and returns
+    /// the state. Swapping keeps both allocations for the next round.
+    pub fn drain_into(&self, batch: &mut VecDeque<Delivery>) -> OutboxState {
+        let mut queue = self.lock();
+        std::mem::swap(&mut queue.items, batch);
+        queue.bytes = 0;
+        // Give back memory after a burst so idle connections stay small.
+        if queue.items.capacity() > 64 {
+            queue.items = VecDeque::new();
+        }
+        queue.state
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

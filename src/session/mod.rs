@@ -1,0 +1,7 @@
+//! One STOMP session: [`state`] is the protocol state machine (frames in,
+//! frames out, no sockets); [`connection`] is the I/O loop around it.
+
+pub mod connection;
+pub mod state;
+
+pub use state::{Flow, Session};
