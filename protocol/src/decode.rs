@@ -1,4 +1,4 @@
-use crate::escape::unescape;
+use crate::escape::unescape_into;
 use crate::{Command, DecodeError, Frame, Headers, Version};
 use bytes::{Buf, BytesMut};
 
@@ -45,49 +45,46 @@ pub enum Item {
 /// calls the decoder remembers how far it has scanned and the headers it has
 /// already parsed, so bytes arriving one at a time cost O(1) each.
 ///
+/// The result does not depend on how the bytes are split between calls: the
+/// same input gives the same items and the same error whether it arrives
+/// whole or one byte at a time. When input breaks several rules, the error is
+/// about the earliest byte that broke one, so limits are enforced as soon as
+/// the byte that crosses them arrives.
+///
 /// After an error the stream is unusable: close the connection.
 #[derive(Debug)]
 pub struct Decoder {
     limits: Limits,
     version: Version,
-    state: State,
-}
-
-#[derive(Debug, Default)]
-enum State {
-    /// Between frames: the next byte starts a heart-beat or a command.
-    #[default]
-    Idle,
-    Head(Head),
-    Body(Body),
-}
-
-#[derive(Debug, Default)]
-struct Head {
-    command: Option<Command>,
-    headers: Headers,
-    content_length: Option<usize>,
-    /// Offset of the line being read.
-    line_start: usize,
-    /// Offset up to which the current line has been searched for LF.
-    scanned: usize,
+    /// The frame being read, if its first byte has arrived.
+    partial: Option<Partial>,
 }
 
 #[derive(Debug)]
-struct Body {
-    command: Command,
+struct Partial {
+    /// Set once the command line has been read.
+    command: Option<Command>,
     headers: Headers,
+    /// From the first `content-length` header.
     content_length: Option<usize>,
-    /// Offset of the first body byte.
+    /// Whether the blank line ending the headers has been read.
+    in_body: bool,
+    /// While reading the head, where the current line starts; then, where
+    /// the body starts.
     start: usize,
-    /// Offset up to which the body has been searched for NUL.
+    /// How far the current line (or the body) has been searched.
     scanned: usize,
 }
+
+/// Most header text reserved up front for one frame; more grows as needed.
+const HEADER_TEXT_RESERVE: usize = 256;
+/// Headers reserved up front for one frame.
+const HEADERS_RESERVE: usize = 8;
 
 impl Decoder {
     /// A decoder for STOMP 1.2 until told otherwise with [`set_version`](Self::set_version).
     pub fn new(limits: Limits) -> Decoder {
-        Decoder { limits, version: Version::V1_2, state: State::Idle }
+        Decoder { limits, version: Version::V1_2, partial: None }
     }
 
     /// Sets the negotiated version, which decides how header escapes are read.
@@ -112,92 +109,94 @@ impl Decoder {
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Item>, DecodeError> {
         let result = self.step(buf);
         if result.is_err() {
-            self.state = State::Idle;
+            self.partial = None;
         }
         result
     }
 
     fn step(&mut self, buf: &mut BytesMut) -> Result<Option<Item>, DecodeError> {
-        loop {
-            match &mut self.state {
-                State::Idle => match buf.first() {
-                    None => return Ok(None),
-                    Some(b'\n') => {
-                        buf.advance(1);
-                        return Ok(Some(Item::HeartBeat));
-                    }
-                    Some(b'\r') => match buf.get(1) {
-                        None => return Ok(None),
+        let partial = match &mut self.partial {
+            Some(partial) => partial,
+            None => match buf.first() {
+                None => return Ok(None),
+                Some(b'\n') => {
+                    buf.advance(1);
+                    return Ok(Some(Item::HeartBeat));
+                }
+                Some(b'\r') => {
+                    return match buf.get(1) {
+                        None => Ok(None),
                         Some(b'\n') => {
                             buf.advance(2);
-                            return Ok(Some(Item::HeartBeat));
+                            Ok(Some(Item::HeartBeat))
                         }
-                        Some(_) => return Err(DecodeError::CarriageReturnWithoutLineFeed),
-                    },
-                    Some(_) => self.state = State::Head(Head::default()),
-                },
-                State::Head(head) => {
-                    if !read_head(head, buf, self.limits, self.version)? {
-                        return Ok(None);
-                    }
-                    let head = std::mem::take(head);
-                    self.state = State::Body(Body {
-                        command: head.command.expect("read_head sets the command"),
-                        headers: head.headers,
-                        content_length: head.content_length,
-                        start: head.line_start,
-                        scanned: head.line_start,
-                    });
-                }
-                State::Body(body) => {
-                    let Some(len) = body_length(body, buf, self.limits)? else {
-                        return Ok(None);
+                        Some(_) => Err(DecodeError::CarriageReturnWithoutLineFeed),
                     };
-                    let State::Body(body) = std::mem::take(&mut self.state) else { unreachable!() };
-                    buf.advance(body.start);
-                    let bytes = buf.split_to(len).freeze();
-                    buf.advance(1); // the NUL
-                    return Ok(Some(Item::Frame(Frame {
-                        command: body.command,
-                        headers: body.headers,
-                        body: bytes,
-                    })));
                 }
+                Some(_) => self.partial.insert(Partial {
+                    command: None,
+                    headers: Headers::with_text_capacity(buf.len().min(HEADER_TEXT_RESERVE), HEADERS_RESERVE),
+                    content_length: None,
+                    in_body: false,
+                    start: 0,
+                    scanned: 0,
+                }),
+            },
+        };
+        if !partial.in_body {
+            if !read_head(partial, buf, self.limits, self.version)? {
+                return Ok(None);
             }
+            partial.in_body = true;
+            partial.scanned = partial.start;
         }
+        let Some(len) = body_length(partial, buf, self.limits)? else {
+            return Ok(None);
+        };
+        let Some(partial) = self.partial.take() else { unreachable!("checked above") };
+        buf.advance(partial.start);
+        let body = buf.split_to(len).freeze();
+        buf.advance(1); // the NUL
+        Ok(Some(Item::Frame(Frame {
+            command: partial.command.expect("read_head sets the command"),
+            headers: partial.headers,
+            body,
+        })))
     }
 }
 
 /// Reads command and header lines. Returns true once the blank line that
-/// ends the headers has been read (then `head.line_start` is the body start).
-fn read_head(head: &mut Head, buf: &BytesMut, limits: Limits, version: Version) -> Result<bool, DecodeError> {
+/// ends the headers has been read (then `head.start` is the body start).
+fn read_head(head: &mut Partial, buf: &[u8], limits: Limits, version: Version) -> Result<bool, DecodeError> {
     loop {
-        let Some(found) = memchr::memchr(b'\n', &buf[head.scanned..]) else {
+        // Find the end of the line: LF, or CR LF.
+        let Some(found) = memchr::memchr2(b'\n', b'\r', &buf[head.scanned..]) else {
+            check_head_bytes(head.start, buf.len(), limits)?;
             head.scanned = buf.len();
-            if buf.len() - head.line_start > limits.max_header_line + 1 {
-                return Err(DecodeError::HeaderLineTooLong(limits.max_header_line));
-            }
-            if buf.len() > limits.max_frame_bytes {
-                return Err(DecodeError::FrameTooLarge(limits.max_frame_bytes));
-            }
             return Ok(false);
         };
-        let line_end = head.scanned + found;
-        let mut line = &buf[head.line_start..line_end];
-        if let [rest @ .., b'\r'] = line {
-            line = rest;
-        }
-        if line.len() > limits.max_header_line {
-            return Err(DecodeError::HeaderLineTooLong(limits.max_header_line));
-        }
-        if line_end >= limits.max_frame_bytes {
-            return Err(DecodeError::FrameTooLarge(limits.max_frame_bytes));
-        }
-        if memchr::memchr(b'\r', line).is_some() {
-            return Err(DecodeError::CarriageReturnWithoutLineFeed);
-        }
-        head.line_start = line_end + 1;
-        head.scanned = head.line_start;
+        let eol = head.scanned + found;
+        check_head_bytes(head.start, eol, limits)?;
+        check_head_byte(eol, limits)?;
+        let next = if buf[eol] == b'\n' {
+            eol + 1
+        } else {
+            match buf.get(eol + 1) {
+                None => {
+                    // Look at this CR again when the next byte is here.
+                    head.scanned = eol;
+                    return Ok(false);
+                }
+                Some(b'\n') => {
+                    check_head_byte(eol + 1, limits)?;
+                    eol + 2
+                }
+                Some(_) => return Err(DecodeError::CarriageReturnWithoutLineFeed),
+            }
+        };
+        let line = &buf[head.start..eol];
+        head.start = next;
+        head.scanned = next;
 
         let Some(command) = head.command else {
             let command = Command::from_bytes(line)
@@ -206,6 +205,12 @@ fn read_head(head: &mut Head, buf: &BytesMut, limits: Limits, version: Version) 
             continue;
         };
         if line.is_empty() {
+            if let Some(length) = head.content_length {
+                // The whole frame's size is known now.
+                if next.saturating_add(length).saturating_add(1) > limits.max_frame_bytes {
+                    return Err(DecodeError::FrameTooLarge(limits.max_frame_bytes));
+                }
+            }
             return Ok(true);
         }
         if head.headers.len() == limits.max_headers {
@@ -214,22 +219,54 @@ fn read_head(head: &mut Head, buf: &BytesMut, limits: Limits, version: Version) 
         let colon = memchr::memchr(b':', line)
             .ok_or_else(|| DecodeError::HeaderWithoutColon(String::from_utf8_lossy(line).into_owned()))?;
         let escaped = command.escapes_headers();
-        let name = unescape(&line[..colon], version, escaped)?;
-        let value = unescape(&line[colon + 1..], version, escaped)?;
-        if name == "content-length" && !head.headers.contains("content-length") {
-            let length = parse_content_length(&value)?;
+        let text = head.headers.text_mut();
+        let name_start = text.len();
+        unescape_into(&line[..colon], version, escaped, text)?;
+        let split = text.len();
+        unescape_into(&line[colon + 1..], version, escaped, text)?;
+        let is_content_length = &text[name_start..split] == "content-length";
+        head.headers.end_header(name_start, split);
+        if is_content_length && head.content_length.is_none() {
+            let length = parse_content_length(head.headers.last_value())?;
             if length > limits.max_body_bytes {
                 return Err(DecodeError::BodyTooLarge(limits.max_body_bytes));
             }
-            // Headers so far + the rest of this frame's smallest possible head
-            // (a blank line) + body + NUL.
-            if head.line_start + 1 + length + 1 > limits.max_frame_bytes {
+            // This frame is at least what has been read, a blank line, the
+            // body and the NUL.
+            if next.saturating_add(length).saturating_add(2) > limits.max_frame_bytes {
                 return Err(DecodeError::FrameTooLarge(limits.max_frame_bytes));
             }
             head.content_length = Some(length);
         }
-        head.headers.push(name, value);
     }
+}
+
+/// Checks the bytes of a head line at offsets `line_start..end` (not its
+/// EOL) against the line and frame limits, naming the limit that the
+/// earliest offending byte crossed.
+fn check_head_bytes(line_start: usize, end: usize, limits: Limits) -> Result<(), DecodeError> {
+    // The first offset at which a byte makes the line too long.
+    let line_limit = line_start.saturating_add(limits.max_header_line);
+    // The first offset at which a head byte makes the frame too large: a head
+    // byte at offset `i` means a frame of at least `i + 2` bytes (a NUL
+    // follows the head).
+    let frame_limit = limits.max_frame_bytes.saturating_sub(1);
+    if end > line_limit.min(frame_limit) {
+        return Err(if line_limit <= frame_limit {
+            DecodeError::HeaderLineTooLong(limits.max_header_line)
+        } else {
+            DecodeError::FrameTooLarge(limits.max_frame_bytes)
+        });
+    }
+    Ok(())
+}
+
+/// Checks an EOL byte of the head at offset `at` against the frame limit.
+fn check_head_byte(at: usize, limits: Limits) -> Result<(), DecodeError> {
+    if at >= limits.max_frame_bytes.saturating_sub(1) {
+        return Err(DecodeError::FrameTooLarge(limits.max_frame_bytes));
+    }
+    Ok(())
 }
 
 fn parse_content_length(value: &str) -> Result<usize, DecodeError> {
@@ -241,9 +278,9 @@ fn parse_content_length(value: &str) -> Result<usize, DecodeError> {
 }
 
 /// Returns the body length once the whole body and its NUL are in `buf`.
-fn body_length(body: &mut Body, buf: &BytesMut, limits: Limits) -> Result<Option<usize>, DecodeError> {
+fn body_length(body: &mut Partial, buf: &[u8], limits: Limits) -> Result<Option<usize>, DecodeError> {
     if let Some(len) = body.content_length {
-        let nul_at = body.start + len;
+        let nul_at = body.start.saturating_add(len);
         if buf.len() <= nul_at {
             return Ok(None);
         }
@@ -252,26 +289,23 @@ fn body_length(body: &mut Body, buf: &BytesMut, limits: Limits) -> Result<Option
         }
         return Ok(Some(len));
     }
-    match memchr::memchr(0, &buf[body.scanned..]) {
-        Some(found) => {
-            let len = body.scanned + found - body.start;
-            check_body(len, body.start, limits)?;
-            Ok(Some(len))
-        }
-        None => {
-            body.scanned = buf.len();
-            check_body(buf.len() - body.start, body.start, limits)?;
-            Ok(None)
-        }
+    // The longest body both limits allow (the head checks keep `start`
+    // below `max_frame_bytes`).
+    let frame_allows = limits.max_frame_bytes.saturating_sub(body.start + 1);
+    let allowed = limits.max_body_bytes.min(frame_allows);
+    // The NUL may be at `start + allowed` at the latest; search no further.
+    let search_end = body.start.saturating_add(allowed).saturating_add(1);
+    let end = buf.len().min(search_end);
+    if let Some(found) = memchr::memchr(0, &buf[body.scanned..end]) {
+        return Ok(Some(body.scanned + found - body.start));
     }
-}
-
-fn check_body(len: usize, start: usize, limits: Limits) -> Result<(), DecodeError> {
-    if len > limits.max_body_bytes {
-        return Err(DecodeError::BodyTooLarge(limits.max_body_bytes));
+    if end == search_end {
+        return Err(if limits.max_body_bytes <= frame_allows {
+            DecodeError::BodyTooLarge(limits.max_body_bytes)
+        } else {
+            DecodeError::FrameTooLarge(limits.max_frame_bytes)
+        });
     }
-    if start + len + 1 > limits.max_frame_bytes {
-        return Err(DecodeError::FrameTooLarge(limits.max_frame_bytes));
-    }
-    Ok(())
+    body.scanned = end;
+    Ok(None)
 }

@@ -4,69 +4,82 @@
 use crate::{DecodeError, Version};
 use bytes::{BufMut, BytesMut};
 
-/// Decodes a raw header name or value into a `String`.
-pub(crate) fn unescape(raw: &[u8], version: Version, escaped: bool) -> Result<String, DecodeError> {
-    if !escaped || version == Version::V1_0 || memchr::memchr(b'\\', raw).is_none() {
-        return std::str::from_utf8(raw).map(str::to_owned).map_err(|_| DecodeError::InvalidUtf8);
+/// Appends the raw header name or value `raw`, unescaped, to `out`.
+///
+/// The raw bytes are checked to be UTF-8 first; escapes only replace ASCII
+/// with ASCII, so what is appended is UTF-8 too.
+pub(crate) fn unescape_into(raw: &[u8], version: Version, escaped: bool, out: &mut String) -> Result<(), DecodeError> {
+    let mut rest = std::str::from_utf8(raw).map_err(|_| DecodeError::InvalidUtf8)?;
+    if !escaped || version == Version::V1_0 {
+        out.push_str(rest);
+        return Ok(());
     }
-    let mut out = Vec::with_capacity(raw.len());
-    let mut bytes = raw.iter();
-    while let Some(&b) = bytes.next() {
-        if b != b'\\' {
-            out.push(b);
-            continue;
-        }
-        match bytes.next() {
-            Some(b'n') => out.push(b'\n'),
-            Some(b'c') => out.push(b':'),
-            Some(b'\\') => out.push(b'\\'),
-            Some(b'r') if version == Version::V1_2 => out.push(b'\r'),
-            Some(&other) => return Err(DecodeError::UndefinedEscape(escape_char(other))),
+    while let Some(at) = memchr::memchr(b'\\', rest.as_bytes()) {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let unescaped = match after.as_bytes().first() {
+            Some(b'n') => '\n',
+            Some(b'c') => ':',
+            Some(b'\\') => '\\',
+            Some(b'r') if version == Version::V1_2 => '\r',
+            Some(_) => {
+                let c = after.chars().next().unwrap_or(' ');
+                return Err(DecodeError::UndefinedEscape(if c.is_control() { char::REPLACEMENT_CHARACTER } else { c }));
+            }
             // A lone backslash at the end of a header.
             None => return Err(DecodeError::UndefinedEscape(' ')),
-        }
+        };
+        out.push(unescaped);
+        // The escape is two ASCII bytes, so this is a char boundary.
+        rest = &after[1..];
     }
-    String::from_utf8(out).map_err(|_| DecodeError::InvalidUtf8)
+    out.push_str(rest);
+    Ok(())
 }
 
-fn escape_char(b: u8) -> char {
-    if b.is_ascii_graphic() {
-        b as char
-    } else {
-        char::REPLACEMENT_CHARACTER
+/// For each version, which bytes are escaped.
+static ESCAPED_BYTES: [[bool; 256]; 3] = [
+    escape_table(b""),
+    escape_table(b"\n:\\"),
+    escape_table(b"\r\n:\\"),
+];
+
+const fn escape_table(bytes: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < bytes.len() {
+        table[bytes[i] as usize] = true;
+        i += 1;
     }
+    table
 }
 
-fn needs_escape(b: u8, version: Version) -> bool {
-    match version {
-        Version::V1_0 => false,
-        Version::V1_1 => matches!(b, b'\n' | b':' | b'\\'),
-        Version::V1_2 => matches!(b, b'\r' | b'\n' | b':' | b'\\'),
-    }
+fn table(version: Version, escaped: bool) -> &'static [bool; 256] {
+    &ESCAPED_BYTES[if escaped { version as usize } else { Version::V1_0 as usize }]
 }
 
 /// Length of `value` once escaped.
 pub(crate) fn escaped_len(value: &str, version: Version, escaped: bool) -> usize {
-    if !escaped {
+    if !escaped || version == Version::V1_0 {
         return value.len();
     }
-    value.len() + value.bytes().filter(|&b| needs_escape(b, version)).count()
+    let table = table(version, escaped);
+    value.len() + value.bytes().filter(|&b| table[usize::from(b)]).count()
 }
 
 /// Writes `value`, escaped for `version` when `escaped` is true.
 pub(crate) fn write_escaped(value: &str, version: Version, escaped: bool, out: &mut BytesMut) {
-    let bytes = value.as_bytes();
-    if !escaped || !bytes.iter().any(|&b| needs_escape(b, version)) {
-        out.put_slice(bytes);
-        return;
+    let table = table(version, escaped);
+    let mut rest = value.as_bytes();
+    while let Some(at) = rest.iter().position(|&b| table[usize::from(b)]) {
+        out.put_slice(&rest[..at]);
+        out.put_slice(match rest[at] {
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b':' => b"\\c",
+            _ => b"\\\\",
+        });
+        rest = &rest[at + 1..];
     }
-    for &b in bytes {
-        match b {
-            b'\n' if needs_escape(b, version) => out.put_slice(b"\\n"),
-            b'\r' if needs_escape(b, version) => out.put_slice(b"\\r"),
-            b':' if needs_escape(b, version) => out.put_slice(b"\\c"),
-            b'\\' if needs_escape(b, version) => out.put_slice(b"\\\\"),
-            _ => out.put_u8(b),
-        }
-    }
+    out.put_slice(rest);
 }
