@@ -74,10 +74,7 @@ where
                 };
                 match written {
                     Ok(OutboxState::Open) => last_write = Instant::now(),
-                    Ok(OutboxState::SlowConsumer) => break Ending::Error(
-                        Session::error("slow consumer: this connection did not read its messages fast enough"),
-                        CloseCode::Policy,
-                    ),
+                    Ok(OutboxState::SlowConsumer) => break slow_consumer(),
                     Ok(OutboxState::Closed) | Err(_) => break Ending::Quiet,
                 }
             }
@@ -105,8 +102,17 @@ where
                                 // Heart-beats start now: let the timer pick the new deadline.
                                 timer.as_mut().reset(Instant::now());
                             }
-                            if writer.write_frames(replies.drain(..), &mut ws).await.is_err() {
-                                break 'session Ending::Quiet;
+                            if !replies.is_empty() {
+                                // What this session queued before the reply (a MESSAGE
+                                // caused by its own SEND) goes out first.
+                                match writer.drain_outbox(&outbox, &mut ws).await {
+                                    Ok(OutboxState::Open) => {}
+                                    Ok(OutboxState::SlowConsumer) => break 'session slow_consumer(),
+                                    Ok(OutboxState::Closed) | Err(_) => break 'session Ending::Quiet,
+                                }
+                                if writer.write_frames(replies.drain(..), &mut ws).await.is_err() {
+                                    break 'session Ending::Quiet;
+                                }
                             }
                             last_write = Instant::now();
                             if flow == Flow::Close {
@@ -174,6 +180,13 @@ where
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(close))).await;
     }
     drop(slot);
+}
+
+fn slow_consumer() -> Ending {
+    Ending::Error(
+        Session::error("slow consumer: this connection did not read its messages fast enough"),
+        CloseCode::Policy,
+    )
 }
 
 /// Encodes frames for this connection's version and writes them in batches.

@@ -1,0 +1,406 @@
+//! STOMP over WebSocket, byte for byte, against a broker on 127.0.0.1:0.
+
+mod common;
+
+use common::{config, start, Client};
+use futures_util::SinkExt;
+use std::time::Duration;
+use stompede::config::ClientSend;
+use stompede_protocol::Command;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn handshake_echoes_the_highest_stomp_subprotocol_offered() {
+    let broker = start(config()).await;
+    let url = broker.ws_url();
+    let client = Client::open(&url, &["v10.stomp", "v11.stomp"]).await.unwrap();
+    assert_eq!(client.subprotocol.as_deref(), Some("v11.stomp"));
+    let client = Client::open(&url, &["v10.stomp", "v12.stomp", "v11.stomp"]).await.unwrap();
+    assert_eq!(client.subprotocol.as_deref(), Some("v12.stomp"));
+    let client = Client::open(&url, &[]).await.unwrap();
+    assert_eq!(client.subprotocol, None);
+    let refused = Client::open(&url, &["mqtt"]).await.err().expect("an unknown subprotocol is refused");
+    assert!(refused.to_string().contains("400"), "{refused}");
+}
+
+#[tokio::test]
+async fn connect_negotiates_the_highest_common_version() {
+    let broker = start(config()).await;
+    let mut client = broker.client().await;
+    client.send("CONNECT\naccept-version:1.0,1.1\nhost:localhost\nheart-beat:0,0\n\n\0").await;
+    let connected = client.frame().await;
+    assert_eq!(connected.command, Command::Connected);
+    assert_eq!(connected.headers.get("version"), Some("1.1"));
+    assert_eq!(connected.headers.get("heart-beat"), Some("10000,10000"));
+    assert!(connected.headers.get("session").is_some());
+    assert!(connected.headers.get("server").unwrap().starts_with("stompede/"));
+
+    // STOMP 1.0: no accept-version header.
+    let mut client = broker.client().await;
+    client.send("STOMP\n\n\0").await;
+    let connected = client.frame().await;
+    assert_eq!(connected.command, Command::Connected);
+    assert_eq!(connected.headers.get("version"), None);
+}
+
+#[tokio::test]
+async fn no_common_version_is_an_error_with_the_supported_versions() {
+    let broker = start(config()).await;
+    let mut client = broker.client().await;
+    client.send("CONNECT\naccept-version:2.0\n\n\0").await;
+    let error = client.frame().await;
+    assert_eq!(error.command, Command::Error);
+    assert_eq!(error.headers.get("version"), Some("1.0,1.1,1.2"));
+    client.expect_closed().await;
+}
+
+#[tokio::test]
+async fn credentials_are_checked_when_users_are_configured() {
+    let mut config = config();
+    config.users = vec![stompede::config::User { login: "reader".into(), passcode: "s3cret".into() }];
+    let broker = start(config).await;
+    let mut client = broker.client().await;
+    client.send("CONNECT\naccept-version:1.2\nlogin:reader\npasscode:wrong\n\n\0").await;
+    assert_eq!(client.expect_error().await, "bad credentials");
+    let mut client = broker.client().await;
+    client.send("CONNECT\naccept-version:1.2\n\n\0").await;
+    assert_eq!(client.expect_error().await, "bad credentials");
+    let mut client = broker.client().await;
+    client.send("CONNECT\naccept-version:1.2\nlogin:reader\npasscode:s3cret\n\n\0").await;
+    assert_eq!(client.frame().await.command, Command::Connected);
+}
+
+#[tokio::test]
+async fn a_frame_before_connect_is_an_error() {
+    let broker = start(config()).await;
+    let mut client = broker.client().await;
+    client.send("SUBSCRIBE\nid:0\ndestination:/topic/a\nreceipt:r1\n\n\0").await;
+    let error = client.frame().await;
+    assert_eq!(error.command, Command::Error);
+    assert_eq!(error.headers.get("message"), Some("expected a CONNECT or STOMP frame, got SUBSCRIBE"));
+    assert_eq!(error.headers.get("receipt-id"), Some("r1"));
+    client.expect_closed().await;
+}
+
+#[tokio::test]
+async fn a_published_comment_reaches_the_subscriber_byte_for_byte() {
+    let broker = start(config()).await;
+    let mut client = broker.connected().await;
+    client.send("SUBSCRIBE\nid:sub-0\ndestination:/topic/comments.42\nreceipt:r-1\n\n\0").await;
+    assert_eq!(client.raw().await, b"RECEIPT\nreceipt-id:r-1\n\n\0");
+    let published = broker.publish("/topic/comments.42", "First!").await;
+    assert_eq!(published["subscribers"], 1);
+    let id = published["message_id"].as_str().unwrap();
+    let expected = format!(
+        "MESSAGE\nsubscription:sub-0\ndestination:/topic/comments.42\nmessage-id:{id}\n\
+         content-type:text/plain;charset=utf-8\ncontent-length:6\n\nFirst!\0"
+    );
+    assert_eq!(String::from_utf8(client.raw().await).unwrap(), expected);
+}
+
+#[tokio::test]
+async fn subscriptions_are_validated() {
+    let broker = start(config()).await;
+    let cases = [
+        ("SUBSCRIBE\ndestination:/topic/a\n\n\0", "SUBSCRIBE frame has no id header"),
+        ("SUBSCRIBE\nid:1\n\n\0", "SUBSCRIBE frame has no destination header"),
+        ("SUBSCRIBE\nid:1\ndestination:/topic/a\nack:sometimes\n\n\0", "invalid ack mode \"sometimes\": use auto, client or client-individual"),
+        ("UNSUBSCRIBE\nid:7\n\n\0", "no subscription with id \"7\" in this session"),
+        ("UNSUBSCRIBE\n\n\0", "UNSUBSCRIBE frame has no id header"),
+    ];
+    for (frame, message) in cases {
+        let mut client = broker.connected().await;
+        client.send(frame).await;
+        assert_eq!(client.expect_error().await, message, "for {frame:?}");
+    }
+    let mut client = broker.connected().await;
+    client.send("SUBSCRIBE\nid:1\ndestination:/topic/a\n\n\0SUBSCRIBE\nid:1\ndestination:/topic/b\n\n\0").await;
+    assert_eq!(client.expect_error().await, "subscription id \"1\" is already in use in this session");
+    // The failed session's subscriptions are gone.
+    broker.wait_for_subscribers("/topic/a", 0).await;
+}
+
+#[tokio::test]
+async fn subscriptions_per_session_are_limited() {
+    let mut config = config();
+    config.max_subscriptions_per_session = 2;
+    let broker = start(config).await;
+    let mut client = broker.connected().await;
+    client
+        .send("SUBSCRIBE\nid:1\ndestination:/topic/a\n\n\0SUBSCRIBE\nid:2\ndestination:/topic/b\n\n\0SUBSCRIBE\nid:3\ndestination:/topic/c\n\n\0")
+        .await;
+    assert_eq!(client.expect_error().await, "too many subscriptions: this server allows 2 per session");
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_delivery_and_empties_the_destination() {
+    let broker = start(config()).await;
+    let mut client = broker.connected().await;
+    client.send("SUBSCRIBE\nid:a\ndestination:/topic/x\n\n\0").await;
+    broker.wait_for_subscribers("/topic/x", 1).await;
+    assert_eq!(broker.broker.registry.destination_count(), 1);
+    client.send("UNSUBSCRIBE\nid:a\nreceipt:done\n\n\0").await;
+    assert_eq!(client.raw().await, b"RECEIPT\nreceipt-id:done\n\n\0");
+    assert_eq!(broker.broker.registry.destination_count(), 0);
+    assert_eq!(broker.publish("/topic/x", "nobody").await["subscribers"], 0);
+}
+
+#[tokio::test]
+async fn a_dropped_socket_removes_its_subscriptions() {
+    let broker = start(config()).await;
+    let mut client = broker.connected().await;
+    client.send("SUBSCRIBE\nid:a\ndestination:/topic/x\n\n\0SUBSCRIBE\nid:b\ndestination:/topic/y\n\n\0").await;
+    broker.wait_for_subscribers("/topic/y", 1).await;
+    drop(client);
+    broker.wait_for_subscribers("/topic/x", 0).await;
+    broker.wait_for_subscribers("/topic/y", 0).await;
+    assert_eq!(broker.broker.registry.destination_count(), 0);
+}
+
+#[tokio::test]
+async fn send_is_refused_by_default() {
+    let broker = start(config()).await;
+    let mut client = broker.connected().await;
+    client.send("SEND\ndestination:/topic/a\n\nhi\0").await;
+    let message = client.expect_error().await;
+    assert!(message.starts_with("SEND is disabled on this server"), "{message}");
+}
+
+fn allow_send() -> stompede::Config {
+    let mut config = config();
+    config.client_send = ClientSend::Allow;
+    config
+}
+
+#[tokio::test]
+async fn a_send_coalesced_after_a_subscribe_reaches_that_subscription() {
+    let broker = start(allow_send()).await;
+    let mut client = broker.connected().await;
+    // Both frames in one WebSocket message, handled in order.
+    client
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/chat\n\n\0SEND\ndestination:/topic/chat\ncontent-type:text/plain\nx-custom:1\nsubscription:forged\nmessage-id:forged\n\nhello\0")
+        .await;
+    let message = client.frame().await;
+    assert_eq!(message.command, Command::Message);
+    assert_eq!(message.headers.get("subscription"), Some("0"));
+    assert_eq!(message.headers.get("destination"), Some("/topic/chat"));
+    assert_ne!(message.headers.get("message-id"), Some("forged"));
+    assert_eq!(message.headers.get_all("subscription").count(), 1);
+    assert_eq!(message.headers.get_all("message-id").count(), 1);
+    assert_eq!(message.headers.get("x-custom"), Some("1"));
+    assert_eq!(&message.body[..], b"hello");
+}
+
+#[tokio::test]
+async fn a_frame_split_across_websocket_messages_is_reassembled() {
+    let broker = start(allow_send()).await;
+    let mut client = broker.connected().await;
+    let frames = "SUBSCRIBE\nid:0\ndestination:/topic/split\n\n\0SEND\ndestination:/topic/split\ncontent-length:4\n\na\0b\n\0";
+    for chunk in frames.as_bytes().chunks(3) {
+        client.ws.send(Message::binary(chunk.to_vec())).await.unwrap();
+    }
+    let message = client.frame().await;
+    assert_eq!(&message.body[..], b"a\0b\n");
+}
+
+#[tokio::test]
+async fn transactions_hold_sends_until_commit_and_drop_them_on_abort() {
+    let broker = start(allow_send()).await;
+    let mut client = broker.connected().await;
+    client
+        .send(
+            "SUBSCRIBE\nid:0\ndestination:/topic/t\n\n\0\
+             BEGIN\ntransaction:t1\n\n\0\
+             SEND\ndestination:/topic/t\ntransaction:t1\n\none\0\
+             BEGIN\ntransaction:t2\n\n\0\
+             SEND\ndestination:/topic/t\ntransaction:t2\n\naborted\0\
+             ABORT\ntransaction:t2\n\n\0\
+             SEND\ndestination:/topic/t\n\nzero\0\
+             COMMIT\ntransaction:t1\nreceipt:c\n\n\0",
+        )
+        .await;
+    let first = client.frame().await;
+    assert_eq!(&first.body[..], b"zero", "{first:?}");
+    let second = client.frame().await;
+    assert_eq!(&second.body[..], b"one");
+    assert_eq!(second.headers.get("transaction"), None);
+    let receipt = client.frame().await;
+    assert_eq!(receipt.command, Command::Receipt);
+    client.send("COMMIT\ntransaction:t2\n\n\0").await;
+    assert_eq!(client.expect_error().await, "no open transaction \"t2\"");
+}
+
+#[tokio::test]
+async fn ack_modes_add_an_ack_header_and_acks_are_validated() {
+    let broker = start(config()).await;
+    let mut client = broker.connected().await;
+    client.send("SUBSCRIBE\nid:0\ndestination:/topic/ack\nack:client-individual\nreceipt:s\n\n\0").await;
+    client.frame().await;
+    broker.publish("/topic/ack", "please ack").await;
+    let message = client.frame().await;
+    let ack = message.headers.get("ack").expect("an ack header").to_owned();
+    client.send(&format!("ACK\nid:{ack}\nreceipt:a\n\n\0")).await;
+    assert_eq!(client.frame().await.headers.get("receipt-id"), Some("a"));
+    client.send(&format!("NACK\nid:{ack}\nreceipt:n\n\n\0")).await;
+    assert_eq!(client.frame().await.headers.get("receipt-id"), Some("n"));
+    client.send("ACK\nreceipt:bad\n\n\0").await;
+    let error = client.frame().await;
+    assert_eq!(error.headers.get("message"), Some("ACK frame has no id header"));
+    assert_eq!(error.headers.get("receipt-id"), Some("bad"));
+}
+
+#[tokio::test]
+async fn disconnect_answers_its_receipt_then_closes() {
+    let broker = start(config()).await;
+    let mut client = broker.connected().await;
+    client.send("DISCONNECT\nreceipt:bye\n\n\0").await;
+    assert_eq!(client.raw().await, b"RECEIPT\nreceipt-id:bye\n\n\0");
+    client.expect_closed().await;
+}
+
+#[tokio::test]
+async fn a_decode_error_gets_an_error_frame() {
+    let broker = start(config()).await;
+    let mut client = broker.connected().await;
+    client.send("FLY\n\n\0").await;
+    assert_eq!(client.expect_error().await, "unknown command \"FLY\"");
+    let mut client = broker.connected().await;
+    client.send("SEND\ndestination\n\n\0").await;
+    assert_eq!(client.expect_error().await, "header line has no colon: \"destination\"");
+}
+
+#[tokio::test]
+async fn a_socket_that_never_sends_connect_is_closed() {
+    let mut config = config();
+    config.connect_timeout = Duration::from_millis(200);
+    let broker = start(config).await;
+    let mut client = broker.client().await;
+    let message = client.expect_error().await;
+    assert!(message.starts_with("no CONNECT frame within"), "{message}");
+}
+
+#[tokio::test]
+async fn the_server_sends_heart_beats_when_asked() {
+    let mut config = config();
+    config.heartbeat_send = Duration::from_millis(50);
+    let broker = start(config).await;
+    let mut client = broker.client().await;
+    client.send("CONNECT\naccept-version:1.2\nheart-beat:0,50\n\n\0").await;
+    assert_eq!(client.frame().await.headers.get("heart-beat"), Some("50,10000"));
+    for _ in 0..3 {
+        match client.message().await {
+            Some(Message::Text(text)) => assert_eq!(text.as_str(), "\n"),
+            other => panic!("expected a heart-beat, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_silent_client_is_disconnected_after_its_heart_beat_interval() {
+    let mut config = config();
+    config.heartbeat_receive = Duration::from_millis(100);
+    let broker = start(config).await;
+    let mut client = broker.client().await;
+    client.send("CONNECT\naccept-version:1.2\nheart-beat:100,0\n\n\0").await;
+    assert_eq!(client.frame().await.command, Command::Connected);
+    // Heart-beats keep it alive...
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        client.send("\n").await;
+    }
+    // ...silence does not.
+    let message = client.expect_error().await;
+    assert!(message.starts_with("heart-beat timeout"), "{message}");
+}
+
+#[tokio::test]
+async fn a_binary_body_goes_out_in_a_binary_websocket_message() {
+    let broker = start(config()).await;
+    let mut client = broker.connected().await;
+    client.send("SUBSCRIBE\nid:0\ndestination:/topic/bin\nreceipt:r\n\n\0").await;
+    client.frame().await;
+    let request = r#"{"destination": "/topic/bin", "body_base64": "/wAB"}"#;
+    let (status, _) = broker.http("POST", "/api/v1/publish", Some(request)).await;
+    assert_eq!(status, 202);
+    match client.message().await {
+        Some(Message::Binary(bytes)) => {
+            assert!(bytes.starts_with(b"MESSAGE\n"));
+            assert!(bytes.ends_with(b"content-type:application/octet-stream\ncontent-length:3\n\n\xff\x00\x01\0"), "{bytes:?}");
+        }
+        other => panic!("expected a binary message, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_are_refused_before_the_upgrade() {
+    let mut config = config();
+    config.max_connections = 1;
+    let broker = start(config).await;
+    let first = broker.client().await;
+    let refused = Client::open(&broker.ws_url(), &["v12.stomp"]).await.err().expect("refused");
+    assert!(refused.to_string().contains("503"), "{refused}");
+    let (status, _) = broker.http("GET", "/readyz", None).await;
+    assert_eq!(status, 503);
+    drop(first);
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    while broker.broker.open_sessions() != 0 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    broker.client().await;
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_disconnected_and_the_others_get_everything() {
+    let mut config = config();
+    config.outbound_queue_frames = 16;
+    config.max_frame_bytes = 128 * 1024;
+    config.max_request_bytes = 256 * 1024;
+    let broker = start(config).await;
+    let mut slow = broker.connected().await;
+    slow.send("SUBSCRIBE\nid:0\ndestination:/topic/flood\nreceipt:r\n\n\0").await;
+    slow.frame().await;
+    let mut healthy = broker.connected().await;
+    healthy.send("SUBSCRIBE\nid:0\ndestination:/topic/flood\nreceipt:r\n\n\0").await;
+    healthy.frame().await;
+
+    let body = "x".repeat(100 * 1024);
+    let messages = 300; // 30 MB: far more than socket buffers hold.
+    let reader = tokio::spawn(async move {
+        let mut received = 0;
+        while received < messages {
+            let frame = healthy.frame().await;
+            assert_eq!(frame.command, Command::Message);
+            received += 1;
+        }
+        received
+    });
+    for _ in 0..messages {
+        broker.publish("/topic/flood", &body).await;
+    }
+    assert_eq!(reader.await.unwrap(), messages);
+    assert_eq!(broker.broker.stats.slow_consumer_disconnects.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // The slow one gets what its socket already held, then the connection
+    // closes. The ERROR frame reaches it only if it read again within the
+    // broker's close timeout, which this one did not try to.
+    let mut received = 0;
+    while let Some(frame) = slow.next_frame().await {
+        if frame.command == Command::Error {
+            assert!(frame.headers.get("message").unwrap().starts_with("slow consumer"));
+        } else {
+            received += 1;
+        }
+    }
+    assert!(received < messages, "the slow consumer was cut off ({received} of {messages})");
+    broker.wait_for_subscribers("/topic/flood", 0).await;
+}
+
+#[tokio::test]
+async fn shutdown_tells_every_session_and_returns() {
+    let mut broker = start(config()).await;
+    let mut first = broker.connected().await;
+    let mut second = broker.connected().await;
+    broker.shutdown().await;
+    assert_eq!(first.expect_error().await, "server is shutting down");
+    assert_eq!(second.expect_error().await, "server is shutting down");
+}
