@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The one test command (README: "Run the tests"). On a fresh machine of this
+# kind (Debian, root, Rust, Node 20) it installs what the tests need, then
+# runs every test: the Rust workspace, then each tests/*/run.sh suite
+# (Node + @stomp/stompjs, headless Chromium, nginx), and prints a summary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+# System packages the suites need, installed only when missing.
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v node >/dev/null || missing+=(nodejs npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+echo "== cargo test (workspace)"
+cargo build --workspace --bins
+cargo test --workspace
+
+passed=0
+failed=0
+failures=()
+for suite in tests/*/run.sh; do
+  echo "== $suite"
+  if bash "$suite"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    failures+=("$suite")
+  fi
+done
+
+echo
+[ ${#failures[@]} -eq 0 ] || echo "failed suites: ${failures[*]}"
+echo "suites: $((passed + 1)) passed, $failed failed"
+[ "$failed" -eq 0 ]

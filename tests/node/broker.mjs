@@ -1,0 +1,44 @@
+// Starts a stompede binary on a free loopback port for a test.
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+export function brokerBinary() {
+  if (process.env.STOMPEDE_BIN) return process.env.STOMPEDE_BIN;
+  const target = process.env.CARGO_TARGET_DIR || path.join(root, 'target');
+  return path.join(target, 'debug', 'stompede');
+}
+
+/** Starts the broker with extra flags; resolves to { wsUrl, apiUrl, stop }. */
+export async function startBroker(flags = []) {
+  const child = spawn(brokerBinary(), ['--listen', '127.0.0.1:0', ...flags], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
+  });
+  let output = '';
+  const address = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`broker did not start: ${output}`)), 10000);
+    child.stdout.on('data', (chunk) => {
+      output += chunk;
+      const match = output.match(/ws:\/\/([0-9.:]+)\//);
+      if (match) {
+        clearTimeout(timer);
+        resolve(match[1]);
+      }
+    });
+    child.on('exit', (code) => reject(new Error(`broker exited with ${code}: ${output}`)));
+  });
+  return {
+    wsUrl: `ws://${address}/ws`,
+    apiUrl: `http://${address}/api/v1`,
+    async stop() {
+      if (child.exitCode !== null) return child.exitCode;
+      child.kill('SIGTERM');
+      const [code] = await once(child, 'exit');
+      return code;
+    },
+  };
+}
