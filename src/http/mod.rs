@@ -17,7 +17,7 @@ pub type HttpResponse = Response<Full<Bytes>>;
 pub async fn route(broker: Arc<Broker>, peer: SocketAddr, request: Request<Incoming>) -> HttpResponse {
     let path = request.uri().path();
     if path == broker.config.ws_path {
-        return upgrade::handle(broker, request);
+        return upgrade::handle(broker, peer, request);
     }
     match (request.method(), path) {
         (&Method::GET | &Method::HEAD, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),

@@ -21,7 +21,7 @@ const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
 /// Room for WebSocket framing around the largest STOMP frame.
 const WS_MESSAGE_SLACK: usize = 1024;
 
-pub fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> HttpResponse {
+pub fn handle(broker: Arc<Broker>, peer: std::net::SocketAddr, request: Request<Incoming>) -> HttpResponse {
     if request.method() != Method::GET {
         return super::method_not_allowed("GET");
     }
@@ -64,7 +64,7 @@ pub fn handle(broker: Arc<Broker>, request: Request<Incoming>) -> HttpResponse {
         .max_message_size(Some(config.max_frame_bytes + WS_MESSAGE_SLACK))
         .max_frame_size(Some(config.max_frame_bytes + WS_MESSAGE_SLACK));
     let connection_id = broker.next_connection_id();
-    let span = tracing::info_span!("session", id = connection_id);
+    let span = tracing::info_span!("session", id = connection_id, %peer);
     let on_upgrade = hyper::upgrade::on(request);
     // One task per connection, bounded by `max-connections` (the slot).
     broker.tasks.spawn(
