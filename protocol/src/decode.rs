@@ -216,14 +216,29 @@ fn read_head(head: &mut Partial, buf: &[u8], limits: Limits, version: Version) -
         if head.headers.len() == limits.max_headers {
             return Err(DecodeError::TooManyHeaders(limits.max_headers));
         }
-        let colon = memchr::memchr(b':', line)
+        // Names are short: a plain loop beats a memchr call here.
+        let colon = line
+            .iter()
+            .position(|&b| b == b':')
             .ok_or_else(|| DecodeError::HeaderWithoutColon(String::from_utf8_lossy(line).into_owned()))?;
-        let escaped = command.escapes_headers();
+        // One UTF-8 check for the whole line; the colon is ASCII, so both
+        // halves are UTF-8 too.
+        let line_text = std::str::from_utf8(line).map_err(|_| DecodeError::InvalidUtf8)?;
+        let (name, value) = (&line_text[..colon], &line_text[colon + 1..]);
+        let unescape = command.escapes_headers() && version != Version::V1_0 && memchr::memchr(b'\\', line).is_some();
         let text = head.headers.text_mut();
         let name_start = text.len();
-        unescape_into(&line[..colon], version, escaped, text)?;
-        let split = text.len();
-        unescape_into(&line[colon + 1..], version, escaped, text)?;
+        let split = if unescape {
+            unescape_into(name, version, text)?;
+            let split = text.len();
+            unescape_into(value, version, text)?;
+            split
+        } else {
+            text.push_str(name);
+            let split = text.len();
+            text.push_str(value);
+            split
+        };
         let is_content_length = &text[name_start..split] == "content-length";
         head.headers.end_header(name_start, split);
         if is_content_length && head.content_length.is_none() {

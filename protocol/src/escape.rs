@@ -4,16 +4,10 @@
 use crate::{DecodeError, Version};
 use bytes::{BufMut, BytesMut};
 
-/// Appends the raw header name or value `raw`, unescaped, to `out`.
-///
-/// The raw bytes are checked to be UTF-8 first; escapes only replace ASCII
-/// with ASCII, so what is appended is UTF-8 too.
-pub(crate) fn unescape_into(raw: &[u8], version: Version, escaped: bool, out: &mut String) -> Result<(), DecodeError> {
-    let mut rest = std::str::from_utf8(raw).map_err(|_| DecodeError::InvalidUtf8)?;
-    if !escaped || version == Version::V1_0 {
-        out.push_str(rest);
-        return Ok(());
-    }
+/// Appends the header name or value `raw`, unescaped for `version`, to
+/// `out`. Escapes only replace ASCII with ASCII.
+pub(crate) fn unescape_into(raw: &str, version: Version, out: &mut String) -> Result<(), DecodeError> {
+    let mut rest = raw;
     while let Some(at) = memchr::memchr(b'\\', rest.as_bytes()) {
         out.push_str(&rest[..at]);
         let after = &rest[at + 1..];
