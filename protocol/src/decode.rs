@@ -74,6 +74,8 @@ struct Partial {
     start: usize,
     /// How far the current line (or the body) has been searched.
     scanned: usize,
+    /// Whether the current line has a backslash (so escapes to decode).
+    line_has_backslash: bool,
 }
 
 /// Most header text reserved up front for one frame; more grows as needed.
@@ -140,6 +142,7 @@ impl Decoder {
                     in_body: false,
                     start: 0,
                     scanned: 0,
+                    line_has_backslash: false,
                 }),
             },
         };
@@ -169,14 +172,20 @@ impl Decoder {
 /// ends the headers has been read (then `head.start` is the body start).
 fn read_head(head: &mut Partial, buf: &[u8], limits: Limits, version: Version) -> Result<bool, DecodeError> {
     loop {
-        // Find the end of the line: LF, or CR LF.
-        let Some(found) = memchr::memchr2(b'\n', b'\r', &buf[head.scanned..]) else {
+        // Find the end of the line (LF, or CR LF), noting backslashes on the
+        // way so that lines without one skip unescaping.
+        let Some(found) = memchr::memchr3(b'\n', b'\r', b'\\', &buf[head.scanned..]) else {
             check_head_bytes(head.start, buf.len(), limits)?;
             head.scanned = buf.len();
             return Ok(false);
         };
         let eol = head.scanned + found;
         check_head_bytes(head.start, eol, limits)?;
+        if buf[eol] == b'\\' {
+            head.line_has_backslash = true;
+            head.scanned = eol + 1;
+            continue;
+        }
         check_head_byte(eol, limits)?;
         let next = if buf[eol] == b'\n' {
             eol + 1
@@ -195,6 +204,7 @@ fn read_head(head: &mut Partial, buf: &[u8], limits: Limits, version: Version) -
             }
         };
         let line = &buf[head.start..eol];
+        let line_has_backslash = std::mem::take(&mut head.line_has_backslash);
         head.start = next;
         head.scanned = next;
 
@@ -225,7 +235,7 @@ fn read_head(head: &mut Partial, buf: &[u8], limits: Limits, version: Version) -
         // halves are UTF-8 too.
         let line_text = std::str::from_utf8(line).map_err(|_| DecodeError::InvalidUtf8)?;
         let (name, value) = (&line_text[..colon], &line_text[colon + 1..]);
-        let unescape = command.escapes_headers() && version != Version::V1_0 && memchr::memchr(b'\\', line).is_some();
+        let unescape = line_has_backslash && command.escapes_headers() && version != Version::V1_0;
         let text = head.headers.text_mut();
         let name_start = text.len();
         let split = if unescape {
