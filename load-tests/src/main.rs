@@ -1,1 +1,132 @@
-fn main() {}
+//! stompede-load: a load generator for STOMP-over-WebSocket brokers.
+//!
+//! Scenarios (`fanout`, `storm`, `churn`, `idle`) are in `scenarios.rs`; the
+//! connections live in workers (`worker.rs`), several processes of them when
+//! a run needs more sockets than one process may open.
+
+mod conn;
+mod fleet;
+mod frames;
+mod publisher;
+mod report;
+mod scenarios;
+mod stats;
+mod sys;
+mod target;
+mod worker;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+/// Hard bounds on any run, whatever the flags say.
+pub const MAX_CONNECTIONS: u64 = 250_000;
+pub const MAX_SECONDS: f64 = 3600.0;
+
+#[derive(Parser, Debug)]
+#[command(name = "stompede-load", version, about = "Load generator for STOMP-over-WebSocket brokers (loopback only)")]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+/// Options every scenario shares.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct Common {
+    /// The broker's WebSocket URL (loopback only).
+    #[arg(long, global = true, default_value = "ws://127.0.0.1:8080/ws")]
+    pub url: String,
+    /// How to publish: `api` (POST /api/v1/publish on the --url's host and
+    /// port), an explicit `http://.../api/v1/publish` URL, or `stomp`
+    /// (STOMP SEND over WebSocket, for brokers without the HTTP API).
+    #[arg(long, global = true, default_value = "api")]
+    pub publish: String,
+    /// CONNECT `login` header.
+    #[arg(long, global = true)]
+    pub login: Option<String>,
+    /// CONNECT `passcode` header.
+    #[arg(long, global = true)]
+    pub passcode: Option<String>,
+    /// CONNECT `host` header (RabbitMQ: the virtual host, `/`).
+    #[arg(long, global = true)]
+    pub vhost: Option<String>,
+    /// Destinations are this prefix plus an index (RabbitMQ: keep `/topic/`).
+    #[arg(long, global = true, default_value = "/topic/load.")]
+    pub dest_prefix: String,
+    /// Bytes of each message body (a stamp padded with dots).
+    #[arg(long, global = true, default_value_t = 64)]
+    pub body_size: usize,
+    /// The broker's pid, to report its memory and CPU from /proc.
+    #[arg(long, global = true)]
+    pub broker_pid: Option<u32>,
+    /// Where to write the JSON report (default: stompede-load-SCENARIO-TIME.json).
+    #[arg(long, global = true)]
+    pub json: Option<String>,
+    /// Most connections per worker process (this box allows 20,000 open
+    /// files per process).
+    #[arg(long, global = true, default_value_t = 18_000)]
+    pub per_worker: u64,
+    /// Use worker processes even when one would do.
+    #[arg(long, global = true)]
+    pub processes: bool,
+    /// Seconds one connection setup (TCP, handshake, CONNECT, SUBSCRIBE) may take.
+    #[arg(long, global = true, default_value_t = 15.0)]
+    pub setup_timeout: f64,
+    /// Subscriber setups in flight at once (per worker) before a scenario starts.
+    #[arg(long, global = true, default_value_t = 256)]
+    pub setup_concurrency: usize,
+    /// No progress line.
+    #[arg(long, global = true)]
+    pub quiet: bool,
+    /// The whole run is aborted after this many seconds.
+    #[arg(long, global = true, default_value_t = 900.0)]
+    pub max_runtime: f64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// Subscribers on D destinations, open-loop publishing at one or more rates.
+    Fanout(scenarios::FanoutArgs),
+    /// Opens N subscribed connections at a target rate, optionally during a fan-out.
+    Storm(scenarios::StormArgs),
+    /// A steady rate of connects and disconnects; the broker's memory before, during, after.
+    Churn(scenarios::ChurnArgs),
+    /// Holds N idle subscribed connections; the broker's memory per connection.
+    Idle(scenarios::IdleArgs),
+    /// Internal: a worker process driven by the coordinator over stdin/stdout.
+    #[command(hide = true)]
+    Worker,
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("tokio runtime: {e}"))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.scenario {
+        Scenario::Worker => worker::process_main(),
+        s => runtime().and_then(|rt| {
+            rt.block_on(async move {
+                let limit = std::time::Duration::from_secs_f64(cli.common.max_runtime.clamp(1.0, MAX_SECONDS * 2.0));
+                let run = async {
+                    match s {
+                        Scenario::Fanout(a) => scenarios::fanout(&cli.common, a).await,
+                        Scenario::Storm(a) => scenarios::storm(&cli.common, a).await,
+                        Scenario::Churn(a) => scenarios::churn(&cli.common, a).await,
+                        Scenario::Idle(a) => scenarios::idle(&cli.common, a).await,
+                        Scenario::Worker => unreachable!(),
+                    }
+                };
+                tokio::time::timeout(limit, run)
+                    .await
+                    .unwrap_or_else(|_| Err(format!("aborted: the run exceeded --max-runtime {}s", cli.common.max_runtime)))
+            })
+        }),
+    };
+    if let Err(e) = result {
+        eprintln!("stompede-load: {e}");
+        std::process::exit(1);
+    }
+}
