@@ -157,21 +157,25 @@ impl Session {
     }
 
     /// Sends DISCONNECT with a receipt, waits for it (messages in between
-    /// are dropped), then closes the WebSocket.
-    pub async fn disconnect(mut self, timeout: Duration) -> Result<(), SetupError> {
+    /// are dropped), then closes the WebSocket. `Ok(true)`: the RECEIPT
+    /// came; `Ok(false)`: the broker closed without one.
+    pub async fn disconnect(mut self, timeout: Duration) -> Result<bool, SetupError> {
         let fut = async {
             self.ws
                 .send(Message::Binary(frames::disconnect_frame("bye")))
                 .await
                 .map_err(|e| SetupError::Handshake(e.to_string()))?;
-            loop {
-                let f = self.next_control().await?;
-                if f.command == Command::Receipt || f.command == Command::Error {
-                    break;
+            let receipt = loop {
+                match self.next_control().await {
+                    Ok(f) if f.command == Command::Receipt => break true,
+                    Ok(f) if f.command == Command::Error => return Err(SetupError::StompError(error_text(&f))),
+                    Ok(_) => {}
+                    Err(SetupError::Closed) => break false,
+                    Err(e) => return Err(e),
                 }
-            }
+            };
             let _ = self.ws.close(None).await;
-            Ok(())
+            Ok(receipt)
         };
         tokio::time::timeout(timeout, fut).await.unwrap_or(Err(SetupError::Timeout("DISCONNECT receipt")))
     }

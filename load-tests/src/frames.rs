@@ -160,6 +160,19 @@ impl Inbox {
         self.buf.extend_from_slice(data);
     }
 
+    /// Like `push`, but takes over the payload without copying when nothing
+    /// is buffered (the common case: whole frames per WebSocket message).
+    pub fn push_bytes(&mut self, data: Bytes) {
+        if self.buf.is_empty() {
+            match data.try_into_mut() {
+                Ok(m) => self.buf = m,
+                Err(b) => self.buf.extend_from_slice(&b),
+            }
+        } else {
+            self.buf.extend_from_slice(&data);
+        }
+    }
+
     /// The next complete frame, `Ok(None)` when more bytes are needed.
     pub fn next(&mut self) -> Result<Option<Incoming>, DecodeError> {
         loop {

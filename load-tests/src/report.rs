@@ -52,7 +52,7 @@ impl Report {
 
     /// Prints the table and writes the JSON file; returns its path.
     pub fn finish(self, path: Option<&str>) -> Result<String, String> {
-        let width = self.rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        let width = self.rows.iter().filter(|(_, v)| !v.is_empty()).map(|(k, _)| k.len()).max().unwrap_or(0);
         println!("== stompede-load {} ==", self.scenario);
         for (k, v) in &self.rows {
             if v.is_empty() {
@@ -90,7 +90,7 @@ pub fn mib(bytes: f64) -> String {
 }
 
 /// A latency percentile plot (SVG): one line per series, x = percentile on
-/// a log scale of 1/(1-q) (50% .. 99.999%), y = milliseconds.
+/// a log scale of 1/(1-q) (50% .. 99.995%), y = milliseconds.
 pub fn latency_svg(series: &[(String, &hdrhistogram::Histogram<u64>)]) -> String {
     const W: f64 = 720.0;
     const H: f64 = 400.0;
@@ -107,7 +107,7 @@ pub fn latency_svg(series: &[(String, &hdrhistogram::Histogram<u64>)]) -> String
     let colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
     let mut s = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">"#);
     s += &format!(r#"<rect width="{W}" height="{H}" fill="white"/><line x1="{L}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{L}" y1="20" x2="{L}" y2="{}" stroke="black"/>"#, H - B, W - 20.0, H - B, H - B);
-    for (label, q) in [("50%", 0.5), ("90%", 0.9), ("99%", 0.99), ("99.9%", 0.999), ("99.99%", 0.9999), ("99.999%", 0.99999)] {
+    for (label, q) in [("50%", 0.5), ("90%", 0.9), ("99%", 0.99), ("99.9%", 0.999), ("99.99%", 0.9999)] {
         s += &format!(r#"<text x="{:.1}" y="{}" text-anchor="middle">{label}</text>"#, x(q), H - B + 15.0);
     }
     for i in 0..=4 {

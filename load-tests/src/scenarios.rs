@@ -792,6 +792,7 @@ pub async fn churn(c: &Common, a: ChurnArgs) -> Result<(), String> {
     let ok: u64 = activity.iter().map(|x| x.ok).sum();
     let attempted: u64 = activity.iter().map(|x| x.attempted).sum();
     let closed: u64 = activity.iter().map(|x| x.closed_ok).sum();
+    let no_receipt: u64 = activity.iter().map(|x| x.closed_without_receipt).sum();
     let skipped: u64 = activity.iter().map(|x| x.skipped_at_limit).sum();
     let elapsed = activity.iter().map(|x| x.elapsed_secs).fold(0.0, f64::max);
     let failures = merge_failures(activity.iter().map(|x| &x.failures));
@@ -801,7 +802,11 @@ pub async fn churn(c: &Common, a: ChurnArgs) -> Result<(), String> {
     let mut rep = Report::new("churn", serde_json::json!({ "common": c, "churn": &a }));
     rep.row("broker", c.url.clone());
     rep.row("connects", format!("{ok} of {attempted} in {elapsed:.1} s = {}/s (target {}/s); skipped at the open limit {skipped}", human(ok as f64 / elapsed.max(1e-9)), human(a.rate)));
-    rep.row("disconnects", format!("{closed} closed cleanly (every {}th abruptly); close failures: {}", a.abrupt_every, failures_text(&close_failures)));
+    let abrupt = if a.abrupt_every > 0 { format!("every {}th dropped without DISCONNECT", a.abrupt_every) } else { "all with DISCONNECT".into() };
+    rep.row(
+        "disconnects",
+        format!("{closed} closed ({abrupt}; {no_receipt} DISCONNECTs answered by a close without RECEIPT); failures: {}", failures_text(&close_failures)),
+    );
     rep.row("setup failures", failures_text(&failures));
     rep.latency_row("setup latency", &setup_lat);
     rep.row("peak open", peak.to_string());
@@ -821,7 +826,7 @@ pub async fn churn(c: &Common, a: ChurnArgs) -> Result<(), String> {
     rep.set(
         "churn",
         serde_json::json!({
-            "attempted": attempted, "ok": ok, "closed_ok": closed, "failures": failures, "close_failures": close_failures,
+            "attempted": attempted, "ok": ok, "closed_ok": closed, "closed_without_receipt": no_receipt, "failures": failures, "close_failures": close_failures,
             "skipped_at_limit": skipped, "elapsed_secs": elapsed, "achieved_rate": ok as f64 / elapsed.max(1e-9),
             "setup_latency": setup_lat, "peak_open": peak,
         }),

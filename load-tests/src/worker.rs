@@ -127,6 +127,8 @@ pub struct ActivityResult {
     /// From Start until the last setup finished.
     pub elapsed_secs: f64,
     pub closed_ok: u64,
+    /// Of `closed_ok`: DISCONNECTs the broker answered by closing, without RECEIPT.
+    pub closed_without_receipt: u64,
     pub close_failures: BTreeMap<String, u64>,
     pub skipped_at_limit: u64,
     pub peak_open: u64,
@@ -408,7 +410,7 @@ async fn subscriber_loop(mut session: Session, sub: Option<Arc<Sub>>, key: usize
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
             Some(Ok(_)) => continue,
         };
-        session.inbox.push(&data);
+        session.inbox.push_bytes(data);
         let now = now_ns();
         let mut n = 0u64;
         let mut tracker = sub.as_ref().map(|s| s.tracker.lock().unwrap_or_else(|e| e.into_inner()));
@@ -588,6 +590,8 @@ async fn run_churn(spec: ChurnSpec, prefix: String, dialer: Arc<Dialer>, shared:
     let failures = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
     let close_failures = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
     let closed_ok = Arc::new(AtomicU64::new(0));
+    let no_receipt = Arc::new(AtomicU64::new(0));
+    let last_setup = Arc::new(AtomicU64::new(start));
     let open_now = Arc::new(AtomicU64::new(0));
     let peak = Arc::new(AtomicU64::new(0));
     let mut set = JoinSet::new();
@@ -607,27 +611,38 @@ async fn run_churn(spec: ChurnSpec, prefix: String, dialer: Arc<Dialer>, shared:
         attempted += 1;
         let (dialer, hist, failures, close_failures, closed_ok, shared) =
             (dialer.clone(), hist.clone(), failures.clone(), close_failures.clone(), closed_ok.clone(), shared.clone());
-        let (open_now, peak) = (open_now.clone(), peak.clone());
+        let (open_now, peak, no_receipt, last_setup) = (open_now.clone(), peak.clone(), no_receipt.clone(), last_setup.clone());
         let index = spec.first_conn + k;
         let destination = format!("{prefix}churn.{}", index % spec.destinations.max(1) as u64);
         let abrupt = spec.abrupt_every > 0 && k % spec.abrupt_every == spec.abrupt_every - 1;
         set.spawn(async move {
             let _permit = permit;
             let t0 = now_ns();
-            match dialer.open_subscribed(index, &destination).await {
+            let r = dialer.open_subscribed(index, &destination).await;
+            let t1 = now_ns();
+            last_setup.fetch_max(t1, Ordering::Relaxed);
+            match r {
                 Ok(s) => {
-                    record_ns(&mut hist.lock().unwrap_or_else(|e| e.into_inner()), now_ns() - t0);
+                    record_ns(&mut hist.lock().unwrap_or_else(|e| e.into_inner()), t1 - t0);
                     shared.counters.activity_ok.fetch_add(1, Ordering::Relaxed);
                     let n = open_now.fetch_add(1, Ordering::Relaxed) + 1;
                     peak.fetch_max(n, Ordering::Relaxed);
                     shared.counters.open.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(hold).await;
-                    let r = if abrupt { Ok(drop(s)) } else { s.disconnect(dialer.timeout).await };
+                    let r = if abrupt {
+                        drop(s);
+                        Ok(true)
+                    } else {
+                        s.disconnect(dialer.timeout).await
+                    };
                     open_now.fetch_sub(1, Ordering::Relaxed);
                     shared.counters.open.fetch_sub(1, Ordering::Relaxed);
                     match r {
-                        Ok(()) => {
+                        Ok(receipt) => {
                             closed_ok.fetch_add(1, Ordering::Relaxed);
+                            if !receipt {
+                                no_receipt.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                         Err(e) => {
                             *close_failures.lock().unwrap_or_else(|e| e.into_inner()).entry(e.cause()).or_default() += 1;
@@ -650,8 +665,9 @@ async fn run_churn(spec: ChurnSpec, prefix: String, dialer: Arc<Dialer>, shared:
         ok: shared.counters.activity_ok.load(Ordering::Relaxed),
         failures,
         setup,
-        elapsed_secs: (now_ns() - start) as f64 / 1e9,
+        elapsed_secs: (last_setup.load(Ordering::Relaxed) - start) as f64 / 1e9,
         closed_ok: closed_ok.load(Ordering::Relaxed),
+        closed_without_receipt: no_receipt.load(Ordering::Relaxed),
         close_failures,
         skipped_at_limit: skipped,
         peak_open: peak.load(Ordering::Relaxed),
