@@ -2,8 +2,9 @@
 
 use crate::config::Config;
 use crate::fanout;
+use crate::ip_limit::IpLimiter;
 use crate::registry::Registry;
-use crate::stats::Stats;
+use crate::metrics::Metrics;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -14,13 +15,15 @@ use tokio_util::task::TaskTracker;
 pub struct Broker {
     pub config: Config,
     pub registry: Registry,
-    pub stats: Stats,
+    pub metrics: Metrics,
     /// Cancelled when the broker starts shutting down.
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
     /// Open WebSocket sessions (bounded by `max-connections`).
     sessions: AtomicUsize,
+    /// Open WebSocket sessions per client IP (bounded by `max-connections-per-ip`).
+    pub sessions_per_ip: Arc<IpLimiter>,
     next_connection_id: AtomicU64,
     next_message_id: AtomicU64,
     /// Distinguishes message ids across restarts.
@@ -44,10 +47,11 @@ impl Broker {
         Broker {
             config,
             registry: Registry::new(),
-            stats: Stats::default(),
+            metrics: Metrics::new(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             sessions: AtomicUsize::new(0),
+            sessions_per_ip: Arc::default(),
             next_connection_id: AtomicU64::new(1),
             next_message_id: AtomicU64::new(1),
             boot_id: format!("{boot:x}"),
@@ -67,9 +71,9 @@ impl Broker {
         for destination in destinations {
             let message = Arc::new(fanout::prepare(destination, &message_id, headers, body.clone()));
             subscribers +=
-                fanout::deliver(&self.registry, destination, &message, self.config.slow_consumer, &self.stats);
+                fanout::deliver(&self.registry, destination, &message, self.config.slow_consumer, &self.metrics);
         }
-        self.stats.messages_published.fetch_add(1, Relaxed);
+        self.metrics.messages_published.inc();
         Published { message_id, subscribers }
     }
 
@@ -81,7 +85,10 @@ impl Broker {
                 return None;
             }
             match self.sessions.compare_exchange_weak(open, open + 1, Relaxed, Relaxed) {
-                Ok(_) => return Some(SessionSlot { broker: self.clone() }),
+                Ok(_) => {
+                    self.metrics.connections.inc();
+                    return Some(SessionSlot { broker: self.clone() });
+                }
                 Err(now) => open = now,
             }
         }
@@ -110,5 +117,6 @@ impl SessionSlot {
 impl Drop for SessionSlot {
     fn drop(&mut self) {
         self.broker.sessions.fetch_sub(1, Relaxed);
+        self.broker.metrics.connections.dec();
     }
 }

@@ -8,9 +8,8 @@
 use crate::config::SlowConsumerPolicy;
 use crate::outbox::{Delivery, OutboxState, PushError};
 use crate::registry::Registry;
-use crate::stats::Stats;
+use crate::metrics::Metrics;
 use bytes::Bytes;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 use stompede_protocol::{Headers, PreparedMessage};
@@ -43,10 +42,10 @@ pub fn deliver(
     destination: &str,
     message: &Arc<PreparedMessage>,
     policy: SlowConsumerPolicy,
-    stats: &Stats,
+    metrics: &Metrics,
 ) -> usize {
     let published_at = Instant::now();
-    let mut delivered = 0u64;
+    let mut delivered = 0i64;
     let subscribers = registry.for_each_subscriber(destination, |subscriber| {
         match subscriber.outbox.push(Delivery::new(message.clone(), subscriber, published_at)) {
             Ok(()) => delivered += 1,
@@ -54,14 +53,14 @@ pub fn deliver(
             Err(PushError::Full) => match policy {
                 SlowConsumerPolicy::Disconnect => {
                     subscriber.outbox.set_state(OutboxState::SlowConsumer);
-                    stats.slow_consumer_disconnects.fetch_add(1, Relaxed);
+                    metrics.slow_consumer_disconnects.inc();
                 }
                 SlowConsumerPolicy::Drop => {
-                    stats.slow_consumer_drops.fetch_add(1, Relaxed);
+                    metrics.slow_consumer_drops.inc();
                 }
             },
         }
     });
-    stats.deliveries_queued.fetch_add(delivered, Relaxed);
+    metrics.outbound_queued.add(delivered);
     subscribers
 }

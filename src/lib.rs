@@ -4,16 +4,18 @@
 //! comment API POSTs each new comment to `/api/v1/publish`, and the broker
 //! pushes it to every subscriber. See the README for the architecture.
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod destination;
 pub mod fanout;
 pub mod http;
+pub mod ip_limit;
+pub mod metrics;
 pub mod outbox;
 pub mod registry;
 pub mod server;
 pub mod session;
-pub mod stats;
 
 pub use broker::Broker;
 pub use config::{Config, Settings};

@@ -105,13 +105,12 @@ impl Outbox {
         Ok(())
     }
 
-    /// Marks the connection for disconnection and wakes its writer.
+    /// Marks the connection for disconnection and wakes its writer, which
+    /// drains (and drops) what is still queued.
     pub fn set_state(&self, state: OutboxState) {
         let mut queue = self.lock();
         if queue.state == OutboxState::Open {
             queue.state = state;
-            queue.items.clear();
-            queue.bytes = 0;
         }
         drop(queue);
         self.ready.notify_one();

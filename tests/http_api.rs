@@ -123,7 +123,7 @@ async fn destination_counts_take_a_percent_encoded_destination() {
 #[tokio::test]
 async fn the_api_token_is_required_when_configured() {
     let mut config = config();
-    config.api_token = Some("t0ken".into());
+    config.api_tokens = vec!["t0ken".into()];
     let broker = start(config).await;
     let request = r#"{"destination": "/topic/a", "body": "x"}"#;
     let (status, body) = http(broker.addr, "POST", "/api/v1/publish", Some(request), &[]).await;
@@ -135,4 +135,55 @@ async fn the_api_token_is_required_when_configured() {
     assert_eq!(http(broker.addr, "POST", "/api/v1/publish", Some(request), &right).await.0, 202);
     // Health stays open.
     assert_eq!(http_raw(broker.addr, "GET", "/healthz", None, &[]).await.0, 200);
+}
+
+/// The value of one sample line of the Prometheus text, e.g. `stompede_connections`.
+fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no sample {name} in\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+async fn scrape(broker: &common::TestBroker) -> String {
+    let (status, body) = http_raw(broker.addr, "GET", "/metrics", None, &[]).await;
+    assert_eq!(status, 200);
+    String::from_utf8(body).unwrap()
+}
+
+#[tokio::test]
+async fn metrics_move_with_traffic() {
+    let broker = start(config()).await;
+    let before = scrape(&broker).await;
+    assert_eq!(sample(&before, "stompede_connections"), 0.0);
+    assert_eq!(sample(&before, "stompede_messages_published_total"), 0.0);
+
+    let mut client = broker.connected().await;
+    client.send("SUBSCRIBE\nid:0\ndestination:/topic/m\nreceipt:r\n\n\0").await;
+    client.frame().await;
+    broker.publish("/topic/m", "one").await;
+    broker.publish("/topic/m", "two").await;
+    client.frame().await;
+    client.frame().await;
+    let mut refused = broker.connected().await;
+    refused.send("NOPE\n\n\0").await;
+    refused.expect_error().await;
+
+    let after = scrape(&broker).await;
+    assert_eq!(sample(&after, "stompede_connections"), 1.0);
+    assert_eq!(sample(&after, "stompede_sessions{version=\"1.2\"}"), 1.0);
+    assert_eq!(sample(&after, "stompede_subscriptions"), 1.0);
+    assert_eq!(sample(&after, "stompede_destinations"), 1.0);
+    assert_eq!(sample(&after, "stompede_messages_published_total"), 2.0);
+    assert_eq!(sample(&after, "stompede_messages_delivered_total"), 2.0);
+    assert_eq!(sample(&after, "stompede_outbound_queued_frames"), 0.0);
+    assert_eq!(sample(&after, "stompede_errors_total{reason=\"decode\"}"), 1.0);
+    assert!(sample(&after, "stompede_delivery_latency_seconds_count") >= 1.0);
+    assert_eq!(sample(&after, "stompede_http_requests_total{route=\"/api/v1/publish\",status=\"202\"}"), 2.0);
+    assert_eq!(sample(&after, "stompede_http_requests_total{route=\"/metrics\",status=\"200\"}"), 1.0);
+    for name in ["stompede_slow_consumer_disconnects_total", "stompede_slow_consumer_drops_total"] {
+        assert_eq!(sample(&after, name), 0.0);
+    }
 }

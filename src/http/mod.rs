@@ -13,8 +13,32 @@ use std::sync::Arc;
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
-/// Routes one request.
+/// Routes one request and counts it in the HTTP metrics.
 pub async fn route(broker: Arc<Broker>, peer: SocketAddr, request: Request<Incoming>) -> HttpResponse {
+    let started = std::time::Instant::now();
+    let label = route_label(&broker, request.uri().path());
+    let response = dispatch(broker.clone(), peer, request).await;
+    let metrics = &broker.metrics;
+    metrics.http_requests.with_label_values(&[label, response.status().as_str()]).inc();
+    metrics.http_duration.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The route as a metric label: a fixed set, whatever paths clients try.
+fn route_label(broker: &Broker, path: &str) -> &'static str {
+    match path {
+        _ if path == broker.config.ws_path => "websocket",
+        "/api/v1/publish" => "/api/v1/publish",
+        "/api/v1/broadcast" => "/api/v1/broadcast",
+        _ if path.starts_with("/api/v1/destinations/") => "/api/v1/destinations",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        _ => "other",
+    }
+}
+
+async fn dispatch(broker: Arc<Broker>, peer: SocketAddr, request: Request<Incoming>) -> HttpResponse {
     let path = request.uri().path();
     if path == broker.config.ws_path {
         return upgrade::handle(broker, peer, request);
@@ -22,10 +46,19 @@ pub async fn route(broker: Arc<Broker>, peer: SocketAddr, request: Request<Incom
     match (request.method(), path) {
         (&Method::GET | &Method::HEAD, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         (&Method::GET | &Method::HEAD, "/readyz") => readiness(&broker),
-        (_, "/healthz" | "/readyz") => method_not_allowed("GET"),
+        (&Method::GET, "/metrics") => metrics(&broker),
+        (_, "/healthz" | "/readyz" | "/metrics") => method_not_allowed("GET"),
         (_, path) if path.starts_with("/api/v1/") => api::handle(broker, peer, request).await,
         _ => error(StatusCode::NOT_FOUND, format!("no route for {path}")),
     }
+}
+
+fn metrics(broker: &Broker) -> HttpResponse {
+    broker.metrics.destinations.set(broker.registry.destination_count() as i64);
+    Response::builder()
+        .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+        .body(Full::new(Bytes::from(broker.metrics.render())))
+        .expect("static response parts are valid")
 }
 
 fn readiness(broker: &Broker) -> HttpResponse {

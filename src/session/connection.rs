@@ -3,6 +3,7 @@
 //! keeps heart-beats, and closes with an ERROR frame when something is wrong.
 
 use crate::broker::SessionSlot;
+use crate::metrics::Metrics;
 use crate::outbox::{Delivery, Outbox, OutboxState};
 use crate::session::{Flow, Session};
 use bytes::{Bytes, BytesMut};
@@ -10,7 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
-use stompede_protocol::{encode, Decoder, Frame, Item, Limits, Version};
+use stompede_protocol::{encode, Command, Decoder, Frame, Item, Limits, Version};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -29,9 +30,10 @@ const IDLE_BUFFER_BYTES: usize = 8 * 1024;
 enum Ending {
     /// The client closed or disconnected; nothing more to say.
     Quiet,
-    /// Tell the client why (an ERROR frame), then close.
-    Error(Frame, CloseCode),
-    /// The replies (ending in an ERROR or RECEIPT) are written; close.
+    /// Tell the client why (an ERROR frame), then close. The reason labels
+    /// the `errors_total` metric.
+    Error(Frame, CloseCode, &'static str),
+    /// The replies (ending in a RECEIPT or an ERROR) are written; close.
     Closed(CloseCode),
 }
 
@@ -41,14 +43,19 @@ where
 {
     let broker = slot.broker().clone();
     let config = &broker.config;
+    let metrics = &broker.metrics;
     let outbox = Arc::new(Outbox::new(config.outbound_queue_frames, config.outbound_queue_bytes));
     let mut session = Session::new(broker.clone(), connection_id, outbox.clone());
-    let mut decoder = Decoder::new(Limits {
+    let limits = Limits {
         max_headers: config.max_headers,
         max_header_line: config.max_header_line_bytes,
         max_body_bytes: config.max_frame_bytes,
         max_frame_bytes: config.max_frame_bytes,
-    });
+    };
+    // Until CONNECT succeeds, frames get the smaller `max-frame-bytes-before-connect` budget.
+    let before_connect = config.max_frame_bytes_before_connect.min(config.max_frame_bytes);
+    let mut decoder =
+        Decoder::new(Limits { max_body_bytes: before_connect, max_frame_bytes: before_connect, ..limits });
     let mut writer = Writer { version: Version::V1_2, scratch: BytesMut::new(), batch: VecDeque::new() };
     let mut inbound = BytesMut::new();
     let mut replies = Vec::new();
@@ -63,13 +70,13 @@ where
         tokio::select! {
             biased;
             _ = broker.shutdown.cancelled() => {
-                break Ending::Error(Session::error("server is shutting down"), CloseCode::Away);
+                break Ending::Error(Session::error("server is shutting down"), CloseCode::Away, "shutdown");
             }
             _ = outbox.ready.notified() => {
                 // Cancel safety: the write is raced only against closing, and
                 // after that the connection is dropped whatever was half written.
                 let written = tokio::select! {
-                    written = writer.drain_outbox(&outbox, &mut ws) => written,
+                    written = writer.drain_outbox(&outbox, &mut ws, metrics) => written,
                     _ = outbox.closing.notified() => Ok(OutboxState::SlowConsumer),
                 };
                 match written {
@@ -87,16 +94,20 @@ where
                     Some(Ok(Message::Close(_))) | None => break Ending::Quiet,
                     Some(Err(error)) => {
                         tracing::debug!(%error, "websocket read failed");
-                        break Ending::Quiet;
+                        break read_failed(&error);
                     }
                 }
                 loop {
                     match decoder.decode(&mut inbound) {
                         Ok(Some(Item::Frame(frame))) => {
                             let was_connected = session.version().is_some();
+                            let subscriptions_before = session.subscription_count();
                             let flow = session.handle(frame, &mut replies);
+                            metrics.subscriptions.add(session.subscription_count() as i64 - subscriptions_before as i64);
                             if let (false, Some(version)) = (was_connected, session.version()) {
+                                metrics.sessions.with_label_values(&[version.as_str()]).inc();
                                 decoder.set_version(version);
+                                decoder.set_limits(limits);
                                 writer.version = version;
                                 tracing::debug!(version = version.as_str(), "session connected");
                                 // Heart-beats start now: let the timer pick the new deadline.
@@ -105,7 +116,10 @@ where
                             if !replies.is_empty() {
                                 // What this session queued before the reply (a MESSAGE
                                 // caused by its own SEND) goes out first.
-                                match writer.drain_outbox(&outbox, &mut ws).await {
+                                if flow == Flow::Close && replies.iter().any(|reply| reply.command == Command::Error) {
+                                    metrics.errors.with_label_values(&["protocol"]).inc();
+                                }
+                                match writer.drain_outbox(&outbox, &mut ws, metrics).await {
                                     Ok(OutboxState::Open) => {}
                                     Ok(OutboxState::SlowConsumer) => break 'session slow_consumer(),
                                     Ok(OutboxState::Closed) | Err(_) => break 'session Ending::Quiet,
@@ -121,7 +135,9 @@ where
                         }
                         Ok(Some(Item::HeartBeat)) => {}
                         Ok(None) => break,
-                        Err(error) => break 'session Ending::Error(Session::error(error.to_string()), CloseCode::Policy),
+                        Err(error) => {
+                            break 'session Ending::Error(Session::error(error.to_string()), CloseCode::Policy, "decode")
+                        }
                     }
                 }
                 if inbound.is_empty() && inbound.capacity() > IDLE_BUFFER_BYTES {
@@ -134,6 +150,7 @@ where
                     break Ending::Error(
                         Session::error(format!("no CONNECT frame within {:?}", config.connect_timeout)),
                         CloseCode::Policy,
+                        "connect_timeout",
                     );
                 }
                 let beats = session.heart_beats();
@@ -142,6 +159,7 @@ where
                     break Ending::Error(
                         Session::error(format!("heart-beat timeout: nothing received for {silence_limit:?}")),
                         CloseCode::Policy,
+                        "heartbeat_timeout",
                     );
                 }
                 if !beats.send.is_zero() && now >= last_write + beats.send {
@@ -163,10 +181,19 @@ where
     };
 
     outbox.set_state(OutboxState::Closed);
+    let mut undelivered = VecDeque::new();
+    outbox.drain_into(&mut undelivered);
+    metrics.outbound_queued.sub(undelivered.len() as i64);
+    drop(undelivered);
+    metrics.subscriptions.sub(session.subscription_count() as i64);
     session.close();
+    if let Some(version) = session.version() {
+        metrics.sessions.with_label_values(&[version.as_str()]).dec();
+    }
     let close_code = match ending {
         Ending::Quiet => None,
-        Ending::Error(frame, code) => {
+        Ending::Error(frame, code, reason) => {
+            metrics.errors.with_label_values(&[reason]).inc();
             if let Some(message) = frame.headers.get("message") {
                 tracing::debug!(reason = message, "closing session with ERROR");
             }
@@ -182,10 +209,25 @@ where
     drop(slot);
 }
 
+/// A WebSocket-level read error: tell the client, with the close code RFC 6455 gives it.
+fn read_failed(error: &tokio_tungstenite::tungstenite::Error) -> Ending {
+    use tokio_tungstenite::tungstenite::Error;
+    let (message, code, reason) = match error {
+        Error::Utf8(_) => ("text WebSocket message is not valid UTF-8".to_owned(), CloseCode::Invalid, "invalid_utf8"),
+        Error::Capacity(capacity) => {
+            (format!("WebSocket message too large: {capacity} (ws-max-message-bytes)"), CloseCode::Size, "too_large")
+        }
+        Error::Protocol(protocol) => (format!("WebSocket protocol error: {protocol}"), CloseCode::Protocol, "websocket"),
+        _ => return Ending::Quiet,
+    };
+    Ending::Error(Session::error(message), code, reason)
+}
+
 fn slow_consumer() -> Ending {
     Ending::Error(
         Session::error("slow consumer: this connection did not read its messages fast enough"),
         CloseCode::Policy,
+        "slow_consumer",
     )
 }
 
@@ -203,16 +245,24 @@ type WsResult<T> = Result<T, tokio_tungstenite::tungstenite::Error>;
 impl Writer {
     /// Writes everything queued, round after round until the outbox is empty,
     /// with one flush per round.
-    async fn drain_outbox<S>(&mut self, outbox: &Outbox, ws: &mut WebSocketStream<S>) -> WsResult<OutboxState>
+    async fn drain_outbox<S>(
+        &mut self,
+        outbox: &Outbox,
+        ws: &mut WebSocketStream<S>,
+        metrics: &Metrics,
+    ) -> WsResult<OutboxState>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         loop {
             let state = outbox.drain_into(&mut self.batch);
-            if state != OutboxState::Open || self.batch.is_empty() {
+            let frames = self.batch.len();
+            metrics.outbound_queued.sub(frames as i64);
+            if state != OutboxState::Open || frames == 0 {
                 self.batch.clear();
                 return Ok(state);
             }
+            let oldest = self.batch.front().map(|delivery| delivery.published_at);
             while let Some(delivery) = self.batch.pop_front() {
                 let message = &delivery.message;
                 let ack = delivery.ack.then(|| message.headers().get("message-id").unwrap_or_default());
@@ -221,6 +271,12 @@ impl Writer {
                 ws.feed(ws_message(bytes, message.body_is_utf8())).await?;
             }
             ws.flush().await?;
+            metrics.messages_delivered.inc_by(frames as u64);
+            metrics.outbound_batch_frames.observe(frames as f64);
+            // One latency sample per batch: its oldest delivery, the worst case.
+            if let Some(oldest) = oldest {
+                metrics.delivery_latency.observe(oldest.elapsed().as_secs_f64());
+            }
         }
     }
 
