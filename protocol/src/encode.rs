@@ -9,7 +9,10 @@ use bytes::{BufMut, BytesMut};
 /// `frame.headers` is ignored: the encoder writes the real one whenever the
 /// body is not empty, so the frame can never lie about its length.
 pub fn encode(frame: &Frame, version: Version, out: &mut BytesMut) {
-    out.reserve(encoded_len(frame, version));
+    // Reserve without scanning the headers for bytes to escape (rare; the
+    // buffer grows if there are some).
+    let headers: usize = frame.headers.iter().map(|(name, value)| name.len() + value.len() + 2).sum();
+    out.reserve(frame.command.as_str().len() + headers + MAX_CONTENT_LENGTH_LINE + frame.body.len() + 3);
     let escaped = frame.command.escapes_headers();
     out.put_slice(frame.command.as_str().as_bytes());
     out.put_u8(b'\n');
@@ -47,6 +50,9 @@ pub fn encoded_len(frame: &Frame, version: Version) -> usize {
 pub fn encode_heartbeat(out: &mut BytesMut) {
     out.put_u8(b'\n');
 }
+
+/// `content-length:` + the longest `usize` + `\n`.
+const MAX_CONTENT_LENGTH_LINE: usize = "content-length:".len() + 20 + 1;
 
 pub(crate) fn write_content_length(len: usize, out: &mut BytesMut) {
     out.put_slice(b"content-length:");

@@ -33,3 +33,8 @@ pub use encode::{encode, encode_heartbeat, encoded_len};
 pub use error::DecodeError;
 pub use frame::{Command, Frame, Headers, Version};
 pub use prepared::PreparedMessage;
+
+/// Runs the README's example as a doctest, so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
