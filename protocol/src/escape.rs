@@ -57,14 +57,34 @@ pub(crate) fn escaped_len(value: &str, version: Version, escaped: bool) -> usize
     if !escaped || version == Version::V1_0 {
         return value.len();
     }
+    if !has_escapable(value.as_bytes(), version) {
+        return value.len();
+    }
     let table = table(version, escaped);
     value.len() + value.bytes().filter(|&b| table[usize::from(b)]).count()
 }
 
+/// Whether any byte of `bytes` is escaped in `version`. Branch-free
+/// comparisons, so the compiler vectorises it: header values are usually
+/// clean and this is the common path.
+fn has_escapable(bytes: &[u8], version: Version) -> bool {
+    match version {
+        Version::V1_0 => false,
+        Version::V1_1 => bytes.iter().fold(false, |any, &b| any | (b == b'\n') | (b == b':') | (b == b'\\')),
+        Version::V1_2 => {
+            bytes.iter().fold(false, |any, &b| any | (b == b'\n') | (b == b'\r') | (b == b':') | (b == b'\\'))
+        }
+    }
+}
+
 /// Writes `value`, escaped for `version` when `escaped` is true.
 pub(crate) fn write_escaped(value: &str, version: Version, escaped: bool, out: &mut BytesMut) {
-    let table = table(version, escaped);
     let mut rest = value.as_bytes();
+    if !escaped || !has_escapable(rest, version) {
+        out.put_slice(rest);
+        return;
+    }
+    let table = table(version, escaped);
     while let Some(at) = rest.iter().position(|&b| table[usize::from(b)]) {
         out.put_slice(&rest[..at]);
         out.put_slice(match rest[at] {
