@@ -24,6 +24,7 @@ pub struct Fleet {
     last_print: Instant,
     last_received: u64,
     quiet: bool,
+    in_process: bool,
 }
 
 impl Fleet {
@@ -108,6 +109,7 @@ impl Fleet {
             last_print: Instant::now(),
             last_received: 0,
             quiet,
+            in_process,
         })
     }
 
@@ -119,6 +121,13 @@ impl Fleet {
         for tx in &self.cmds {
             let _ = tx.send(c.clone());
         }
+    }
+
+    /// CPU seconds used so far by the whole tool: this process plus any
+    /// worker processes (as of their last progress report).
+    pub fn tool_cpu_secs(&self) -> f64 {
+        let children: f64 = if self.in_process { 0.0 } else { self.progress.iter().map(|p| p.cpu_secs).sum() };
+        crate::sys::self_cpu_secs() + children
     }
 
     pub fn received(&self) -> u64 {

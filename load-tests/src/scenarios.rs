@@ -438,6 +438,8 @@ struct StepReport {
     latency: Percentiles,
     broker_cpu_percent: Option<f64>,
     broker_rss_bytes: Option<u64>,
+    /// The load tool's CPU over the step (100 = one core).
+    tool_cpu_percent: f64,
     passed: bool,
 }
 
@@ -458,6 +460,7 @@ async fn run_step(
 ) -> Result<(Vec<Publisher>, StepReport, Histogram<u64>), String> {
     fleet.label = label.clone();
     let b0 = meter.broker_now();
+    let cpu0 = fleet.tool_cpu_secs();
     let t0 = Instant::now();
     let (pubs, steps) = match during {
         None => publish_step(fleet, pubs, step, rate, duration, None, |_| false, None).await?,
@@ -476,6 +479,7 @@ async fn run_step(
     fleet.label = format!("{label}: draining");
     let (drain_secs, drain_active) = drain(fleet, expected, drain_max).await?;
     let b1 = meter.broker_now();
+    let tool_cpu_percent = (fleet.tool_cpu_secs() - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
     let results: Vec<StepResult> = fleet.collect(step, sent).await?;
     let hist = merge_hist(results.iter().map(|r| r.latency.clone()));
     let sum = |f: fn(&StepResult) -> u64| results.iter().map(f).sum::<u64>();
@@ -509,6 +513,7 @@ async fn run_step(
             _ => None,
         },
         broker_rss_bytes: b1.map(|b| b.rss_bytes),
+        tool_cpu_percent,
         passed: false,
     };
     r.passed = r.lost == 0
@@ -554,6 +559,7 @@ fn step_rows(rep: &mut Report, s: &StepReport) {
     if let (Some(cpu), Some(rss)) = (s.broker_cpu_percent, s.broker_rss_bytes) {
         rep.row("broker", format!("CPU {cpu:.0}% of one core, RSS {}", mib(rss as f64)));
     }
+    rep.row("load tool", format!("CPU {:.0}% of one core", s.tool_cpu_percent));
     rep.row("verdict", if s.passed { "PASS".to_string() } else { "FAIL".to_string() });
 }
 

@@ -98,6 +98,8 @@ pub struct ProgressData {
     pub activity_ok: u64,
     pub activity_failed: u64,
     pub dropped: u64,
+    /// CPU seconds this worker's process has used so far.
+    pub cpu_secs: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -228,6 +230,7 @@ async fn run_inner(
                     activity_ok: c.activity_ok.load(Ordering::Relaxed),
                     activity_failed: c.activity_failed.load(Ordering::Relaxed),
                     dropped: c.dropped.load(Ordering::Relaxed),
+                    cpu_secs: self_cpu_secs(),
                 };
                 if events.send(Event::Progress(p)).is_err() {
                     break;
