@@ -208,8 +208,11 @@
       // adds our jittered, growing wait.
       reconnectDelay: 100,
       beforeConnect: async () => {
+        // Every retry waits, the first one after a drop too: when a broker
+        // restarts, its readers come back spread over the backoff window.
         attempt += 1;
-        if (attempt > 1) await waitBeforeRetry(backoffDelay(attempt - 1));
+        const retry = everConnected ? attempt : attempt - 1;
+        if (retry > 0) await waitBeforeRetry(backoffDelay(retry));
         setState(everConnected ? 'reconnecting' : 'connecting', everConnected ? 'Reconnecting…' : 'Connecting…');
       },
       onConnect: () => {

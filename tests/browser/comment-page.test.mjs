@@ -282,6 +282,7 @@ describe('comment page in headless Chromium', { timeout: 15 * 60 * 1000 }, () =>
     for (const page of [pageA, pageB]) {
       await page.waitForSelector('#status:not([data-state="connected"])', { timeout: 5000 });
     }
+    await pageB.locator('.comments').screenshot({ path: path.join(artifacts, 'comment-page-reconnecting.png') });
 
     // Written while the broker is down: stored, not delivered live; the pages
     // fetch it when they reconnect.
