@@ -19,10 +19,14 @@ export npm_config_audit=false npm_config_fund=false npm_config_update_notifier=f
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if [ ! -x /usr/bin/chromium ]; then
-  echo "browser test: installing chromium and chromium-driver from Debian" >&2
+need=()
+[ -x /usr/bin/chromium ] || need+=(chromium chromium-driver)
+# The screenshot needs at least one font (chromium only recommends one).
+compgen -G "/usr/share/fonts/truetype/*/*.ttf" >/dev/null || need+=(fonts-dejavu-core)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "browser test: installing ${need[*]} from Debian" >&2
   as_root apt-get update -q
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
 fi
 
 npm_install() {
