@@ -17,6 +17,29 @@ pub fn validate(destination: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a client may not SUBSCRIBE to `destination` (already [`validate`]d),
+/// if it may not: it must start with one of `prefixes` (`subscribe-prefix`).
+pub fn check_subscribe(destination: &str, prefixes: &[String]) -> Result<(), String> {
+    check_prefix(destination, prefixes).map_err(|allowed| {
+        format!("not allowed to subscribe to {destination:?}: destinations must start with {allowed}")
+    })
+}
+
+/// Why a client may not SEND to `destination` (already [`validate`]d), if it
+/// may not: it must start with one of `prefixes` (`send-prefix`).
+pub fn check_send(destination: &str, prefixes: &[String]) -> Result<(), String> {
+    check_prefix(destination, prefixes)
+        .map_err(|allowed| format!("not allowed to send to {destination:?}: destinations must start with {allowed}"))
+}
+
+fn check_prefix(destination: &str, prefixes: &[String]) -> Result<(), String> {
+    if prefixes.iter().any(|prefix| destination.starts_with(prefix.as_str())) {
+        Ok(())
+    } else {
+        Err(prefixes.iter().map(|prefix| format!("{prefix:?}")).collect::<Vec<_>>().join(" or "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -24,6 +47,18 @@ mod tests {
     #[test]
     fn accepts_a_comment_topic() {
         assert_eq!(validate("/topic/comments.42"), Ok(()));
+    }
+
+    #[test]
+    fn subscribe_and_send_are_limited_to_prefixes() {
+        let prefixes = vec!["/topic/".to_owned(), "/live/".to_owned()];
+        assert_eq!(check_subscribe("/topic/comments.42", &prefixes), Ok(()));
+        assert_eq!(check_send("/live/7", &prefixes), Ok(()));
+        assert_eq!(
+            check_subscribe("/queue/admin", &prefixes),
+            Err("not allowed to subscribe to \"/queue/admin\": destinations must start with \"/topic/\" or \"/live/\"".into())
+        );
+        assert!(check_send("/topicx", &prefixes).unwrap_err().starts_with("not allowed to send to"));
     }
 
     #[test]

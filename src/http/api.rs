@@ -66,7 +66,8 @@ pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request<Inco
 }
 
 fn authorize(broker: &Broker, peer: SocketAddr, request: &Request<Incoming>) -> Result<(), HttpResponse> {
-    let Some(token) = &broker.config.api_token else {
+    let tokens = &broker.config.api_tokens;
+    if tokens.is_empty() {
         if peer.ip().is_loopback() || peer.ip().to_canonical().is_loopback() {
             return Ok(());
         }
@@ -74,7 +75,7 @@ fn authorize(broker: &Broker, peer: SocketAddr, request: &Request<Incoming>) -> 
             StatusCode::FORBIDDEN,
             "the API only accepts loopback clients unless an api-token is configured",
         ));
-    };
+    }
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -86,8 +87,17 @@ fn authorize(broker: &Broker, peer: SocketAddr, request: &Request<Incoming>) -> 
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
             Err(response)
         }
-        Some(given) if constant_time_eq(given.trim(), token) => Ok(()),
-        Some(_) => Err(error(StatusCode::FORBIDDEN, "invalid API token")),
+        Some(given) => {
+            // Every configured token is compared in full (no early exit), so
+            // the time taken says neither which token matched nor how much of one.
+            let given = given.trim();
+            let known = tokens.iter().fold(false, |found, token| found | constant_time_eq(given, token));
+            if known {
+                Ok(())
+            } else {
+                Err(error(StatusCode::FORBIDDEN, "invalid API token"))
+            }
+        }
     }
 }
 

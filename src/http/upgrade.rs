@@ -18,9 +18,6 @@ use tracing::Instrument;
 /// STOMP subprotocols, best first.
 const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
 
-/// Room for WebSocket framing around the largest STOMP frame.
-const WS_MESSAGE_SLACK: usize = 1024;
-
 pub fn handle(broker: Arc<Broker>, peer: std::net::SocketAddr, request: Request<Incoming>) -> HttpResponse {
     if request.method() != Method::GET {
         return super::method_not_allowed("GET");
@@ -52,6 +49,25 @@ pub fn handle(broker: Arc<Broker>, peer: std::net::SocketAddr, request: Request<
     if broker.shutdown.is_cancelled() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
     }
+    let config = &broker.config;
+    let exempt = config.per_ip_limit_exempts_loopback && peer.ip().to_canonical().is_loopback();
+    let ip_slot = if config.max_connections_per_ip == 0 || exempt {
+        None
+    } else {
+        match broker.sessions_per_ip.try_acquire(peer.ip(), config.max_connections_per_ip) {
+            Some(ip_slot) => Some(ip_slot),
+            None => {
+                return error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "too many connections from {}: at most {} (max-connections-per-ip)",
+                        peer.ip().to_canonical(),
+                        config.max_connections_per_ip
+                    ),
+                )
+            }
+        }
+    };
     let Some(slot) = broker.try_open_session() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "connection limit reached; try again later");
     };
@@ -61,8 +77,8 @@ pub fn handle(broker: Arc<Broker>, peer: std::net::SocketAddr, request: Request<
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.ws_read_buffer_bytes)
         .write_buffer_size(config.ws_write_buffer_bytes)
-        .max_message_size(Some(config.max_frame_bytes + WS_MESSAGE_SLACK))
-        .max_frame_size(Some(config.max_frame_bytes + WS_MESSAGE_SLACK));
+        .max_message_size(Some(config.ws_max_message_bytes))
+        .max_frame_size(Some(config.ws_max_frame_bytes));
     let connection_id = broker.next_connection_id();
     let span = tracing::info_span!("session", id = connection_id, %peer);
     let on_upgrade = hyper::upgrade::on(request);
@@ -73,6 +89,7 @@ pub fn handle(broker: Arc<Broker>, peer: std::net::SocketAddr, request: Request<
                 Ok(upgraded) => {
                     let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
                     connection::serve(slot, ws, connection_id).await;
+                    drop(ip_slot);
                 }
                 Err(error) => tracing::debug!(%error, "upgrade failed"),
             }

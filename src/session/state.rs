@@ -3,6 +3,7 @@
 //! publishes through the broker, but owns no socket, so it can be tested
 //! frame by frame.
 
+use crate::auth::{self, Identity};
 use crate::broker::Broker;
 use crate::config::ClientSend;
 use crate::destination;
@@ -10,7 +11,7 @@ use crate::outbox::Outbox;
 use crate::registry::{Subscriber, SubscriberKey};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use stompede_protocol::{Command, Frame, Version};
 
 const SUPPORTED_VERSIONS: &str = "1.0,1.1,1.2";
@@ -68,11 +69,46 @@ pub struct Session {
     transactions: HashMap<String, Vec<Frame>>,
     /// BEGINs plus frames held by open transactions (bounded by `max-transaction-frames`).
     transaction_frames: usize,
+    /// Who CONNECT proved this session is (`Anonymous` until then).
+    identity: Identity,
+    /// Bounds this session's SENDs (`max-sends-per-second`, `send-burst`).
+    send_budget: TokenBucket,
+}
+
+/// A token bucket: `rate` tokens a second, at most `burst` saved up.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: f64, burst: u32) -> TokenBucket {
+        let burst = f64::from(burst.max(1));
+        TokenBucket { rate, burst, tokens: burst, refilled: Instant::now() }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Session {
     pub fn new(broker: Arc<Broker>, connection_id: u64, outbox: Arc<Outbox>) -> Session {
+        let send_budget = TokenBucket::new(broker.config.max_sends_per_second, broker.config.send_burst);
         Session {
+            identity: Identity::Anonymous,
+            send_budget,
             broker,
             connection_id,
             outbox,
@@ -144,17 +180,7 @@ impl Session {
                 headers: vec![("version", SUPPORTED_VERSIONS.to_owned())],
             })?,
         };
-        let users = &self.broker.config.users;
-        if !users.is_empty() {
-            let login = headers.get("login").unwrap_or_default();
-            let passcode = headers.get("passcode").unwrap_or_default();
-            let known = users.iter().fold(false, |found, user| {
-                found | (constant_time_eq(&user.login, login) & constant_time_eq(&user.passcode, passcode))
-            });
-            if !known {
-                return Err(Refusal::new("bad credentials"));
-            }
-        }
+        let identity = auth::authenticate(&self.broker.config, headers).map_err(Refusal::new)?;
         let config = &self.broker.config;
         let mut connected = Frame::new(Command::Connected);
         if version >= Version::V1_1 {
@@ -177,6 +203,7 @@ impl Session {
             .header("session", format!("session-{}", self.connection_id))
             .header("server", SERVER_NAME);
         self.version = Some(version);
+        self.identity = identity;
         out.push(connected);
         Ok(())
     }
@@ -201,6 +228,10 @@ impl Session {
     fn subscribe(&mut self, frame: &Frame, version: Version) -> Outcome {
         let destination = required(frame, "destination")?;
         destination::validate(destination).map_err(Refusal::new)?;
+        destination::check_subscribe(destination, &self.broker.config.subscribe_prefixes).map_err(Refusal::new)?;
+        if !self.identity.may_subscribe(destination) {
+            return Err(Refusal::new(format!("not allowed to subscribe to {destination:?}: the token does not grant it")));
+        }
         let id = match frame.headers.get("id") {
             Some(id) => id,
             // STOMP 1.0 makes `id` optional: the destination names the subscription.
@@ -254,6 +285,14 @@ impl Session {
         }
         let destination = required(&frame, "destination")?;
         destination::validate(destination).map_err(Refusal::new)?;
+        let config = &self.broker.config;
+        destination::check_send(destination, &config.send_prefixes).map_err(Refusal::new)?;
+        if !self.send_budget.take(Instant::now()) {
+            return Err(Refusal::new(format!(
+                "too many SENDs: this server allows {} per second per session (burst {})",
+                config.max_sends_per_second, config.send_burst
+            )));
+        }
         if let Some(transaction) = frame.headers.get("transaction") {
             return self.hold_in_transaction(transaction.to_owned(), frame);
         }

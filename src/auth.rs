@@ -1,0 +1,270 @@
+//! Who may connect: static `login:passcode` users, JWTs (HS256 with a
+//! secret, RS256 or ES256 with a public key), or anonymous readers; and,
+//! for a token, which destinations its session may subscribe to.
+//!
+//! A token is given as the CONNECT `passcode` (what browser STOMP clients can
+//! always send) or as an `Authorization: Bearer TOKEN` CONNECT header.
+
+use crate::config::Config;
+use crate::session::state::constant_time_eq;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use std::path::Path;
+use stompede_protocol::Headers;
+
+/// What a session proved in CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    Anonymous,
+    /// A configured `login:passcode`.
+    User(String),
+    /// A valid JWT.
+    Token(Grant),
+}
+
+impl Identity {
+    /// Whether this identity may subscribe to `destination` (the
+    /// `subscribe-prefix` check is separate and applies to everyone).
+    pub fn may_subscribe(&self, destination: &str) -> bool {
+        match self {
+            Identity::Anonymous | Identity::User(_) => true,
+            Identity::Token(grant) => grant.allows(destination),
+        }
+    }
+}
+
+/// What a valid token grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The token's `sub`, for logs.
+    pub subject: Option<String>,
+    /// The destinations claim; `None` when the token has none (no restriction
+    /// beyond `subscribe-prefix`).
+    pub destinations: Option<Vec<DestinationRule>>,
+}
+
+impl Grant {
+    pub fn allows(&self, destination: &str) -> bool {
+        match &self.destinations {
+            None => true,
+            Some(rules) => rules.iter().any(|rule| rule.matches(destination)),
+        }
+    }
+}
+
+/// One entry of the destinations claim: `/topic/comments.42` (exact) or
+/// `/topic/comments.*` (every destination starting with `/topic/comments.`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DestinationRule {
+    Exact(String),
+    Prefix(String),
+}
+
+impl DestinationRule {
+    pub fn parse(entry: &str) -> DestinationRule {
+        match entry.strip_suffix('*') {
+            Some(prefix) => DestinationRule::Prefix(prefix.to_owned()),
+            None => DestinationRule::Exact(entry.to_owned()),
+        }
+    }
+
+    pub fn matches(&self, destination: &str) -> bool {
+        match self {
+            DestinationRule::Exact(exact) => exact == destination,
+            DestinationRule::Prefix(prefix) => destination.starts_with(prefix.as_str()),
+        }
+    }
+}
+
+/// The JWT settings, as given.
+#[derive(Debug, Clone, Copy)]
+pub struct JwtSettings<'a> {
+    pub secret: Option<&'a str>,
+    pub public_key: Option<&'a Path>,
+    pub destinations_claim: &'a str,
+    pub audience: Option<&'a str>,
+    pub issuer: Option<&'a str>,
+    pub leeway_seconds: u64,
+}
+
+/// Checks subscriber JWTs against one key.
+pub struct JwtVerifier {
+    key: DecodingKey,
+    validation: Validation,
+    destinations_claim: String,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    // The key is a secret (or at least not worth printing).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtVerifier")
+            .field("algorithms", &self.validation.algorithms)
+            .field("destinations_claim", &self.destinations_claim)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtVerifier {
+    /// A verifier for the configured key, `None` when no key is configured.
+    pub fn from_settings(settings: &JwtSettings<'_>) -> Result<Option<JwtVerifier>, String> {
+        let mut verifier = match (settings.secret, settings.public_key) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => return Err("give jwt-secret or jwt-public-key, not both".into()),
+            (Some(secret), None) => JwtVerifier::hs256(secret.as_bytes()),
+            (None, Some(path)) => {
+                let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                JwtVerifier::from_public_key_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+        };
+        verifier.destinations_claim = settings.destinations_claim.to_owned();
+        verifier.validation.leeway = settings.leeway_seconds;
+        if let Some(audience) = settings.audience {
+            verifier.validation.set_audience(&[audience]);
+            verifier.validation.validate_aud = true;
+        }
+        if let Some(issuer) = settings.issuer {
+            verifier.validation.set_issuer(&[issuer]);
+        }
+        Ok(Some(verifier))
+    }
+
+    /// HS256 with a shared secret.
+    pub fn hs256(secret: &[u8]) -> JwtVerifier {
+        JwtVerifier::new(DecodingKey::from_secret(secret), Algorithm::HS256)
+    }
+
+    /// RS256 for an RSA public key, ES256 for a P-256 one (PEM).
+    pub fn from_public_key_pem(pem: &[u8]) -> Result<JwtVerifier, String> {
+        if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+            return Ok(JwtVerifier::new(key, Algorithm::RS256));
+        }
+        match DecodingKey::from_ec_pem(pem) {
+            Ok(key) => Ok(JwtVerifier::new(key, Algorithm::ES256)),
+            Err(e) => Err(format!("not an RSA or EC public key in PEM: {e}")),
+        }
+    }
+
+    fn new(key: DecodingKey, algorithm: Algorithm) -> JwtVerifier {
+        let mut validation = Validation::new(algorithm);
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.leeway = crate::config::DEFAULT_JWT_LEEWAY_SECONDS;
+        JwtVerifier { key, validation, destinations_claim: crate::config::DEFAULT_DESTINATIONS_CLAIM.to_owned() }
+    }
+
+    /// Checks the signature, the algorithm, `exp` (required), `nbf`, and
+    /// `aud`/`iss` when configured; returns what the token grants.
+    pub fn verify(&self, token: &str) -> Result<Grant, String> {
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &self.key, &self.validation)
+            .map_err(|e| describe(e.kind()))?;
+        let claims = data.claims;
+        let subject = claims.get("sub").and_then(|sub| sub.as_str()).map(str::to_owned);
+        let destinations = match claims.get(&self.destinations_claim) {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Array(entries)) => Some(
+                entries
+                    .iter()
+                    .map(|entry| entry.as_str().map(DestinationRule::parse))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| format!("bad token: claim {:?} must be a list of strings", self.destinations_claim))?,
+            ),
+            Some(serde_json::Value::String(one)) => Some(vec![DestinationRule::parse(one)]),
+            Some(_) => return Err(format!("bad token: claim {:?} must be a list of strings", self.destinations_claim)),
+        };
+        Ok(Grant { subject, destinations })
+    }
+}
+
+fn describe(kind: &ErrorKind) -> String {
+    let reason = match kind {
+        ErrorKind::ExpiredSignature => "it has expired (exp)".to_owned(),
+        ErrorKind::ImmatureSignature => "it is not valid yet (nbf)".to_owned(),
+        ErrorKind::InvalidSignature => "its signature does not match".to_owned(),
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => "its algorithm is not the configured one".to_owned(),
+        ErrorKind::InvalidAudience => "its audience (aud) is not accepted".to_owned(),
+        ErrorKind::InvalidIssuer => "its issuer (iss) is not accepted".to_owned(),
+        ErrorKind::MissingRequiredClaim(claim) => format!("it has no {claim} claim"),
+        _ => "it is not a well-formed JWT".to_owned(),
+    };
+    format!("bad token: {reason}")
+}
+
+/// Whether `text` has the shape of a compact JWS (three base64url parts).
+fn looks_like_jwt(text: &str) -> bool {
+    text.split('.').count() == 3
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'='))
+}
+
+/// Decides who a CONNECT frame is, or why it is refused.
+pub fn authenticate(config: &Config, headers: &Headers) -> Result<Identity, String> {
+    let bearer = headers
+        .get("Authorization")
+        .or_else(|| headers.get("authorization"))
+        .map(|value| value.strip_prefix("Bearer ").unwrap_or(value).trim());
+    let login = headers.get("login");
+    let passcode = headers.get("passcode");
+
+    if let Some(token) = bearer {
+        let Some(jwt) = &config.jwt else {
+            return Err("bearer tokens are not accepted by this server (no JWT key is configured)".into());
+        };
+        return jwt.verify(token).map(Identity::Token);
+    }
+    if login.is_none() && passcode.is_none() {
+        return if config.anonymous_allowed() {
+            Ok(Identity::Anonymous)
+        } else {
+            Err("authentication required: send login and passcode, or a token".into())
+        };
+    }
+    if !config.users.is_empty() {
+        let (login, passcode) = (login.unwrap_or_default(), passcode.unwrap_or_default());
+        // Every user is compared, so the time taken does not say which matched.
+        let known = config.users.iter().fold(None, |found, user| {
+            let matches = constant_time_eq(&user.login, login) & constant_time_eq(&user.passcode, passcode);
+            found.or(matches.then(|| user.login.clone()))
+        });
+        if let Some(login) = known {
+            return Ok(Identity::User(login));
+        }
+    }
+    if let (Some(jwt), Some(passcode)) = (&config.jwt, passcode) {
+        if looks_like_jwt(passcode) {
+            return jwt.verify(passcode).map(Identity::Token);
+        }
+    }
+    if config.users.is_empty() && config.jwt.is_none() && config.anonymous_allowed() {
+        // Nothing to check credentials against: they are ignored, as STOMP
+        // brokers without authentication do.
+        return Ok(Identity::Anonymous);
+    }
+    Err("bad credentials".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_rules_are_exact_or_prefixes() {
+        let grant = Grant {
+            subject: None,
+            destinations: Some(vec![
+                DestinationRule::parse("/topic/comments.42"),
+                DestinationRule::parse("/topic/live.*"),
+            ]),
+        };
+        assert!(grant.allows("/topic/comments.42"));
+        assert!(!grant.allows("/topic/comments.421"));
+        assert!(grant.allows("/topic/live.7"));
+        assert!(!grant.allows("/topic/other"));
+        assert!(Grant { subject: None, destinations: None }.allows("/topic/anything"));
+    }
+
+    #[test]
+    fn jwt_shape() {
+        assert!(looks_like_jwt("eyJh.eyJz.c2ln"));
+        assert!(!looks_like_jwt("s3cret"));
+        assert!(!looks_like_jwt("a.b"));
+    }
+}
