@@ -1,0 +1,183 @@
+//! Subscriber authentication with JWTs (HS256, RS256, ES256), as the CONNECT
+//! passcode or an `Authorization: Bearer` header, and the destinations claim.
+
+mod common;
+
+use common::{config, start, TestBroker};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+use stompede::config::JwtVerifier;
+use stompede_protocol::Command;
+
+const SECRET: &[u8] = b"a test secret of reasonable length";
+
+fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+fn hs256(claims: serde_json::Value) -> String {
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+async fn hs256_broker() -> TestBroker {
+    let mut config = config();
+    config.jwt = Some(Arc::new(JwtVerifier::hs256(SECRET)));
+    start(config).await
+}
+
+/// Sends CONNECT with `headers`; returns the client and the reply.
+async fn connect(broker: &TestBroker, headers: &str) -> (common::Client, stompede_protocol::Frame) {
+    let mut client = broker.client().await;
+    client.send(&format!("CONNECT\naccept-version:1.2\nhost:localhost\n{headers}\n\0")).await;
+    let reply = client.frame().await;
+    (client, reply)
+}
+
+#[tokio::test]
+async fn a_valid_token_connects_as_passcode_or_bearer_header() {
+    let broker = hs256_broker().await;
+    let token = hs256(json!({"sub": "reader-1", "exp": now() + 600}));
+    let (_, reply) = connect(&broker, &format!("login:reader-1\npasscode:{token}\n")).await;
+    assert_eq!(reply.command, Command::Connected, "{reply:?}");
+    let (_, reply) = connect(&broker, &format!("Authorization:Bearer {token}\n")).await;
+    assert_eq!(reply.command, Command::Connected, "{reply:?}");
+}
+
+#[tokio::test]
+async fn anonymous_sessions_are_refused_once_a_key_is_configured() {
+    let broker = hs256_broker().await;
+    let (mut client, reply) = connect(&broker, "").await;
+    assert_eq!(reply.command, Command::Error);
+    assert_eq!(reply.headers.get("message"), Some("authentication required: send login and passcode, or a token"));
+    client.expect_closed().await;
+    // Unless explicitly allowed.
+    let mut config = config();
+    config.jwt = Some(Arc::new(JwtVerifier::hs256(SECRET)));
+    config.allow_anonymous = Some(true);
+    let broker = start(config).await;
+    let (_, reply) = connect(&broker, "").await;
+    assert_eq!(reply.command, Command::Connected);
+    // A wrong token is still refused: anonymous access is not a fallback.
+    let (_, reply) = connect(&broker, "passcode:eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjF9.AAAA\n").await;
+    assert_eq!(reply.command, Command::Error);
+}
+
+#[tokio::test]
+async fn bad_tokens_get_an_error_that_says_why() {
+    let broker = hs256_broker().await;
+    let other_key = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"exp": now() + 600}),
+        &EncodingKey::from_secret(b"another secret"),
+    )
+    .unwrap();
+    let cases = [
+        (hs256(json!({"exp": now() - 3600})), "bad token: it has expired (exp)"),
+        (hs256(json!({"exp": now() + 3600, "nbf": now() + 3600})), "bad token: it is not valid yet (nbf)"),
+        (hs256(json!({"sub": "no-exp"})), "bad token: it has no exp claim"),
+        (other_key, "bad token: its signature does not match"),
+        (
+            hs256(json!({"exp": now() + 600, "destinations": [1, 2]})),
+            "bad token: claim \"destinations\" must be a list of strings",
+        ),
+        ("not.a.jwt".to_owned(), "bad token: it is not a well-formed JWT"),
+    ];
+    for (token, expected) in cases {
+        let (mut client, reply) = connect(&broker, &format!("Authorization:Bearer {token}\n")).await;
+        assert_eq!(reply.command, Command::Error, "{expected}");
+        assert_eq!(reply.headers.get("message"), Some(expected));
+        client.expect_closed().await;
+    }
+    // `alg: none` is never accepted.
+    let unsigned = "eyJhbGciOiJub25lIn0.eyJleHAiOjk5OTk5OTk5OTl9.";
+    let (_, reply) = connect(&broker, &format!("Authorization:Bearer {unsigned}\n")).await;
+    assert_eq!(reply.command, Command::Error);
+}
+
+#[tokio::test]
+async fn the_destinations_claim_limits_subscriptions() {
+    let broker = hs256_broker().await;
+    let token = hs256(json!({
+        "exp": now() + 600,
+        "destinations": ["/topic/comments.42", "/topic/live.*"],
+    }));
+    let (mut client, reply) = connect(&broker, &format!("passcode:{token}\n")).await;
+    assert_eq!(reply.command, Command::Connected);
+    client
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/comments.42\n\n\0SUBSCRIBE\nid:1\ndestination:/topic/live.7\nreceipt:r\n\n\0")
+        .await;
+    assert_eq!(client.frame().await.command, Command::Receipt);
+    client.send("SUBSCRIBE\nid:2\ndestination:/topic/comments.43\n\n\0").await;
+    assert_eq!(
+        client.expect_error().await,
+        "not allowed to subscribe to \"/topic/comments.43\": the token does not grant it"
+    );
+    broker.wait_for_subscribers("/topic/comments.42", 0).await;
+    // A token without the claim may subscribe wherever subscribe-prefix allows.
+    let token = hs256(json!({"exp": now() + 600}));
+    let (mut client, _) = connect(&broker, &format!("passcode:{token}\n")).await;
+    client.send("SUBSCRIBE\nid:0\ndestination:/topic/anything\nreceipt:r\n\n\0").await;
+    assert_eq!(client.frame().await.command, Command::Receipt);
+}
+
+#[tokio::test]
+async fn rs256_and_es256_tokens_are_checked_with_a_public_key_file() {
+    for (public, private, algorithm) in [
+        ("jwt-rs256-public.pem", "jwt-rs256-private.pem", Algorithm::RS256),
+        ("jwt-es256-public.pem", "jwt-es256-private.pem", Algorithm::ES256),
+    ] {
+        let settings = stompede::Settings {
+            jwt_public_key: Some(fixture(public)),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..Default::default()
+        };
+        let broker = start(settings.resolve().unwrap()).await;
+        let pem = std::fs::read(fixture(private)).unwrap();
+        let key = match algorithm {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem).unwrap(),
+            _ => EncodingKey::from_ec_pem(&pem).unwrap(),
+        };
+        let claims = json!({"exp": now() + 600, "destinations": ["/topic/a"]});
+        let token = encode(&Header::new(algorithm), &claims, &key).unwrap();
+        let (mut client, reply) = connect(&broker, &format!("passcode:{token}\n")).await;
+        assert_eq!(reply.command, Command::Connected, "{algorithm:?}: {reply:?}");
+        client.send("SUBSCRIBE\nid:0\ndestination:/topic/b\n\n\0").await;
+        assert!(client.expect_error().await.starts_with("not allowed to subscribe"));
+        // An HS256 token signed with the public key as the secret (algorithm confusion) is refused.
+        let public_pem = std::fs::read(fixture(public)).unwrap();
+        let confused = encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&public_pem)).unwrap();
+        let (_, reply) = connect(&broker, &format!("passcode:{confused}\n")).await;
+        assert_eq!(reply.headers.get("message"), Some("bad token: its algorithm is not the configured one"));
+    }
+}
+
+#[test]
+fn a_bad_key_file_is_a_config_error() {
+    let settings = stompede::Settings { jwt_public_key: Some(fixture("README.md")), ..Default::default() };
+    let error = settings.resolve().unwrap_err().to_string();
+    assert!(error.contains("not an RSA or EC public key"), "{error}");
+    let settings = stompede::Settings {
+        jwt_public_key: Some(fixture("jwt-rs256-public.pem")),
+        jwt_secret: Some("s".into()),
+        ..Default::default()
+    };
+    assert!(settings.resolve().unwrap_err().to_string().contains("not both"));
+}
+
+#[tokio::test]
+async fn static_users_still_work_beside_tokens() {
+    let mut config = config();
+    config.jwt = Some(Arc::new(JwtVerifier::hs256(SECRET)));
+    config.users = vec![stompede::config::User { login: "ops".into(), passcode: "pw".into() }];
+    let broker = start(config).await;
+    let (_, reply) = connect(&broker, "login:ops\npasscode:pw\n").await;
+    assert_eq!(reply.command, Command::Connected);
+    let (_, reply) = connect(&broker, "login:ops\npasscode:nope\n").await;
+    assert_eq!(reply.headers.get("message"), Some("bad credentials"));
+}

@@ -1,0 +1,195 @@
+//! Who may subscribe, send and publish, and the per-IP and rate limits.
+
+mod common;
+
+use common::{config, http, start};
+use stompede::config::ClientSend;
+use stompede_protocol::Command;
+
+#[tokio::test]
+async fn subscribe_is_limited_to_the_subscribe_prefixes() {
+    let broker = start(config()).await;
+    let mut client = broker.connected().await;
+    client.send("SUBSCRIBE\nid:0\ndestination:/queue/admin\n\n\0").await;
+    assert_eq!(
+        client.expect_error().await,
+        "not allowed to subscribe to \"/queue/admin\": destinations must start with \"/topic/\""
+    );
+    let mut config = config();
+    config.subscribe_prefixes = vec!["/live/".into()];
+    let broker = start(config).await;
+    let mut client = broker.connected().await;
+    client.send("SUBSCRIBE\nid:0\ndestination:/live/42\nreceipt:r\n\n\0").await;
+    assert_eq!(client.frame().await.command, Command::Receipt);
+    client.send("SUBSCRIBE\nid:1\ndestination:/topic/42\n\n\0").await;
+    assert!(client.expect_error().await.starts_with("not allowed to subscribe to \"/topic/42\""));
+}
+
+#[tokio::test]
+async fn client_send_is_limited_to_the_send_prefixes() {
+    let mut config = config();
+    config.client_send = ClientSend::Allow;
+    config.send_prefixes = vec!["/topic/chat.".into()];
+    let broker = start(config).await;
+    let mut client = broker.connected().await;
+    client.send("SEND\ndestination:/topic/chat.1\nreceipt:r\n\nhi\0").await;
+    assert_eq!(client.frame().await.command, Command::Receipt);
+    client.send("SEND\ndestination:/topic/comments.1\n\nspoofed comment\0").await;
+    assert_eq!(
+        client.expect_error().await,
+        "not allowed to send to \"/topic/comments.1\": destinations must start with \"/topic/chat.\""
+    );
+}
+
+#[tokio::test]
+async fn sends_past_the_rate_are_refused() {
+    let mut config = config();
+    config.client_send = ClientSend::Allow;
+    config.max_sends_per_second = 1.0;
+    config.send_burst = 3;
+    let broker = start(config).await;
+    let mut bystander = broker.connected().await;
+    bystander.send("SUBSCRIBE\nid:0\ndestination:/topic/a\nreceipt:r\n\n\0").await;
+    assert_eq!(bystander.frame().await.command, Command::Receipt);
+    let mut client = broker.connected().await;
+    // Five SENDs in one WebSocket message: the burst of 3 passes, the 4th is refused.
+    client.send(&"SEND\ndestination:/topic/a\n\nx\0".repeat(5)).await;
+    assert_eq!(client.expect_error().await, "too many SENDs: this server allows 1 per second per session (burst 3)");
+    for _ in 0..3 {
+        assert_eq!(bystander.frame().await.command, Command::Message);
+    }
+    broker.publish("/topic/a", "after").await;
+    assert_eq!(&bystander.frame().await.body[..], b"after", "exactly three SENDs got through");
+}
+
+#[tokio::test]
+async fn connections_per_ip_are_limited_with_429() {
+    let mut config = config();
+    config.max_connections_per_ip = 2;
+    config.per_ip_limit_exempts_loopback = false;
+    let broker = start(config).await;
+    let first = broker.connected().await;
+    let _second = broker.connected().await;
+    let refused = common::Client::open(&broker.ws_url(), &[]).await.err().expect("a third connection is refused");
+    assert!(refused.to_string().contains("429"), "{refused}");
+    let (status, body) = http(
+        broker.addr,
+        "GET",
+        "/ws",
+        None,
+        &[
+            ("upgrade", "websocket"),
+            ("connection", "upgrade"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-version", "13"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 429);
+    assert_eq!(body["error"], "too many connections from 127.0.0.1: at most 2 (max-connections-per-ip)");
+    // A closed session gives its slot back.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    while broker.broker.sessions_per_ip.open("127.0.0.1".parse().unwrap()) != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the slot was never given back");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    broker.connected().await;
+}
+
+#[tokio::test]
+async fn loopback_peers_are_exempt_from_the_per_ip_limit_by_default() {
+    let mut config = config();
+    config.max_connections_per_ip = 1;
+    let broker = start(config).await;
+    let _first = broker.connected().await;
+    let _second = broker.connected().await;
+}
+
+#[tokio::test]
+async fn several_api_tokens_are_accepted_for_rotation() {
+    let mut config = config();
+    config.api_tokens = vec!["old-token".into(), "new-token".into()];
+    let broker = start(config).await;
+    let request = r#"{"destination": "/topic/a", "body": "x"}"#;
+    for token in ["old-token", "new-token"] {
+        let auth = format!("Bearer {token}");
+        let (status, body) = http(broker.addr, "POST", "/api/v1/publish", Some(request), &[("authorization", &auth)]).await;
+        assert_eq!(status, 202, "{token}: {body}");
+    }
+    for wrong in ["old-toke", "new-token2", "", "old-tokennew-token"] {
+        let auth = format!("Bearer {wrong}");
+        let (status, body) = http(broker.addr, "POST", "/api/v1/publish", Some(request), &[("authorization", &auth)]).await;
+        assert!(status == 403 || status == 401, "{wrong:?}: {status} {body}");
+    }
+    let (status, _) = http(broker.addr, "POST", "/api/v1/publish", Some(request), &[]).await;
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn every_new_setting_has_a_flag_and_a_toml_key() {
+    use clap::Parser;
+    let settings = stompede::Settings::try_parse_from([
+        "stompede",
+        "--api-token",
+        "a,b",
+        "--allow-anonymous",
+        "false",
+        "--subscribe-prefix",
+        "/live/",
+        "--send-prefix",
+        "/chat/",
+        "--max-sends-per-second",
+        "5",
+        "--send-burst",
+        "7",
+        "--max-frame-bytes-before-connect",
+        "2048",
+        "--ws-max-message-bytes",
+        "9000",
+        "--ws-max-frame-bytes",
+        "8000",
+        "--max-connections-per-ip",
+        "10",
+        "--per-ip-limit-exempts-loopback",
+        "false",
+        "--jwt-secret",
+        "s",
+        "--jwt-leeway",
+        "5",
+    ])
+    .unwrap();
+    let config = settings.resolve().unwrap();
+    assert_eq!(config.api_tokens, ["a", "b"]);
+    assert!(!config.anonymous_allowed());
+    assert_eq!(config.subscribe_prefixes, ["/live/"]);
+    assert_eq!(config.send_prefixes, ["/chat/"]);
+    assert_eq!((config.max_sends_per_second, config.send_burst), (5.0, 7));
+    assert_eq!(config.max_frame_bytes_before_connect, 2048);
+    assert_eq!((config.ws_max_message_bytes, config.ws_max_frame_bytes), (9000, 8000));
+    assert_eq!(config.max_connections_per_ip, 10);
+    assert!(!config.per_ip_limit_exempts_loopback);
+    assert!(config.jwt.is_some());
+
+    let file: stompede::Settings = toml::from_str(
+        r#"
+        api-token = "only-one"
+        subscribe-prefix = ["/a/", "/b/"]
+        allow-anonymous = true
+        jwt-destinations-claim = "rooms"
+        max-connections-per-ip = 0
+        "#,
+    )
+    .unwrap();
+    let config = file.resolve().unwrap();
+    assert_eq!(config.api_tokens, ["only-one"]);
+    assert_eq!(config.subscribe_prefixes, ["/a/", "/b/"]);
+    assert!(config.anonymous_allowed());
+    assert_eq!(config.max_connections_per_ip, 0);
+
+    let defaults = stompede::Settings::default().resolve().unwrap();
+    assert_eq!(defaults.subscribe_prefixes, ["/topic/"]);
+    assert_eq!(defaults.max_frame_bytes_before_connect, 4096);
+    assert_eq!(defaults.ws_max_message_bytes, 65536 + 1024);
+    assert!(defaults.anonymous_allowed() && defaults.jwt.is_none());
+}
