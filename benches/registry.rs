@@ -45,7 +45,7 @@ fn registry_benches(c: &mut Criterion) {
     let outbox = Arc::new(Outbox::new(usize::MAX, usize::MAX));
 
     let mut group = c.benchmark_group("subscribe_unsubscribe/destinations");
-    for destinations in [10usize, 1_000_000] {
+    for destinations in [10usize, 10_000, 1_000_000] {
         let registry = with_destinations(destinations, &outbox);
         let mut i = 0usize;
         group.bench_function(BenchmarkId::from_parameter(destinations), |b| {
@@ -74,7 +74,7 @@ fn registry_benches(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("publish_lookup/destinations");
-    for destinations in [10usize, 1_000_000] {
+    for destinations in [10usize, 10_000, 1_000_000] {
         let registry = with_destinations(destinations, &outbox);
         let names: Vec<String> = (0..1024).map(|i| format!("/topic/comments.{}", (i * 7919) % destinations)).collect();
         let mut i = 0usize;

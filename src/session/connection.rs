@@ -56,7 +56,8 @@ where
     let before_connect = config.max_frame_bytes_before_connect.min(config.max_frame_bytes);
     let mut decoder =
         Decoder::new(Limits { max_body_bytes: before_connect, max_frame_bytes: before_connect, ..limits });
-    let mut writer = Writer { version: Version::V1_2, scratch: BytesMut::new(), batch: VecDeque::new() };
+    let mut writer =
+        Writer { version: Version::V1_2, scratch: BytesMut::new(), batch: VecDeque::new(), wrote_error: false };
     let mut inbound = BytesMut::new();
     let mut replies = Vec::new();
     let mut last_read = Instant::now();
@@ -67,8 +68,9 @@ where
     let ending = 'session: loop {
         // Cancel safety: every branch's future can be dropped without losing
         // data (`notified`, `cancelled`, `next` on a WebSocketStream, `Sleep`).
+        // Not `biased`: under a steady stream of messages the writer branch is
+        // always ready, and reads (heart-beats included) must still get turns.
         tokio::select! {
-            biased;
             _ = broker.shutdown.cancelled() => {
                 break Ending::Error(Session::error("server is shutting down"), CloseCode::Away, "shutdown");
             }
@@ -118,6 +120,7 @@ where
                                 // caused by its own SEND) goes out first.
                                 if flow == Flow::Close && replies.iter().any(|reply| reply.command == Command::Error) {
                                     metrics.errors.with_label_values(&["protocol"]).inc();
+                                    writer.wrote_error = true;
                                 }
                                 match writer.drain_outbox(&outbox, &mut ws, metrics).await {
                                     Ok(OutboxState::Open) => {}
@@ -130,7 +133,8 @@ where
                             }
                             last_write = Instant::now();
                             if flow == Flow::Close {
-                                break 'session Ending::Closed(CloseCode::Normal);
+                                let refused = writer.wrote_error;
+                                break 'session Ending::Closed(if refused { CloseCode::Policy } else { CloseCode::Normal });
                             }
                         }
                         Ok(Some(Item::HeartBeat)) => {}
@@ -238,6 +242,8 @@ struct Writer {
     scratch: BytesMut,
     /// Deliveries taken from the outbox, reused between rounds.
     batch: VecDeque<Delivery>,
+    /// Whether an ERROR frame was among the replies written (close with 1008).
+    wrote_error: bool,
 }
 
 type WsResult<T> = Result<T, tokio_tungstenite::tungstenite::Error>;
