@@ -130,8 +130,8 @@ where
                                 if writer.write_frames(replies.drain(..), &mut ws).await.is_err() {
                                     break 'session Ending::Quiet;
                                 }
+                                last_write = Instant::now();
                             }
-                            last_write = Instant::now();
                             if flow == Flow::Close {
                                 let refused = writer.wrote_error;
                                 break 'session Ending::Closed(if refused { CloseCode::Policy } else { CloseCode::Normal });
