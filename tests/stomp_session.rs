@@ -405,3 +405,26 @@ async fn shutdown_tells_every_session_and_returns() {
     assert_eq!(first.expect_error().await, "server is shutting down");
     assert_eq!(second.expect_error().await, "server is shutting down");
 }
+
+#[tokio::test]
+async fn frames_without_replies_do_not_silence_the_servers_heart_beats() {
+    let mut config = config();
+    config.heartbeat_send = Duration::from_millis(50);
+    let broker = start(config).await;
+    let mut client = broker.client().await;
+    client.send("CONNECT\naccept-version:1.2\nheart-beat:0,50\n\n\0").await;
+    client.frame().await;
+    // A busy client whose frames need no answer, for ten heart-beat intervals.
+    let mut heart_beats = 0;
+    for i in 0..25 {
+        client.send(&format!("SUBSCRIBE\nid:{i}\ndestination:/topic/busy\n\n\0UNSUBSCRIBE\nid:{i}\n\n\0")).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while let Ok(Some(Ok(Message::Text(text)))) =
+            tokio::time::timeout(Duration::from_millis(1), futures_util::StreamExt::next(&mut client.ws)).await
+        {
+            assert_eq!(text.as_str(), "\n");
+            heart_beats += 1;
+        }
+    }
+    assert!(heart_beats >= 2, "only {heart_beats} heart-beats in ten intervals");
+}
