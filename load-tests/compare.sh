@@ -154,7 +154,10 @@ for run in $(seq 1 "$RUNS"); do
             if start_stompede; then
                 scenarios stompede "$run" || log "stompede run $run failed"
                 if [ "$QUICK" != 1 ] && [ "$run" = 1 ]; then
-                    # DESIGN §4's memory target is stated at 19k connections.
+                    # DESIGN §4's memory target is stated at 19k connections;
+                    # measured on a fresh broker (an empty baseline).
+                    stop_stompede
+                    start_stompede
                     log "stompede: idle at 19,000 connections"
                     $load $(args_for stompede) --quiet --json "$results/stompede-run$run-idle19k.json" \
                         idle --connections 19000 --destinations 100 --settle 5 > "$results/stompede-run$run-idle19k.txt" || true
