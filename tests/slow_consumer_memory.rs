@@ -60,7 +60,8 @@ async fn a_subscriber_that_never_reads_is_cut_off_and_memory_stays_bounded() {
                 assert_eq!(frame.command, Command::Message, "{frame:?}");
                 assert_eq!(frame.body.len(), MESSAGE_BYTES);
                 if received.fetch_add(1, Ordering::SeqCst) + 1 == MESSAGES {
-                    return;
+                    // Hand the client back so it stays subscribed until the end.
+                    return healthy;
                 }
             }
             panic!("the healthy subscriber was disconnected");
@@ -83,7 +84,8 @@ async fn a_subscriber_that_never_reads_is_cut_off_and_memory_stays_bounded() {
         }
         peak = peak.max(rss_bytes());
     }
-    tokio::time::timeout(common::PATIENCE, reader).await.expect("the healthy subscriber got everything").unwrap();
+    let _healthy =
+        tokio::time::timeout(common::PATIENCE, reader).await.expect("the healthy subscriber got everything").unwrap();
     assert_eq!(received.load(Ordering::SeqCst), MESSAGES);
 
     let growth = peak.saturating_sub(baseline);
