@@ -187,11 +187,11 @@ pub struct Settings {
     #[arg(long, env = "STOMPEDE_SLOW_CONSUMER")]
     pub slow_consumer: Option<SlowConsumerPolicy>,
 
-    /// WebSocket read buffer per connection, in bytes (allocated for every connection). [default: 4096]
+    /// WebSocket read buffer per connection, in bytes: allocated for every connection and the most read per syscall; browsers send small frames. [default: 2048]
     #[arg(long, env = "STOMPEDE_WS_READ_BUFFER_BYTES")]
     pub ws_read_buffer_bytes: Option<usize>,
 
-    /// Bytes queued in a connection's WebSocket write buffer before they are written out. [default: 16384]
+    /// Most bytes of queued frames gathered into one socket write; the buffer is given back once the connection's queue is empty. [default: 16384]
     #[arg(long, env = "STOMPEDE_WS_WRITE_BUFFER_BYTES")]
     pub ws_write_buffer_bytes: Option<usize>,
 
@@ -314,7 +314,7 @@ impl Default for Config {
             outbound_queue_frames: 1024,
             outbound_queue_bytes: 1024 * 1024,
             slow_consumer: SlowConsumerPolicy::Disconnect,
-            ws_read_buffer_bytes: 4096,
+            ws_read_buffer_bytes: 2048,
             ws_write_buffer_bytes: 16 * 1024,
             shutdown_grace: Duration::from_secs(5),
             log_format: LogFormat::Text,

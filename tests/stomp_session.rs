@@ -428,3 +428,65 @@ async fn frames_without_replies_do_not_silence_the_servers_heart_beats() {
     }
     assert!(heart_beats >= 2, "only {heart_beats} heart-beats in ten intervals");
 }
+
+/// The broker writes WebSocket frames itself: every length encoding (7-bit,
+/// 16-bit, 64-bit), batches split over several writes, and pongs that
+/// tungstenite sends in between must all reach a real client intact.
+#[tokio::test]
+async fn frames_of_every_length_encoding_arrive_intact_between_pongs() {
+    let mut config = config();
+    config.max_frame_bytes = 1 << 20;
+    config.outbound_queue_bytes = 8 << 20;
+    // Smaller than one frame, so each batch takes several writes.
+    config.ws_write_buffer_bytes = 100;
+    let broker = start(config).await;
+    let mut client = broker.connected().await;
+    client.send("SUBSCRIBE\nid:s\ndestination:/topic/sizes\nreceipt:r\n\n\0").await;
+    assert_eq!(client.frame().await.command, Command::Receipt);
+
+    let sizes = [1, 60, 125, 126, 200, 65_535, 65_536, 70_000, 300_000];
+    let headers = stompede_protocol::Headers::new();
+    for (round, size) in sizes.iter().enumerate() {
+        client.ws.send(Message::Ping(vec![round as u8].into())).await.unwrap();
+        // Several per round, published at once, so they are written as one batch.
+        for copy in 0..3u8 {
+            let body = bytes::Bytes::from(vec![b'a' + copy; *size]);
+            broker.broker.publish(&["/topic/sizes"], &headers, body);
+        }
+    }
+    let mut pongs = Vec::new();
+    let mut buffer = bytes::BytesMut::new();
+    let mut decoder = stompede_protocol::Decoder::new(stompede_protocol::Limits {
+        max_body_bytes: 1 << 20,
+        max_frame_bytes: 2 << 20,
+        ..Default::default()
+    });
+    let mut bodies = Vec::new();
+    while bodies.len() < sizes.len() * 3 {
+        match client.message().await.expect("connection open") {
+            Message::Pong(payload) => pongs.push(payload[0]),
+            Message::Text(text) => buffer.extend_from_slice(text.as_bytes()),
+            other => panic!("unexpected {other:?}"),
+        }
+        while let Some(item) = decoder.decode(&mut buffer).expect("frames decode") {
+            if let stompede_protocol::Item::Frame(frame) = item {
+                assert_eq!(frame.command, Command::Message, "{frame:?}");
+                assert_eq!(frame.headers.get("subscription"), Some("s"));
+                bodies.push(frame.body);
+            }
+        }
+    }
+    for (index, body) in bodies.iter().enumerate() {
+        let (size, copy) = (sizes[index / 3], (index % 3) as u8);
+        assert_eq!(body.len(), size, "message {index}");
+        assert!(body.iter().all(|&byte| byte == b'a' + copy), "message {index} has foreign bytes");
+    }
+    // Pongs may still be on their way after the last message.
+    while pongs.len() < sizes.len() {
+        match client.message().await.expect("connection open") {
+            Message::Pong(payload) => pongs.push(payload[0]),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(pongs, (0..sizes.len() as u8).collect::<Vec<_>>());
+}

@@ -76,7 +76,9 @@ pub fn handle(broker: Arc<Broker>, peer: std::net::SocketAddr, request: Request<
     let config = &broker.config;
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.ws_read_buffer_bytes)
-        .write_buffer_size(config.ws_write_buffer_bytes)
+        // tungstenite writes only control frames (pongs, close): the writer
+        // in `session::writer` writes everything else itself.
+        .write_buffer_size(0)
         .max_message_size(Some(config.ws_max_message_bytes))
         .max_frame_size(Some(config.ws_max_frame_bytes));
     let connection_id = broker.next_connection_id();

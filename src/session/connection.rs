@@ -3,15 +3,15 @@
 //! keeps heart-beats, and closes with an ERROR frame when something is wrong.
 
 use crate::broker::SessionSlot;
-use crate::metrics::Metrics;
-use crate::outbox::{Delivery, Outbox, OutboxState};
+use crate::outbox::{Outbox, OutboxState};
+use crate::session::writer::Writer;
 use crate::session::{Flow, Session};
-use bytes::{Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
+use bytes::BytesMut;
+use futures_util::StreamExt;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
-use stompede_protocol::{encode, Command, Decoder, Frame, Item, Limits, Version};
+use stompede_protocol::{Command, Decoder, Frame, Item, Limits};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -56,8 +56,7 @@ where
     let before_connect = config.max_frame_bytes_before_connect.min(config.max_frame_bytes);
     let mut decoder =
         Decoder::new(Limits { max_body_bytes: before_connect, max_frame_bytes: before_connect, ..limits });
-    let mut writer =
-        Writer { version: Version::V1_2, scratch: BytesMut::new(), batch: VecDeque::new(), wrote_error: false };
+    let mut writer = Writer::new(config.ws_write_buffer_bytes);
     let mut inbound = BytesMut::new();
     let mut replies = Vec::new();
     let mut last_read = Instant::now();
@@ -116,19 +115,16 @@ where
                                 timer.as_mut().reset(Instant::now());
                             }
                             if !replies.is_empty() {
-                                // What this session queued before the reply (a MESSAGE
-                                // caused by its own SEND) goes out first.
                                 if flow == Flow::Close && replies.iter().any(|reply| reply.command == Command::Error) {
                                     metrics.errors.with_label_values(&["protocol"]).inc();
                                     writer.wrote_error = true;
                                 }
-                                match writer.drain_outbox(&outbox, &mut ws, metrics).await {
+                                // Boxed: replies are rare next to deliveries, and their
+                                // future need not make every idle connection bigger.
+                                match Box::pin(writer.write_replies(&mut replies, &outbox, &mut ws, metrics)).await {
                                     Ok(OutboxState::Open) => {}
                                     Ok(OutboxState::SlowConsumer) => break 'session slow_consumer(),
                                     Ok(OutboxState::Closed) | Err(_) => break 'session Ending::Quiet,
-                                }
-                                if writer.write_frames(replies.drain(..), &mut ws).await.is_err() {
-                                    break 'session Ending::Quiet;
                                 }
                                 last_write = Instant::now();
                             }
@@ -167,7 +163,7 @@ where
                     );
                 }
                 if !beats.send.is_zero() && now >= last_write + beats.send {
-                    if ws.send(Message::text("\n")).await.is_err() {
+                    if writer.write_heartbeat(&mut ws).await.is_err() {
                         break Ending::Quiet;
                     }
                     last_write = now;
@@ -194,23 +190,35 @@ where
     if let Some(version) = session.version() {
         metrics.sessions.with_label_values(&[version.as_str()]).dec();
     }
-    let close_code = match ending {
+    let goodbye = match ending {
         Ending::Quiet => None,
         Ending::Error(frame, code, reason) => {
             metrics.errors.with_label_values(&[reason]).inc();
             if let Some(message) = frame.headers.get("message") {
                 tracing::debug!(reason = message, "closing session with ERROR");
             }
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.write_frames(std::iter::once(frame), &mut ws)).await;
-            Some(code)
+            Some((Some(frame), code))
         }
-        Ending::Closed(code) => Some(code),
+        Ending::Closed(code) => Some((None, code)),
     };
-    if let Some(code) = close_code {
-        let close = CloseFrame { code, reason: Utf8Bytes::from_static("") };
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(close))).await;
+    if let Some((error, code)) = goodbye {
+        // Boxed: this future runs once per connection, and keeping it out of
+        // the connection's own future keeps every idle connection smaller.
+        Box::pin(say_goodbye(&mut writer, &mut ws, error, code)).await;
     }
     drop(slot);
+}
+
+/// Writes the ERROR frame (if any) and the close frame, each within `CLOSE_TIMEOUT`.
+async fn say_goodbye<S>(writer: &mut Writer, ws: &mut WebSocketStream<S>, error: Option<Frame>, code: CloseCode)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Some(frame) = error {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.write_frames(std::iter::once(frame), ws)).await;
+    }
+    let close = CloseFrame { code, reason: Utf8Bytes::from_static("") };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(close))).await;
 }
 
 /// A WebSocket-level read error: tell the client, with the close code RFC 6455 gives it.
@@ -221,7 +229,9 @@ fn read_failed(error: &tokio_tungstenite::tungstenite::Error) -> Ending {
         Error::Capacity(capacity) => {
             (format!("WebSocket message too large: {capacity} (ws-max-message-bytes)"), CloseCode::Size, "too_large")
         }
-        Error::Protocol(protocol) => (format!("WebSocket protocol error: {protocol}"), CloseCode::Protocol, "websocket"),
+        Error::Protocol(protocol) => {
+            (format!("WebSocket protocol error: {protocol}"), CloseCode::Protocol, "websocket")
+        }
         _ => return Ending::Quiet,
     };
     Ending::Error(Session::error(message), code, reason)
@@ -233,84 +243,4 @@ fn slow_consumer() -> Ending {
         CloseCode::Policy,
         "slow_consumer",
     )
-}
-
-/// Encodes frames for this connection's version and writes them in batches.
-struct Writer {
-    version: Version,
-    /// Reused encoding buffer; each frame is split off it.
-    scratch: BytesMut,
-    /// Deliveries taken from the outbox, reused between rounds.
-    batch: VecDeque<Delivery>,
-    /// Whether an ERROR frame was among the replies written (close with 1008).
-    wrote_error: bool,
-}
-
-type WsResult<T> = Result<T, tokio_tungstenite::tungstenite::Error>;
-
-impl Writer {
-    /// Writes everything queued, round after round until the outbox is empty,
-    /// with one flush per round.
-    async fn drain_outbox<S>(
-        &mut self,
-        outbox: &Outbox,
-        ws: &mut WebSocketStream<S>,
-        metrics: &Metrics,
-    ) -> WsResult<OutboxState>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        loop {
-            let state = outbox.drain_into(&mut self.batch);
-            let frames = self.batch.len();
-            metrics.outbound_queued.sub(frames as i64);
-            if state != OutboxState::Open || frames == 0 {
-                self.batch.clear();
-                return Ok(state);
-            }
-            let oldest = self.batch.front().map(|delivery| delivery.published_at);
-            while let Some(delivery) = self.batch.pop_front() {
-                let message = &delivery.message;
-                let ack = delivery.ack.then(|| message.headers().get("message-id").unwrap_or_default());
-                message.write_for(self.version, &delivery.subscription, ack, &mut self.scratch);
-                let bytes = self.scratch.split().freeze();
-                ws.feed(ws_message(bytes, message.body_is_utf8())).await?;
-            }
-            ws.flush().await?;
-            metrics.messages_delivered.inc_by(frames as u64);
-            metrics.outbound_batch_frames.observe(frames as f64);
-            // One latency sample per batch: its oldest delivery, the worst case.
-            if let Some(oldest) = oldest {
-                metrics.delivery_latency.observe(oldest.elapsed().as_secs_f64());
-            }
-        }
-    }
-
-    async fn write_frames<S>(&mut self, frames: impl Iterator<Item = Frame>, ws: &mut WebSocketStream<S>) -> WsResult<()>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let mut wrote = false;
-        for frame in frames {
-            let utf8 = std::str::from_utf8(&frame.body).is_ok();
-            encode(&frame, self.version, &mut self.scratch);
-            ws.feed(ws_message(self.scratch.split().freeze(), utf8)).await?;
-            wrote = true;
-        }
-        if wrote {
-            ws.flush().await?;
-        }
-        Ok(())
-    }
-}
-
-/// A text WebSocket message when the frame is UTF-8 (its headers always are,
-/// so that is when its body is), a binary one otherwise.
-fn ws_message(frame: Bytes, body_is_utf8: bool) -> Message {
-    if body_is_utf8 {
-        if let Ok(text) = Utf8Bytes::try_from(frame.clone()) {
-            return Message::Text(text);
-        }
-    }
-    Message::Binary(frame)
 }
