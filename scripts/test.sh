@@ -2,7 +2,7 @@
 # The one test command (README: "Run the tests"). On a fresh machine of this
 # kind (Debian, root, Rust, Node 20) it installs what the tests need, then
 # runs every test: the Rust workspace, then each tests/*/run.sh suite
-# (Node + @stomp/stompjs, headless Chromium, nginx), and prints a summary.
+# (Node + @stomp/stompjs, stomp.py, headless Chromium, nginx), and prints a summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -14,6 +14,7 @@ missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v node >/dev/null || missing+=(nodejs npm)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3 python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
