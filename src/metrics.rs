@@ -36,6 +36,30 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
 }
 
+/// Every `reason` label of `errors_total`, exported at zero from the start so
+/// dashboards and alerts see each series before it first moves.
+pub const ERROR_REASONS: &[&str] = &[
+    // A frame the session refused (see session/state.rs).
+    "invalid_frame",
+    "version",
+    "auth",
+    "forbidden",
+    "limit",
+    "send_disabled",
+    // Outside any one frame (see session/connection.rs).
+    "decode",
+    "invalid_utf8",
+    "too_large",
+    "websocket",
+    "connect_timeout",
+    "heartbeat_timeout",
+    "slow_consumer",
+    "shutdown",
+];
+
+/// STOMP versions, the `version` label of `sessions`.
+const VERSIONS: &[&str] = &["1.0", "1.1", "1.2"];
+
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new_custom(Some("stompede".into()), None).expect("a valid prefix");
@@ -117,7 +141,19 @@ impl Metrics {
         ] {
             metrics.registry.register(collector).expect("metric names are unique");
         }
+        for reason in ERROR_REASONS {
+            metrics.errors.with_label_values(&[reason]);
+        }
+        for version in VERSIONS {
+            metrics.sessions.with_label_values(&[version]);
+        }
         metrics
+    }
+
+    /// Counts one ERROR frame sent, by reason.
+    pub fn count_error(&self, reason: &'static str) {
+        debug_assert!(ERROR_REASONS.contains(&reason), "error reason {reason:?} missing from ERROR_REASONS");
+        self.errors.with_label_values(&[reason]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -158,6 +158,11 @@ async fn metrics_move_with_traffic() {
     let broker = start(config()).await;
     let before = scrape(&broker).await;
     assert_eq!(sample(&before, "stompede_connections"), 0.0);
+    // Labelled series exist at zero before they first move.
+    assert_eq!(sample(&before, "stompede_sessions{version=\"1.0\"}"), 0.0);
+    for reason in stompede::metrics::ERROR_REASONS {
+        assert_eq!(sample(&before, &format!("stompede_errors_total{{reason=\"{reason}\"}}")), 0.0);
+    }
     assert_eq!(sample(&before, "stompede_messages_published_total"), 0.0);
 
     let mut client = broker.connected().await;
@@ -170,6 +175,9 @@ async fn metrics_move_with_traffic() {
     let mut refused = broker.connected().await;
     refused.send("NOPE\n\n\0").await;
     refused.expect_error().await;
+    let mut forbidden = broker.connected().await;
+    forbidden.send("SUBSCRIBE\nid:0\ndestination:/queue/elsewhere\n\n\0").await;
+    forbidden.expect_error().await;
 
     let after = scrape(&broker).await;
     assert_eq!(sample(&after, "stompede_connections"), 1.0);
@@ -180,6 +188,8 @@ async fn metrics_move_with_traffic() {
     assert_eq!(sample(&after, "stompede_messages_delivered_total"), 2.0);
     assert_eq!(sample(&after, "stompede_outbound_queued_frames"), 0.0);
     assert_eq!(sample(&after, "stompede_errors_total{reason=\"decode\"}"), 1.0);
+    assert_eq!(sample(&after, "stompede_errors_total{reason=\"forbidden\"}"), 1.0);
+    assert_eq!(sample(&after, "stompede_errors_total{reason=\"invalid_frame\"}"), 0.0);
     assert!(sample(&after, "stompede_delivery_latency_seconds_count") >= 1.0);
     assert_eq!(sample(&after, "stompede_http_requests_total{route=\"/api/v1/publish\",status=\"202\"}"), 2.0);
     assert_eq!(sample(&after, "stompede_http_requests_total{route=\"/metrics\",status=\"200\"}"), 1.0);

@@ -82,6 +82,8 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(position, replies.len() - 1, "ERROR is not the last reply: {replies:?}");
                 assert_eq!(flow, Flow::Close, "ERROR without closing");
                 assert!(replies[position].headers.get("message").is_some(), "ERROR without a message");
+                let reason = session.refusal_reason().expect("an ERROR has a reason");
+                assert!(stompede::metrics::ERROR_REASONS.contains(&reason), "unlisted error reason {reason:?}");
             }
             replies.clear();
             // Drain like the writer does, sometimes, so the queue fills up too.

@@ -116,7 +116,7 @@ where
                             }
                             if !replies.is_empty() {
                                 if flow == Flow::Close && replies.iter().any(|reply| reply.command == Command::Error) {
-                                    metrics.errors.with_label_values(&["protocol"]).inc();
+                                    metrics.count_error(session.refusal_reason().unwrap_or("invalid_frame"));
                                     writer.wrote_error = true;
                                 }
                                 // Boxed: replies are rare next to deliveries, and their
@@ -193,7 +193,7 @@ where
     let goodbye = match ending {
         Ending::Quiet => None,
         Ending::Error(frame, code, reason) => {
-            metrics.errors.with_label_values(&[reason]).inc();
+            metrics.count_error(reason);
             if let Some(message) = frame.headers.get("message") {
                 tracing::debug!(reason = message, "closing session with ERROR");
             }

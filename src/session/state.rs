@@ -46,11 +46,18 @@ struct Refusal {
     message: String,
     /// Extra headers (for example `version` on a failed negotiation).
     headers: Vec<(&'static str, String)>,
+    /// Labels the `errors_total` metric: one of [`crate::metrics::ERROR_REASONS`].
+    reason: &'static str,
 }
 
 impl Refusal {
+    /// A frame that breaks the protocol (the most common refusal).
     fn new(message: impl Into<String>) -> Refusal {
-        Refusal { message: message.into(), headers: Vec::new() }
+        Refusal { message: message.into(), headers: Vec::new(), reason: "invalid_frame" }
+    }
+
+    fn because(self, reason: &'static str) -> Refusal {
+        Refusal { reason, ..self }
     }
 }
 
@@ -73,6 +80,8 @@ pub struct Session {
     identity: Identity,
     /// Bounds this session's SENDs (`max-sends-per-second`, `send-burst`).
     send_budget: TokenBucket,
+    /// Why the last frame was refused, for the `errors_total` metric.
+    refusal_reason: Option<&'static str>,
 }
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
@@ -118,6 +127,7 @@ impl Session {
             next_subscription_sequence: 0,
             transactions: HashMap::new(),
             transaction_frames: 0,
+            refusal_reason: None,
         }
     }
 
@@ -134,6 +144,11 @@ impl Session {
         self.subscriptions.len()
     }
 
+    /// Why [`Session::handle`] last answered with an ERROR (a metric label).
+    pub fn refusal_reason(&self) -> Option<&'static str> {
+        self.refusal_reason
+    }
+
     /// Handles one frame from the client, pushing replies to `out`.
     pub fn handle(&mut self, frame: Frame, out: &mut Vec<Frame>) -> Flow {
         let receipt = frame.headers.get("receipt").map(str::to_owned);
@@ -144,6 +159,7 @@ impl Session {
         };
         match result {
             Err(refusal) => {
+                self.refusal_reason = Some(refusal.reason);
                 out.push(error_frame(refusal, receipt.as_deref()));
                 Flow::Close
             }
@@ -178,9 +194,11 @@ impl Session {
             Some(list) => list.split(',').filter_map(Version::parse).max().ok_or_else(|| Refusal {
                 message: format!("no common protocol version: this server supports {SUPPORTED_VERSIONS}"),
                 headers: vec![("version", SUPPORTED_VERSIONS.to_owned())],
+                reason: "version",
             })?,
         };
-        let identity = auth::authenticate(&self.broker.config, headers).map_err(Refusal::new)?;
+        let identity = auth::authenticate(&self.broker.config, headers)
+            .map_err(|message| Refusal::new(message).because("auth"))?;
         let config = &self.broker.config;
         let mut connected = Frame::new(Command::Connected);
         if version >= Version::V1_1 {
@@ -228,9 +246,9 @@ impl Session {
     fn subscribe(&mut self, frame: &Frame, version: Version) -> Outcome {
         let destination = required(frame, "destination")?;
         destination::validate(destination).map_err(Refusal::new)?;
-        destination::check_subscribe(destination, &self.broker.config.subscribe_prefixes).map_err(Refusal::new)?;
+        destination::check_subscribe(destination, &self.broker.config.subscribe_prefixes).map_err(forbidden)?;
         if !self.identity.may_subscribe(destination) {
-            return Err(Refusal::new(format!("not allowed to subscribe to {destination:?}: the token does not grant it")));
+            return Err(forbidden(format!("not allowed to subscribe to {destination:?}: the token does not grant it")));
         }
         let id = match frame.headers.get("id") {
             Some(id) => id,
@@ -243,7 +261,8 @@ impl Session {
         }
         let limit = self.broker.config.max_subscriptions_per_session;
         if self.subscriptions.len() >= limit {
-            return Err(Refusal::new(format!("too many subscriptions: this server allows {limit} per session")));
+            return Err(Refusal::new(format!("too many subscriptions: this server allows {limit} per session"))
+                .because("limit"));
         }
         let ack = match frame.headers.get("ack").unwrap_or("auto") {
             "auto" => false,
@@ -281,17 +300,19 @@ impl Session {
             return Err(Refusal::new(
                 "SEND is disabled on this server: messages are published through the HTTP API \
                  (start stompede with --client-send allow to let clients SEND)",
-            ));
+            )
+            .because("send_disabled"));
         }
         let destination = required(&frame, "destination")?;
         destination::validate(destination).map_err(Refusal::new)?;
         let config = &self.broker.config;
-        destination::check_send(destination, &config.send_prefixes).map_err(Refusal::new)?;
+        destination::check_send(destination, &config.send_prefixes).map_err(forbidden)?;
         if !self.send_budget.take(Instant::now()) {
             return Err(Refusal::new(format!(
                 "too many SENDs: this server allows {} per second per session (burst {})",
                 config.max_sends_per_second, config.send_burst
-            )));
+            ))
+            .because("limit"));
         }
         if let Some(transaction) = frame.headers.get("transaction") {
             return self.hold_in_transaction(transaction.to_owned(), frame);
@@ -377,7 +398,8 @@ impl Session {
         if self.transaction_frames >= limit {
             return Err(Refusal::new(format!(
                 "too many frames in open transactions: this server holds at most {limit} per session"
-            )));
+            ))
+            .because("limit"));
         }
         self.transaction_frames += 1;
         Ok(())
@@ -411,6 +433,10 @@ fn negotiate(can: Duration, wants: Duration) -> Duration {
 
 fn required<'a>(frame: &'a Frame, name: &str) -> Result<&'a str, Refusal> {
     frame.headers.get(name).ok_or_else(|| missing(frame, name))
+}
+
+fn forbidden(message: impl Into<String>) -> Refusal {
+    Refusal::new(message).because("forbidden")
 }
 
 fn missing(frame: &Frame, name: &str) -> Refusal {
