@@ -4,6 +4,7 @@
 //! connections live in workers (`worker.rs`), several processes of them when
 //! a run needs more sockets than one process may open.
 
+mod broker_metrics;
 mod conn;
 mod fleet;
 mod frames;
@@ -79,6 +80,10 @@ pub struct Common {
     /// No progress line.
     #[arg(long, global = true)]
     pub quiet: bool,
+    /// stompede's `/metrics` URL (http://, loopback); `churn` then reports the
+    /// broker's connection, subscription and destination counts before and after.
+    #[arg(long, global = true)]
+    pub metrics_url: Option<String>,
     /// The whole run is aborted after this many seconds.
     #[arg(long, global = true, default_value_t = 900.0)]
     pub max_runtime: f64,

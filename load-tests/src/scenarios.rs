@@ -774,6 +774,10 @@ pub async fn churn(c: &Common, a: ChurnArgs) -> Result<(), String> {
         .collect();
     let processes = c.processes || workers > 1;
     let before = meter.broker0;
+    let registry_before = match &c.metrics_url {
+        Some(url) => Some(crate::broker_metrics::scrape(url).await?),
+        None => None,
+    };
     let mut fleet = Fleet::spawn(specs, c.processes, c.quiet)?;
     fleet.wait_ready(Duration::from_secs(30)).await?;
     fleet.label = format!("churn at {}/s, hold {} s", human(a.rate), a.hold);
@@ -794,6 +798,10 @@ pub async fn churn(c: &Common, a: ChurnArgs) -> Result<(), String> {
     fleet.label = "churn done: settling".into();
     fleet.pump(Duration::from_secs_f64(a.settle)).await?;
     let after = meter.broker_now();
+    let registry_after = match &c.metrics_url {
+        Some(url) => Some(crate::broker_metrics::scrape(url).await?),
+        None => None,
+    };
     let finals = fleet.stop().await?;
     let ok: u64 = activity.iter().map(|x| x.ok).sum();
     let attempted: u64 = activity.iter().map(|x| x.attempted).sum();
@@ -827,8 +835,14 @@ pub async fn churn(c: &Common, a: ChurnArgs) -> Result<(), String> {
     if let (Some(b), Some(x)) = (before, after) {
         rep.row("after - before", format!("{:+.1} MiB", (x.rss_bytes as f64 - b.rss_bytes as f64) / 1048576.0));
     }
+    if let (Some(b), Some(x)) = (registry_before, registry_after) {
+        rep.row("broker registry before", b.to_string());
+        rep.row("broker registry after", format!("{x} ({} s after the churn)", a.settle));
+    }
     let tool = tool_usage(&meter, &finals, processes);
     tool_rows(&mut rep, &tool, &finals);
+    rep.set("broker_registry_before", registry_before);
+    rep.set("broker_registry_after", registry_after);
     rep.set(
         "churn",
         serde_json::json!({

@@ -3,21 +3,16 @@
 //! for sanity (nothing lost, every connection set up).
 //!
 //! The broker under test:
-//! - by default a `stompede` binary: `$STOMPEDE_BIN`, or the one cargo built
-//!   next to `stompede-load` (`cargo test --workspace` builds both), started
-//!   on a free loopback port with `--client-send allow`;
+//! - by default stompede itself, in this test process: `stompede::serve` on
+//!   127.0.0.1:0 with client SEND allowed, on a runtime of its own thread
+//!   (so `--broker-pid` is this process and the memory rows are exercised);
 //! - or any running broker: `STOMPEDE_LOAD_SMOKE_URL=ws://127.0.0.1:15674/ws`
 //!   plus `STOMPEDE_LOAD_SMOKE_ARGS="--publish stomp --login guest --passcode guest --vhost /"`
 //!   (that is how these tests were first run, against RabbitMQ).
-//!
-//! TODO(broker): once `stompede::run(config, listener, shutdown)` is usable
-//! from tests, start the broker in-process on 127.0.0.1:0 instead of
-//! spawning the binary (and drop the skip below), as DESIGN §5 asks.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
 
 const LOAD: &str = env!("CARGO_BIN_EXE_stompede-load");
 
@@ -25,64 +20,60 @@ struct Broker {
     url: String,
     extra: Vec<String>,
     pid: Option<u32>,
-    child: Option<Child>,
+    /// stompede's `/metrics`, when the broker is stompede.
+    metrics_url: Option<String>,
+    /// Stops the in-process broker; its thread is joined on drop.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
 
-fn stompede_bin() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("STOMPEDE_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let next_to_us = Path::new(LOAD).with_file_name("stompede");
-    next_to_us.exists().then_some(next_to_us)
-}
-
-/// Starts (or finds) the broker; `None` means "skip": no broker available.
-fn broker() -> Option<Broker> {
+/// Starts stompede in this process, or names the external broker to test.
+fn broker() -> Broker {
     if let Ok(url) = std::env::var("STOMPEDE_LOAD_SMOKE_URL") {
         let extra = std::env::var("STOMPEDE_LOAD_SMOKE_ARGS").unwrap_or_default();
-        return Some(Broker { url, extra: extra.split_whitespace().map(String::from).collect(), pid: None, child: None });
+        let extra = extra.split_whitespace().map(String::from).collect();
+        return Broker { url, extra, pid: None, metrics_url: None, stop: None, thread: None };
     }
-    let Some(bin) = stompede_bin() else {
-        eprintln!("SKIPPED: no stompede binary (set STOMPEDE_BIN, or build the workspace) and no STOMPEDE_LOAD_SMOKE_URL");
-        return None;
+    let config = stompede::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        client_send: stompede::config::ClientSend::Allow,
+        shutdown_grace: Duration::from_secs(2),
+        ..stompede::Config::default()
     };
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(&bin)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--client-send", "allow"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-    let pid = child.id();
-    let b = Broker { url: format!("ws://127.0.0.1:{port}/ws"), extra: Vec::new(), pid: Some(pid), child: Some(child) };
-    wait_healthy(port);
-    Some(b)
-}
-
-fn wait_healthy(port: u16) {
-    use std::io::{Read, Write};
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-            let mut answer = String::new();
-            let _ = s.read_to_string(&mut answer);
-            if answer.starts_with("HTTP/1.1 200") {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (bound, address) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let listener = stompede::bind(config.listen).expect("bind 127.0.0.1:0");
+            bound.send(listener.local_addr().unwrap()).unwrap();
+            let broker = Arc::new(stompede::Broker::new(config));
+            stompede::serve(broker, listener, async move {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+    });
+    let addr = address.recv_timeout(Duration::from_secs(10)).expect("the broker binds");
+    Broker {
+        url: format!("ws://{addr}/ws"),
+        extra: Vec::new(),
+        pid: Some(std::process::id()),
+        metrics_url: Some(format!("http://{addr}/metrics")),
+        stop: Some(stop),
+        thread: Some(thread),
     }
-    panic!("the broker did not answer /healthz on port {port} within 20 s");
 }
 
 /// Runs one scenario and returns its JSON report.
@@ -111,7 +102,7 @@ fn run(b: &Broker, scenario: &[&str]) -> serde_json::Value {
 
 #[test]
 fn fanout_smoke() {
-    let Some(b) = broker() else { return };
+    let b = broker();
     let v = run(&b, &["fanout", "--subscribers", "50", "--destinations", "3", "--skew", "zipf", "--rate", "20,100", "--duration", "1.5"]);
     let steps = v["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 2);
@@ -128,7 +119,7 @@ fn fanout_smoke() {
 
 #[test]
 fn fanout_in_worker_processes() {
-    let Some(b) = broker() else { return };
+    let b = broker();
     // Two worker processes of 30 connections each.
     let v = run(&b, &["--per-worker", "30", "fanout", "--subscribers", "60", "--rate", "50", "--duration", "1"]);
     assert_eq!(v["tool"]["worker_processes"], 2);
@@ -139,7 +130,7 @@ fn fanout_in_worker_processes() {
 
 #[test]
 fn storm_smoke() {
-    let Some(b) = broker() else { return };
+    let b = broker();
     let v = run(
         &b,
         &["storm", "--connections", "300", "--rate", "300", "--concurrency", "50", "--background-subscribers", "20", "--background-rate", "20", "--baseline", "1"],
@@ -153,19 +144,29 @@ fn storm_smoke() {
 
 #[test]
 fn churn_smoke() {
-    let Some(b) = broker() else { return };
-    let v = run(&b, &["churn", "--rate", "100", "--duration", "2", "--hold", "0.2", "--settle", "0.5"]);
+    let b = broker();
+    let mut args = vec!["churn", "--rate", "100", "--duration", "2", "--hold", "0.2", "--settle", "0.5"];
+    if let Some(url) = &b.metrics_url {
+        args.extend(["--metrics-url", url.as_str()]);
+    }
+    let v = run(&b, &args);
     let c = &v["churn"];
     assert!(c["ok"].as_u64().unwrap() >= 150, "{c}");
     assert_eq!(c["ok"], c["closed_ok"], "{c}");
     if b.pid.is_some() {
         assert!(v["broker_rss_after"].as_u64().unwrap() > 0);
     }
+    if b.metrics_url.is_some() {
+        // Every connection the churn opened is gone from the broker again.
+        let (before, after) = (&v["broker_registry_before"], &v["broker_registry_after"]);
+        assert_eq!(before["connections"], 0.0, "{before}");
+        assert_eq!(after, before, "registry after the churn vs before");
+    }
 }
 
 #[test]
 fn idle_smoke() {
-    let Some(b) = broker() else { return };
+    let b = broker();
     let v = run(&b, &["idle", "--connections", "200", "--destinations", "10", "--settle", "1"]);
     assert_eq!(v["setup"]["subscribed"], 200);
     assert_eq!(v["open_at_end"], 200);
