@@ -46,11 +46,13 @@ if [ "$QUICK" = 1 ]; then
     STORM_N=500; STORM_BG=50; CHURN_SECS=3; CHURN_RATE=100
 else
     IDLE_N=10000; FAN_SUBS=5000
-    FAN_RATES="1,2,3,4,6,8,12,16,24,32,48,64,96,128,160,200,240,280,320,400"
+    FAN_RATES="1,2,3,4,6,8,12,16,24,32,48,64,96,128,160,200,240,280,320,400,480,560,640,800"
     FAN_SECS=5; LAT_SUBS=1000; LAT_RATE=10; STORM_N=10000; STORM_BG=1000; CHURN_RATE=1000
 fi
 
 log "building stompede-load (and stompede) in release mode"
+# What is measured is what is built now, whatever is committed later.
+built_from="$(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD -- . ':!load-tests/RESULTS*' || echo ' with uncommitted changes')"
 cargo build --release -p stompede-load
 load="$target_dir/release/stompede-load"
 have_stompede=0
@@ -100,7 +102,7 @@ stop_stompede() {
 args_for() {
     case "$1" in
     rabbitmq) echo "--url ws://127.0.0.1:15674/ws --publish stomp --login guest --passcode guest --vhost / --broker-pid $rabbit_pid" ;;
-    stompede) echo "--url ws://127.0.0.1:$STOMPEDE_PORT/ws --publish api --broker-pid $stompede_pid" ;;
+    stompede) echo "--url ws://127.0.0.1:$STOMPEDE_PORT/ws --publish api --broker-pid $stompede_pid --metrics-url http://127.0.0.1:$STOMPEDE_PORT/metrics" ;;
     esac
 }
 
@@ -176,7 +178,7 @@ done
     echo "open files per process: $(ulimit -n)"
     echo "rabbitmq: $(dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null || echo '?')"
     echo "erlang: $(dpkg-query -W -f '${Version}' erlang-base 2>/dev/null || echo '?')"
-    echo "stompede: $(git -C "$root" rev-parse --short HEAD)"
+    echo "stompede: $built_from (built at the start of the run)"
     echo "rustc: $(rustc --version)"
 } > "$results/machine.txt"
 

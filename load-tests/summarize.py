@@ -180,6 +180,15 @@ target("storm refusals", "storm: failed setups", lambda s: s == 0, "none")
 target("storm: existing subscribers keep receiving (lost)", "storm: background messages lost during the storm", lambda s: s == 0, "0 lost")
 target("churn failures", "churn: failed connects", lambda s: s == 0, "0")
 w("- churn memory: target 'memory where it started'; compare the churn rows above (RSS before vs after).")
+# Registry counts from stompede's /metrics (compare.sh passes --metrics-url since 2026-12-01).
+registry = [(r.get("broker_registry_before"), r.get("broker_registry_after")) for r in runs.get(("stompede", "churn"), [])]
+registry = [(b, x) for b, x in registry if b and x]
+if not registry:
+    w("- churn registry: target 'registry size where it started'; **not measured in these runs** (no --metrics-url).")
+else:
+    same = all(b == x for b, x in registry)
+    shown = "; ".join(f"{x['connections']:.0f} connections, {x['subscriptions']:.0f} subscriptions, {x['destinations']:.0f} destinations after vs {b['connections']:.0f}, {b['subscriptions']:.0f}, {b['destinations']:.0f} before" for b, x in registry)
+    w(f"- churn registry: target 'registry size where it started'; measured {shown} — **{'met' if same else 'NOT met'}**.")
 w("- O(1) SUBSCRIBE/UNSUBSCRIBE/publish across 10 to 1,000,000 destinations: measured by the broker's benchmarks, not by this tool.")
 w("")
 w("## Commands")
