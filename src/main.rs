@@ -1,4 +1,5 @@
 use clap::Parser;
+use std::io::IsTerminal;
 use stompede::config::LogFormat;
 use stompede::Settings;
 use tracing_subscriber::EnvFilter;
@@ -13,9 +14,12 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Logs go to stderr (stdout carries only the URLs banner), with colours
+    // only on a terminal, so a log file or journal gets plain text.
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
     match config.log_format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
-        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
     }
     let listener = match stompede::bind(config.listen) {
         Ok(listener) => listener,
