@@ -24,7 +24,15 @@ pub const DEFAULT_JWT_LEEWAY_SECONDS: u64 = 30;
 /// The same struct is parsed from the command line (with env fallbacks) and
 /// from the TOML file, so a setting cannot exist in one place and not the other.
 #[derive(Debug, Default, Clone, Parser, Deserialize)]
-#[command(name = "stompede", version, about = "A STOMP-over-WebSocket broker for live comments")]
+#[command(
+    name = "stompede",
+    version,
+    about = "A STOMP-over-WebSocket broker for live comments",
+    long_about = "A STOMP-over-WebSocket broker for live comments.\n\n\
+                  Every setting is a flag, an environment variable STOMPEDE_<NAME> and a key in the \
+                  TOML file given with --config (the flag name without --). Flags beat the environment, \
+                  which beats the file, which beats the defaults shown here."
+)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Settings {
     /// TOML file with settings (keys are the flag names without `--`).
