@@ -7,6 +7,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
+use stompede_protocol::Version;
 
 pub struct Metrics {
     registry: Registry,
@@ -56,9 +57,6 @@ pub const ERROR_REASONS: &[&str] = &[
     "slow_consumer",
     "shutdown",
 ];
-
-/// STOMP versions, the `version` label of `sessions`.
-const VERSIONS: &[&str] = &["1.0", "1.1", "1.2"];
 
 impl Metrics {
     pub fn new() -> Metrics {
@@ -144,8 +142,8 @@ impl Metrics {
         for reason in ERROR_REASONS {
             metrics.errors.with_label_values(&[reason]);
         }
-        for version in VERSIONS {
-            metrics.sessions.with_label_values(&[version]);
+        for version in [Version::V1_0, Version::V1_1, Version::V1_2] {
+            metrics.sessions.with_label_values(&[version.as_str()]);
         }
         metrics
     }

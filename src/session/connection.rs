@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
-use stompede_protocol::{Command, Decoder, Frame, Item, Limits};
+use stompede_protocol::{Decoder, Frame, Item, Limits};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -115,9 +115,8 @@ where
                                 timer.as_mut().reset(Instant::now());
                             }
                             if !replies.is_empty() {
-                                if flow == Flow::Close && replies.iter().any(|reply| reply.command == Command::Error) {
-                                    metrics.count_error(session.refusal_reason().unwrap_or("invalid_frame"));
-                                    writer.wrote_error = true;
+                                if let Flow::Refused(reason) = flow {
+                                    metrics.count_error(reason);
                                 }
                                 // Boxed: replies are rare next to deliveries, and their
                                 // future need not make every idle connection bigger.
@@ -128,8 +127,8 @@ where
                                 }
                                 last_write = Instant::now();
                             }
-                            if flow == Flow::Close {
-                                let refused = writer.wrote_error;
+                            if flow != Flow::Continue {
+                                let refused = matches!(flow, Flow::Refused(_));
                                 break 'session Ending::Closed(if refused { CloseCode::Policy } else { CloseCode::Normal });
                             }
                         }

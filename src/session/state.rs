@@ -23,6 +23,10 @@ pub enum Flow {
     Continue,
     /// Write what was produced, then close.
     Close,
+    /// The frame was refused: write the replies, which end in an ERROR, then
+    /// close. The reason labels the `errors_total` metric (one of
+    /// [`crate::metrics::ERROR_REASONS`]).
+    Refused(&'static str),
 }
 
 /// Heart-beat intervals agreed in CONNECT/CONNECTED (zero: none).
@@ -46,7 +50,7 @@ struct Refusal {
     message: String,
     /// Extra headers (for example `version` on a failed negotiation).
     headers: Vec<(&'static str, String)>,
-    /// Labels the `errors_total` metric: one of [`crate::metrics::ERROR_REASONS`].
+    /// Becomes [`Flow::Refused`]'s metric label.
     reason: &'static str,
 }
 
@@ -80,8 +84,6 @@ pub struct Session {
     identity: Identity,
     /// Bounds this session's SENDs (`max-sends-per-second`, `send-burst`).
     send_budget: TokenBucket,
-    /// Why the last frame was refused, for the `errors_total` metric.
-    refusal_reason: Option<&'static str>,
 }
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
@@ -127,7 +129,6 @@ impl Session {
             next_subscription_sequence: 0,
             transactions: HashMap::new(),
             transaction_frames: 0,
-            refusal_reason: None,
         }
     }
 
@@ -144,11 +145,6 @@ impl Session {
         self.subscriptions.len()
     }
 
-    /// Why [`Session::handle`] last answered with an ERROR (a metric label).
-    pub fn refusal_reason(&self) -> Option<&'static str> {
-        self.refusal_reason
-    }
-
     /// Handles one frame from the client, pushing replies to `out`.
     pub fn handle(&mut self, frame: Frame, out: &mut Vec<Frame>) -> Flow {
         let receipt = frame.headers.get("receipt").map(str::to_owned);
@@ -159,9 +155,9 @@ impl Session {
         };
         match result {
             Err(refusal) => {
-                self.refusal_reason = Some(refusal.reason);
+                let reason = refusal.reason;
                 out.push(error_frame(refusal, receipt.as_deref()));
-                Flow::Close
+                Flow::Refused(reason)
             }
             Ok(()) => {
                 if let Some(receipt) = receipt {

@@ -42,8 +42,6 @@ pub struct Writer {
     batch: VecDeque<Delivery>,
     /// A batch is written once it reaches this many bytes (`ws-write-buffer-bytes`).
     max_write_bytes: usize,
-    /// Whether an ERROR frame was among the replies written (close with 1008).
-    pub wrote_error: bool,
 }
 
 impl Writer {
@@ -53,7 +51,6 @@ impl Writer {
             pending: BytesMut::new(),
             batch: VecDeque::new(),
             max_write_bytes: max_write_bytes.max(1),
-            wrote_error: false,
         }
     }
 
