@@ -16,18 +16,30 @@ use stompede::registry::{Registry, Subscriber, SubscriberKey};
 use stompede_protocol::{Headers, Version};
 
 fn subscriber(outbox: &Arc<Outbox>) -> Subscriber {
-    Subscriber { outbox: outbox.clone(), subscription: Arc::from("sub-0"), ack: false, version: Version::V1_2 }
+    Subscriber {
+        outbox: outbox.clone(),
+        subscription: Arc::from("sub-0"),
+        ack: false,
+        version: Version::V1_2,
+    }
 }
 
 fn key(connection: u64) -> SubscriberKey {
-    SubscriberKey { connection, sequence: 0 }
+    SubscriberKey {
+        connection,
+        sequence: 0,
+    }
 }
 
 /// A registry with `destinations` destinations of one subscriber each.
 fn with_destinations(destinations: usize, outbox: &Arc<Outbox>) -> Registry {
     let registry = Registry::new();
     for i in 0..destinations {
-        registry.subscribe(&format!("/topic/comments.{i}"), key(i as u64), subscriber(outbox));
+        registry.subscribe(
+            &format!("/topic/comments.{i}"),
+            key(i as u64),
+            subscriber(outbox),
+        );
     }
     registry
 }
@@ -76,7 +88,9 @@ fn registry_benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("publish_lookup/destinations");
     for destinations in [10usize, 10_000, 1_000_000] {
         let registry = with_destinations(destinations, &outbox);
-        let names: Vec<String> = (0..1024).map(|i| format!("/topic/comments.{}", (i * 7919) % destinations)).collect();
+        let names: Vec<String> = (0..1024)
+            .map(|i| format!("/topic/comments.{}", (i * 7919) % destinations))
+            .collect();
         let mut i = 0usize;
         group.bench_function(BenchmarkId::from_parameter(destinations), |b| {
             b.iter(|| {
@@ -104,8 +118,9 @@ fn registry_benches(c: &mut Criterion) {
     let metrics = Metrics::new();
     for subscribers in [10usize, 10_000] {
         let registry = Registry::new();
-        let outboxes: Vec<Arc<Outbox>> =
-            (0..subscribers).map(|_| Arc::new(Outbox::new(usize::MAX, usize::MAX))).collect();
+        let outboxes: Vec<Arc<Outbox>> = (0..subscribers)
+            .map(|_| Arc::new(Outbox::new(usize::MAX, usize::MAX)))
+            .collect();
         for (i, outbox) in outboxes.iter().enumerate() {
             registry.subscribe("/topic/hot", key(i as u64), subscriber(outbox));
         }
@@ -115,8 +130,19 @@ fn registry_benches(c: &mut Criterion) {
             b.iter_batched(
                 || (),
                 |()| {
-                    let message = Arc::new(fanout::prepare("/topic/hot", "1-1", &Headers::new(), body.clone()));
-                    fanout::deliver(&registry, "/topic/hot", &message, SlowConsumerPolicy::Drop, &metrics);
+                    let message = Arc::new(fanout::prepare(
+                        "/topic/hot",
+                        "1-1",
+                        &Headers::new(),
+                        body.clone(),
+                    ));
+                    fanout::deliver(
+                        &registry,
+                        "/topic/hot",
+                        &message,
+                        SlowConsumerPolicy::Drop,
+                        &metrics,
+                    );
                     // Empty the queues so they do not grow without bound.
                     let mut drained = std::collections::VecDeque::new();
                     for outbox in &outboxes {

@@ -136,7 +136,8 @@ async fn run(args: Args) -> Result<(), String> {
         Some(url) => url.clone(),
         None => format!("ws://{}/ws", broker.authority),
     };
-    let db = open_db(&args.db).map_err(|e| format!("cannot open database {}: {e}", args.db.display()))?;
+    let db = open_db(&args.db)
+        .map_err(|e| format!("cannot open database {}: {e}", args.db.display()))?;
     if !args.page_dir.join("node_modules/@stomp/stompjs").is_dir() {
         tracing::warn!(page_dir = %args.page_dir.display(), "@stomp/stompjs is not installed; run `npm install` in the page directory");
     }
@@ -144,8 +145,16 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
-    println!("comment page: http://{address}/  (WebSocket {ws_url}, stompede API {})", args.stompede_url);
-    let app = Arc::new(App { args, broker, ws_url, db: Arc::new(Mutex::new(db)) });
+    println!(
+        "comment page: http://{address}/  (WebSocket {ws_url}, stompede API {})",
+        args.stompede_url
+    );
+    let app = Arc::new(App {
+        args,
+        broker,
+        ws_url,
+        db: Arc::new(Mutex::new(db)),
+    });
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -200,14 +209,27 @@ async fn route(app: &App, request: Request<Incoming>) -> HttpResponse {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     let response = match (&method, path.as_str()) {
-        (&Method::GET | &Method::HEAD, "/" | "/index.html") => static_file(app, "index.html", "text/html; charset=utf-8").await,
-        (&Method::GET | &Method::HEAD, "/app.js") => static_file(app, "app.js", "text/javascript; charset=utf-8").await,
-        (&Method::GET | &Method::HEAD, "/style.css") => static_file(app, "style.css", "text/css; charset=utf-8").await,
+        (&Method::GET | &Method::HEAD, "/" | "/index.html") => {
+            static_file(app, "index.html", "text/html; charset=utf-8").await
+        }
+        (&Method::GET | &Method::HEAD, "/app.js") => {
+            static_file(app, "app.js", "text/javascript; charset=utf-8").await
+        }
+        (&Method::GET | &Method::HEAD, "/style.css") => {
+            static_file(app, "style.css", "text/css; charset=utf-8").await
+        }
         (&Method::GET | &Method::HEAD, "/vendor/stomp.umd.min.js") => {
-            static_file(app, "node_modules/@stomp/stompjs/bundles/stomp.umd.min.js", "text/javascript; charset=utf-8").await
+            static_file(
+                app,
+                "node_modules/@stomp/stompjs/bundles/stomp.umd.min.js",
+                "text/javascript; charset=utf-8",
+            )
+            .await
         }
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
-        (_, path) if path.starts_with("/api/articles/") => articles(app, request, &path["/api/articles/".len()..]).await,
+        (_, path) if path.starts_with("/api/articles/") => {
+            articles(app, request, &path["/api/articles/".len()..]).await
+        }
         (_, path) => error(StatusCode::NOT_FOUND, format!("no route for {path}")),
     };
     tracing::info!(%method, %path, status = response.status().as_u16(), "request");
@@ -218,7 +240,10 @@ async fn route(app: &App, request: Request<Incoming>) -> HttpResponse {
 async fn articles(app: &App, request: Request<Incoming>, rest: &str) -> HttpResponse {
     let (article, action) = rest.split_once('/').unwrap_or((rest, ""));
     if !valid_article(article) {
-        return error(StatusCode::NOT_FOUND, "an article id is 1-64 of A-Z a-z 0-9 - _");
+        return error(
+            StatusCode::NOT_FOUND,
+            "an article id is 1-64 of A-Z a-z 0-9 - _",
+        );
     }
     let article = article.to_owned();
     match (request.method(), action) {
@@ -232,7 +257,10 @@ async fn articles(app: &App, request: Request<Incoming>, rest: &str) -> HttpResp
 }
 
 fn valid_article(article: &str) -> bool {
-    (1..=64).contains(&article.len()) && article.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    (1..=64).contains(&article.len())
+        && article
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn destination(article: &str) -> String {
@@ -260,19 +288,43 @@ async fn article_page(app: &App, article: String) -> HttpResponse {
             }),
         ),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("database: {e}")),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("database task: {e}")),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("database task: {e}"),
+        ),
     }
 }
 
 /// The article's reader count: stompede's subscriber count of its destination.
 async fn readers(app: &App, article: &str) -> HttpResponse {
-    let encoded = percent_encoding::utf8_percent_encode(&destination(article), percent_encoding::NON_ALPHANUMERIC).to_string();
-    match app.broker.call(Method::GET, &format!("/api/v1/destinations/{encoded}"), None).await {
+    let encoded = percent_encoding::utf8_percent_encode(
+        &destination(article),
+        percent_encoding::NON_ALPHANUMERIC,
+    )
+    .to_string();
+    match app
+        .broker
+        .call(
+            Method::GET,
+            &format!("/api/v1/destinations/{encoded}"),
+            None,
+        )
+        .await
+    {
         Ok((StatusCode::OK, body)) => {
-            let subscribers = body.get("subscribers").and_then(serde_json::Value::as_u64).unwrap_or(0);
-            json(StatusCode::OK, serde_json::json!({ "readers": subscribers }))
+            let subscribers = body
+                .get("subscribers")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            json(
+                StatusCode::OK,
+                serde_json::json!({ "readers": subscribers }),
+            )
         }
-        Ok((status, body)) => error(StatusCode::BAD_GATEWAY, format!("stompede answered {status}: {body}")),
+        Ok((status, body)) => error(
+            StatusCode::BAD_GATEWAY,
+            format!("stompede answered {status}: {body}"),
+        ),
         Err(e) => error(StatusCode::BAD_GATEWAY, format!("stompede: {e}")),
     }
 }
@@ -283,9 +335,17 @@ async fn post_comment(app: &App, article: String, request: Request<Incoming>) ->
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.starts_with("application/x-www-form-urlencoded"));
-    let body = match Limited::new(request.into_body(), MAX_REQUEST_BYTES).collect().await {
+    let body = match Limited::new(request.into_body(), MAX_REQUEST_BYTES)
+        .collect()
+        .await
+    {
         Ok(collected) => collected.to_bytes(),
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("a comment request is at most {MAX_REQUEST_BYTES} bytes")),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a comment request is at most {MAX_REQUEST_BYTES} bytes"),
+            )
+        }
     };
     let new = if is_form {
         parse_form(&body)
@@ -306,7 +366,12 @@ async fn post_comment(app: &App, article: String, request: Request<Incoming>) ->
     let comment = match stored {
         Ok(Ok(comment)) => comment,
         Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("database: {e}")),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("database task: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("database task: {e}"),
+            )
+        }
     };
 
     // Stored first, then published: a comment the broker did not get is still
@@ -316,8 +381,15 @@ async fn post_comment(app: &App, article: String, request: Request<Incoming>) ->
         "body": comment,
         "headers": { "comment-id": comment.id.to_string() },
     });
-    let (published, subscribers) = match app.broker.call(Method::POST, "/api/v1/publish", Some(publish)).await {
-        Ok((StatusCode::ACCEPTED, body)) => (true, body.get("subscribers").and_then(serde_json::Value::as_u64)),
+    let (published, subscribers) = match app
+        .broker
+        .call(Method::POST, "/api/v1/publish", Some(publish))
+        .await
+    {
+        Ok((StatusCode::ACCEPTED, body)) => (
+            true,
+            body.get("subscribers").and_then(serde_json::Value::as_u64),
+        ),
         Ok((status, body)) => {
             tracing::warn!(%status, %body, comment = comment.id, "stompede refused the publish");
             (false, None)
@@ -346,7 +418,10 @@ async fn post_comment(app: &App, article: String, request: Request<Incoming>) ->
 
 fn parse_form(body: &[u8]) -> Result<NewComment, String> {
     let body = std::str::from_utf8(body).map_err(|_| "the form is not valid UTF-8".to_owned())?;
-    let mut new = NewComment { author: String::new(), text: String::new() };
+    let mut new = NewComment {
+        author: String::new(),
+        text: String::new(),
+    };
     for pair in body.split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let value = value.replace('+', " ");
@@ -365,18 +440,27 @@ fn parse_form(body: &[u8]) -> Result<NewComment, String> {
 
 fn validate(new: NewComment) -> Result<NewComment, String> {
     let author = new.author.trim();
-    let author = if author.is_empty() { "Anonymous" } else { author };
+    let author = if author.is_empty() {
+        "Anonymous"
+    } else {
+        author
+    };
     let text = new.text.trim();
     if text.is_empty() {
         return Err("the comment is empty".into());
     }
     if author.chars().count() > MAX_AUTHOR_CHARS || author.chars().any(char::is_control) {
-        return Err(format!("the name is at most {MAX_AUTHOR_CHARS} characters, on one line"));
+        return Err(format!(
+            "the name is at most {MAX_AUTHOR_CHARS} characters, on one line"
+        ));
     }
     if text.chars().count() > MAX_TEXT_CHARS {
         return Err(format!("a comment is at most {MAX_TEXT_CHARS} characters"));
     }
-    Ok(NewComment { author: author.to_owned(), text: text.to_owned() })
+    Ok(NewComment {
+        author: author.to_owned(),
+        text: text.to_owned(),
+    })
 }
 
 // ---- SQLite -----------------------------------------------------------------
@@ -397,24 +481,46 @@ fn open_db(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
     Ok(db)
 }
 
-fn insert_comment(db: &rusqlite::Connection, article: &str, new: NewComment) -> rusqlite::Result<Comment> {
-    let created_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+fn insert_comment(
+    db: &rusqlite::Connection,
+    article: &str,
+    new: NewComment,
+) -> rusqlite::Result<Comment> {
+    let created_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     db.execute(
         "INSERT INTO comments (article, author, text, created_at) VALUES (?1, ?2, ?3, ?4)",
         rusqlite::params![article, new.author, new.text, created_at],
     )?;
-    Ok(Comment { id: db.last_insert_rowid(), article: article.to_owned(), author: new.author, text: new.text, created_at })
+    Ok(Comment {
+        id: db.last_insert_rowid(),
+        article: article.to_owned(),
+        author: new.author,
+        text: new.text,
+        created_at,
+    })
 }
 
 /// The latest `limit` comments of `article`, oldest first.
-fn latest_comments(db: &rusqlite::Connection, article: &str, limit: u32) -> rusqlite::Result<Vec<Comment>> {
+fn latest_comments(
+    db: &rusqlite::Connection,
+    article: &str,
+    limit: u32,
+) -> rusqlite::Result<Vec<Comment>> {
     let mut statement = db.prepare_cached(
         "SELECT id, article, author, text, created_at FROM comments
          WHERE article = ?1 ORDER BY id DESC LIMIT ?2",
     )?;
     let mut comments = statement
         .query_map(rusqlite::params![article, limit], |row| {
-            Ok(Comment { id: row.get(0)?, article: row.get(1)?, author: row.get(2)?, text: row.get(3)?, created_at: row.get(4)? })
+            Ok(Comment {
+                id: row.get(0)?,
+                article: row.get(1)?,
+                author: row.get(2)?,
+                text: row.get(3)?,
+                created_at: row.get(4)?,
+            })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     comments.reverse();
@@ -435,25 +541,45 @@ struct Broker {
 
 impl Broker {
     fn new(base_url: &str, token: Option<String>) -> Result<Broker, String> {
-        let uri: Uri = base_url.parse().map_err(|e| format!("invalid --stompede-url {base_url:?}: {e}"))?;
+        let uri: Uri = base_url
+            .parse()
+            .map_err(|e| format!("invalid --stompede-url {base_url:?}: {e}"))?;
         if uri.scheme_str() != Some("http") {
             return Err(format!("--stompede-url must be http://HOST:PORT (got {base_url:?}); reach stompede's API directly, not through TLS"));
         }
-        let host = uri.host().ok_or_else(|| format!("--stompede-url {base_url:?} has no host"))?;
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("--stompede-url {base_url:?} has no host"))?;
         let authority = format!("{host}:{}", uri.port_u16().unwrap_or(80));
         let prefix = uri.path().trim_end_matches('/').to_owned();
-        Ok(Broker { authority, prefix, token: token.filter(|token| !token.is_empty()) })
+        Ok(Broker {
+            authority,
+            prefix,
+            token: token.filter(|token| !token.is_empty()),
+        })
     }
 
     /// Calls stompede; answers the status and the JSON body.
-    async fn call(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> Result<(StatusCode, serde_json::Value), String> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(StatusCode, serde_json::Value), String> {
         tokio::time::timeout(BROKER_TIMEOUT, self.call_inner(method, path, body))
             .await
             .map_err(|_| format!("no answer within {BROKER_TIMEOUT:?}"))?
     }
 
-    async fn call_inner(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> Result<(StatusCode, serde_json::Value), String> {
-        let stream = TcpStream::connect(&self.authority).await.map_err(|e| format!("cannot connect to {}: {e}", self.authority))?;
+    async fn call_inner(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(StatusCode, serde_json::Value), String> {
+        let stream = TcpStream::connect(&self.authority)
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", self.authority))?;
         let _ = stream.set_nodelay(true);
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -479,14 +605,19 @@ impl Broker {
             None => Full::default(),
         };
         let request = request.body(body).map_err(|e| e.to_string())?;
-        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
         let status = response.status();
         let bytes = Limited::new(response.into_body(), MAX_REQUEST_BYTES)
             .collect()
             .await
             .map_err(|e| format!("reading the answer: {e}"))?
             .to_bytes();
-        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+        });
         Ok((status, value))
     }
 }
@@ -508,7 +639,11 @@ async fn static_file(app: &App, relative: &str, content_type: &'static str) -> H
             .expect("static response parts are valid"),
         Err(e) if relative.starts_with("node_modules/") => error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("{}: {e}; run `npm install` in {}", path.display(), app.args.page_dir.display()),
+            format!(
+                "{}: {e}; run `npm install` in {}",
+                path.display(),
+                app.args.page_dir.display()
+            ),
         ),
         Err(e) => error(StatusCode::NOT_FOUND, format!("{}: {e}", path.display())),
     }
@@ -528,7 +663,12 @@ fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
 }
 
 fn method_not_allowed(allow: &'static str) -> HttpResponse {
-    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, format!("method not allowed; use {allow}"));
-    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    let mut response = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed; use {allow}"),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
     response
 }

@@ -39,7 +39,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let request_body = serde_json::json!({ "destination": args.destination, "body": comment });
 
     let stream = tokio::net::TcpStream::connect(&args.api).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     let mut request = Request::post("/api/v1/publish")
         .header("host", &args.api)

@@ -26,7 +26,10 @@ struct Args {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let mut request = args.url.as_str().into_client_request()?;
-    request.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static("v12.stomp"));
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static("v12.stomp"),
+    );
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
 
     let send = |frame: Frame| {
@@ -35,9 +38,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Message::Binary(out.freeze())
     };
     // No heart-beats: a simple subscriber that only listens.
-    ws.send(send(Frame::new(Command::Connect).header("accept-version", "1.2").header("heart-beat", "0,0"))).await?;
     ws.send(send(
-        Frame::new(Command::Subscribe).header("id", "0").header("destination", &args.destination),
+        Frame::new(Command::Connect)
+            .header("accept-version", "1.2")
+            .header("heart-beat", "0,0"),
+    ))
+    .await?;
+    ws.send(send(
+        Frame::new(Command::Subscribe)
+            .header("id", "0")
+            .header("destination", &args.destination),
     ))
     .await?;
 
@@ -63,7 +73,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     }
                 }
                 Command::Error => {
-                    eprintln!("ERROR: {}", frame.headers.get("message").unwrap_or_default());
+                    eprintln!(
+                        "ERROR: {}",
+                        frame.headers.get("message").unwrap_or_default()
+                    );
                     std::process::exit(1);
                 }
                 _ => {}

@@ -112,8 +112,10 @@ impl JwtVerifier {
             (Some(_), Some(_)) => return Err("give jwt-secret or jwt-public-key, not both".into()),
             (Some(secret), None) => JwtVerifier::hs256(secret.as_bytes()),
             (None, Some(path)) => {
-                let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                JwtVerifier::from_public_key_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                JwtVerifier::from_public_key_pem(&pem)
+                    .map_err(|e| format!("{}: {e}", path.display()))?
             }
         };
         verifier.destinations_claim = settings.destinations_claim.to_owned();
@@ -149,16 +151,27 @@ impl JwtVerifier {
         validation.validate_nbf = true;
         validation.validate_aud = false;
         validation.leeway = crate::config::DEFAULT_JWT_LEEWAY_SECONDS;
-        JwtVerifier { key, validation, destinations_claim: crate::config::DEFAULT_DESTINATIONS_CLAIM.to_owned() }
+        JwtVerifier {
+            key,
+            validation,
+            destinations_claim: crate::config::DEFAULT_DESTINATIONS_CLAIM.to_owned(),
+        }
     }
 
     /// Checks the signature, the algorithm, `exp` (required), `nbf`, and
     /// `aud`/`iss` when configured; returns what the token grants.
     pub fn verify(&self, token: &str) -> Result<Grant, String> {
-        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &self.key, &self.validation)
-            .map_err(|e| describe(e.kind()))?;
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            &self.key,
+            &self.validation,
+        )
+        .map_err(|e| describe(e.kind()))?;
         let claims = data.claims;
-        let subject = claims.get("sub").and_then(|sub| sub.as_str()).map(str::to_owned);
+        let subject = claims
+            .get("sub")
+            .and_then(|sub| sub.as_str())
+            .map(str::to_owned);
         let destinations = match claims.get(&self.destinations_claim) {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::Array(entries)) => Some(
@@ -166,12 +179,25 @@ impl JwtVerifier {
                     .iter()
                     .map(|entry| entry.as_str().map(DestinationRule::parse))
                     .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| format!("bad token: claim {:?} must be a list of strings", self.destinations_claim))?,
+                    .ok_or_else(|| {
+                        format!(
+                            "bad token: claim {:?} must be a list of strings",
+                            self.destinations_claim
+                        )
+                    })?,
             ),
             Some(serde_json::Value::String(one)) => Some(vec![DestinationRule::parse(one)]),
-            Some(_) => return Err(format!("bad token: claim {:?} must be a list of strings", self.destinations_claim)),
+            Some(_) => {
+                return Err(format!(
+                    "bad token: claim {:?} must be a list of strings",
+                    self.destinations_claim
+                ))
+            }
         };
-        Ok(Grant { subject, destinations })
+        Ok(Grant {
+            subject,
+            destinations,
+        })
     }
 }
 
@@ -180,7 +206,9 @@ fn describe(kind: &ErrorKind) -> String {
         ErrorKind::ExpiredSignature => "it has expired (exp)".to_owned(),
         ErrorKind::ImmatureSignature => "it is not valid yet (nbf)".to_owned(),
         ErrorKind::InvalidSignature => "its signature does not match".to_owned(),
-        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => "its algorithm is not the configured one".to_owned(),
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            "its algorithm is not the configured one".to_owned()
+        }
         ErrorKind::InvalidAudience => "its audience (aud) is not accepted".to_owned(),
         ErrorKind::InvalidIssuer => "its issuer (iss) is not accepted".to_owned(),
         ErrorKind::MissingRequiredClaim(claim) => format!("it has no {claim} claim"),
@@ -192,7 +220,9 @@ fn describe(kind: &ErrorKind) -> String {
 /// Whether `text` has the shape of a compact JWS (three base64url parts).
 fn looks_like_jwt(text: &str) -> bool {
     text.split('.').count() == 3
-        && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'='))
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'='))
 }
 
 /// Decides who a CONNECT frame is, or why it is refused.
@@ -206,7 +236,9 @@ pub fn authenticate(config: &Config, headers: &Headers) -> Result<Identity, Stri
 
     if let Some(token) = bearer {
         let Some(jwt) = &config.jwt else {
-            return Err("bearer tokens are not accepted by this server (no JWT key is configured)".into());
+            return Err(
+                "bearer tokens are not accepted by this server (no JWT key is configured)".into(),
+            );
         };
         return jwt.verify(token).map(Identity::Token);
     }
@@ -221,7 +253,8 @@ pub fn authenticate(config: &Config, headers: &Headers) -> Result<Identity, Stri
         let (login, passcode) = (login.unwrap_or_default(), passcode.unwrap_or_default());
         // Every user is compared, so the time taken does not say which matched.
         let known = config.users.iter().fold(None, |found, user| {
-            let matches = constant_time_eq(&user.login, login) & constant_time_eq(&user.passcode, passcode);
+            let matches =
+                constant_time_eq(&user.login, login) & constant_time_eq(&user.passcode, passcode);
             found.or(matches.then(|| user.login.clone()))
         });
         if let Some(login) = known {
@@ -258,7 +291,11 @@ mod tests {
         assert!(!grant.allows("/topic/comments.421"));
         assert!(grant.allows("/topic/live.7"));
         assert!(!grant.allows("/topic/other"));
-        assert!(Grant { subject: None, destinations: None }.allows("/topic/anything"));
+        assert!(Grant {
+            subject: None,
+            destinations: None
+        }
+        .allows("/topic/anything"));
     }
 
     #[test]

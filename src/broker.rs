@@ -3,8 +3,8 @@
 use crate::config::Config;
 use crate::fanout;
 use crate::ip_limit::IpLimiter;
-use crate::registry::Registry;
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -66,15 +66,32 @@ impl Broker {
     /// body is shared, not copied; each destination gets its own encoding
     /// because the `destination` header differs.
     pub fn publish(&self, destinations: &[&str], headers: &Headers, body: Bytes) -> Published {
-        let message_id = format!("{}-{}", self.boot_id, self.next_message_id.fetch_add(1, Relaxed));
+        let message_id = format!(
+            "{}-{}",
+            self.boot_id,
+            self.next_message_id.fetch_add(1, Relaxed)
+        );
         let mut subscribers = 0;
         for destination in destinations {
-            let message = Arc::new(fanout::prepare(destination, &message_id, headers, body.clone()));
-            subscribers +=
-                fanout::deliver(&self.registry, destination, &message, self.config.slow_consumer, &self.metrics);
+            let message = Arc::new(fanout::prepare(
+                destination,
+                &message_id,
+                headers,
+                body.clone(),
+            ));
+            subscribers += fanout::deliver(
+                &self.registry,
+                destination,
+                &message,
+                self.config.slow_consumer,
+                &self.metrics,
+            );
         }
         self.metrics.messages_published.inc();
-        Published { message_id, subscribers }
+        Published {
+            message_id,
+            subscribers,
+        }
     }
 
     /// Reserves a session slot, or `None` at `max-connections`.
@@ -84,10 +101,15 @@ impl Broker {
             if open >= self.config.max_connections {
                 return None;
             }
-            match self.sessions.compare_exchange_weak(open, open + 1, Relaxed, Relaxed) {
+            match self
+                .sessions
+                .compare_exchange_weak(open, open + 1, Relaxed, Relaxed)
+            {
                 Ok(_) => {
                     self.metrics.connections.inc();
-                    return Some(SessionSlot { broker: self.clone() });
+                    return Some(SessionSlot {
+                        broker: self.clone(),
+                    });
                 }
                 Err(now) => open = now,
             }

@@ -94,12 +94,20 @@ pub struct Settings {
     pub jwt_leeway: Option<u64>,
 
     /// A destination prefix clients may SUBSCRIBE under (repeatable). [default: /topic/]
-    #[arg(long = "subscribe-prefix", env = "STOMPEDE_SUBSCRIBE_PREFIX", value_delimiter = ',')]
+    #[arg(
+        long = "subscribe-prefix",
+        env = "STOMPEDE_SUBSCRIBE_PREFIX",
+        value_delimiter = ','
+    )]
     #[serde(default, rename = "subscribe-prefix")]
     pub subscribe_prefixes: Vec<String>,
 
     /// A destination prefix clients may SEND to when `client-send` is `allow` (repeatable). [default: /topic/]
-    #[arg(long = "send-prefix", env = "STOMPEDE_SEND_PREFIX", value_delimiter = ',')]
+    #[arg(
+        long = "send-prefix",
+        env = "STOMPEDE_SEND_PREFIX",
+        value_delimiter = ','
+    )]
     #[serde(default, rename = "send-prefix")]
     pub send_prefixes: Vec<String>,
 
@@ -113,7 +121,11 @@ pub struct Settings {
 
     /// An allowed browser `Origin` for the WebSocket handshake (repeatable; `*` allows any).
     /// Without one, requests without `Origin` and same-host origins are accepted.
-    #[arg(long = "allowed-origin", env = "STOMPEDE_ALLOWED_ORIGIN", value_delimiter = ',')]
+    #[arg(
+        long = "allowed-origin",
+        env = "STOMPEDE_ALLOWED_ORIGIN",
+        value_delimiter = ','
+    )]
     #[serde(default, rename = "allowed-origin")]
     pub allowed_origins: Vec<String>,
 
@@ -333,15 +345,27 @@ impl Default for Config {
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("invalid {setting}: {reason}")]
-    Invalid { setting: &'static str, reason: String },
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
 }
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { setting, reason: reason.into() }
+    ConfigError::Invalid {
+        setting,
+        reason: reason.into(),
+    }
 }
 
 impl Settings {
@@ -409,10 +433,15 @@ impl Settings {
     pub fn load(self) -> Result<Config, ConfigError> {
         let settings = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
                 let file: Settings =
-                    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.clone(), source })?;
+                    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                        path: path.clone(),
+                        source,
+                    })?;
                 self.or(file)
             }
             None => self,
@@ -424,7 +453,12 @@ impl Settings {
     pub fn resolve(self) -> Result<Config, ConfigError> {
         let d = Config::default();
         let (heartbeat_send, heartbeat_receive) = match &self.heartbeat {
-            Some(text) => parse_heartbeat(text).ok_or_else(|| invalid("heartbeat", format!("{text:?} is not `cx,cy` in milliseconds")))?,
+            Some(text) => parse_heartbeat(text).ok_or_else(|| {
+                invalid(
+                    "heartbeat",
+                    format!("{text:?} is not `cx,cy` in milliseconds"),
+                )
+            })?,
             None => (d.heartbeat_send, d.heartbeat_receive),
         };
         let users = self
@@ -432,14 +466,23 @@ impl Settings {
             .iter()
             .map(|user| {
                 user.split_once(':')
-                    .map(|(login, passcode)| User { login: login.into(), passcode: passcode.into() })
+                    .map(|(login, passcode)| User {
+                        login: login.into(),
+                        passcode: passcode.into(),
+                    })
                     .ok_or_else(|| invalid("user", format!("{user:?} is not login:passcode")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let jwt = JwtVerifier::from_settings(&JwtSettings {
-            secret: self.jwt_secret.as_deref().filter(|secret| !secret.is_empty()),
+            secret: self
+                .jwt_secret
+                .as_deref()
+                .filter(|secret| !secret.is_empty()),
             public_key: self.jwt_public_key.as_deref(),
-            destinations_claim: self.jwt_destinations_claim.as_deref().unwrap_or(DEFAULT_DESTINATIONS_CLAIM),
+            destinations_claim: self
+                .jwt_destinations_claim
+                .as_deref()
+                .unwrap_or(DEFAULT_DESTINATIONS_CLAIM),
             audience: self.jwt_audience.as_deref(),
             issuer: self.jwt_issuer.as_deref(),
             leeway_seconds: self.jwt_leeway.unwrap_or(DEFAULT_JWT_LEEWAY_SECONDS),
@@ -450,7 +493,11 @@ impl Settings {
         let config = Config {
             listen: self.listen.unwrap_or(d.listen),
             ws_path: self.ws_path.unwrap_or(d.ws_path),
-            api_tokens: self.api_tokens.into_iter().filter(|token| !token.is_empty()).collect(),
+            api_tokens: self
+                .api_tokens
+                .into_iter()
+                .filter(|token| !token.is_empty())
+                .collect(),
             client_send: self.client_send.unwrap_or(d.client_send),
             users,
             allow_anonymous: self.allow_anonymous,
@@ -464,13 +511,21 @@ impl Settings {
             max_frame_bytes_before_connect: self
                 .max_frame_bytes_before_connect
                 .unwrap_or(d.max_frame_bytes_before_connect),
-            ws_max_message_bytes: self.ws_max_message_bytes.unwrap_or(max_frame_bytes + WS_FRAMING_SLACK),
-            ws_max_frame_bytes: self.ws_max_frame_bytes.unwrap_or(max_frame_bytes + WS_FRAMING_SLACK),
+            ws_max_message_bytes: self
+                .ws_max_message_bytes
+                .unwrap_or(max_frame_bytes + WS_FRAMING_SLACK),
+            ws_max_frame_bytes: self
+                .ws_max_frame_bytes
+                .unwrap_or(max_frame_bytes + WS_FRAMING_SLACK),
             max_request_bytes: self.max_request_bytes.unwrap_or(d.max_request_bytes),
             max_headers: self.max_headers.unwrap_or(d.max_headers),
-            max_header_line_bytes: self.max_header_line_bytes.unwrap_or(d.max_header_line_bytes),
+            max_header_line_bytes: self
+                .max_header_line_bytes
+                .unwrap_or(d.max_header_line_bytes),
             max_connections: self.max_connections.unwrap_or(d.max_connections),
-            max_connections_per_ip: self.max_connections_per_ip.unwrap_or(d.max_connections_per_ip),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .unwrap_or(d.max_connections_per_ip),
             per_ip_limit_exempts_loopback: self
                 .per_ip_limit_exempts_loopback
                 .unwrap_or(d.per_ip_limit_exempts_loopback),
@@ -478,16 +533,26 @@ impl Settings {
             max_subscriptions_per_session: self
                 .max_subscriptions_per_session
                 .unwrap_or(d.max_subscriptions_per_session),
-            max_transaction_frames: self.max_transaction_frames.unwrap_or(d.max_transaction_frames),
+            max_transaction_frames: self
+                .max_transaction_frames
+                .unwrap_or(d.max_transaction_frames),
             heartbeat_send,
             heartbeat_receive,
             connect_timeout: seconds("connect-timeout", self.connect_timeout, d.connect_timeout)?,
-            handshake_timeout: seconds("handshake-timeout", self.handshake_timeout, d.handshake_timeout)?,
-            outbound_queue_frames: self.outbound_queue_frames.unwrap_or(d.outbound_queue_frames),
+            handshake_timeout: seconds(
+                "handshake-timeout",
+                self.handshake_timeout,
+                d.handshake_timeout,
+            )?,
+            outbound_queue_frames: self
+                .outbound_queue_frames
+                .unwrap_or(d.outbound_queue_frames),
             outbound_queue_bytes: self.outbound_queue_bytes.unwrap_or(d.outbound_queue_bytes),
             slow_consumer: self.slow_consumer.unwrap_or(d.slow_consumer),
             ws_read_buffer_bytes: self.ws_read_buffer_bytes.unwrap_or(d.ws_read_buffer_bytes),
-            ws_write_buffer_bytes: self.ws_write_buffer_bytes.unwrap_or(d.ws_write_buffer_bytes),
+            ws_write_buffer_bytes: self
+                .ws_write_buffer_bytes
+                .unwrap_or(d.ws_write_buffer_bytes),
             shutdown_grace: seconds("shutdown-grace", self.shutdown_grace, d.shutdown_grace)?,
             log_format: self.log_format.unwrap_or(d.log_format),
         };
@@ -500,16 +565,23 @@ impl Config {
     /// Whether a CONNECT without credentials is accepted: as configured, else
     /// only when neither static users nor a JWT key are configured.
     pub fn anonymous_allowed(&self) -> bool {
-        self.allow_anonymous.unwrap_or(self.users.is_empty() && self.jwt.is_none())
+        self.allow_anonymous
+            .unwrap_or(self.users.is_empty() && self.jwt.is_none())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         if !self.ws_path.starts_with('/') || self.ws_path.starts_with("/api/") {
-            return Err(invalid("ws-path", "must start with / and not be under /api/"));
+            return Err(invalid(
+                "ws-path",
+                "must start with / and not be under /api/",
+            ));
         }
         for (setting, value) in [
             ("max-frame-bytes", self.max_frame_bytes),
-            ("max-frame-bytes-before-connect", self.max_frame_bytes_before_connect),
+            (
+                "max-frame-bytes-before-connect",
+                self.max_frame_bytes_before_connect,
+            ),
             ("ws-max-message-bytes", self.ws_max_message_bytes),
             ("ws-max-frame-bytes", self.ws_max_frame_bytes),
             ("send-burst", self.send_burst as usize),
@@ -518,7 +590,10 @@ impl Config {
             ("max-header-line-bytes", self.max_header_line_bytes),
             ("max-connections", self.max_connections),
             ("max-http-connections", self.max_http_connections),
-            ("max-subscriptions-per-session", self.max_subscriptions_per_session),
+            (
+                "max-subscriptions-per-session",
+                self.max_subscriptions_per_session,
+            ),
             ("outbound-queue-frames", self.outbound_queue_frames),
             ("outbound-queue-bytes", self.outbound_queue_bytes),
             ("ws-read-buffer-bytes", self.ws_read_buffer_bytes),
@@ -528,15 +603,25 @@ impl Config {
             }
         }
         if !(self.max_sends_per_second.is_finite() && self.max_sends_per_second > 0.0) {
-            return Err(invalid("max-sends-per-second", "must be a number greater than 0"));
+            return Err(invalid(
+                "max-sends-per-second",
+                "must be a number greater than 0",
+            ));
         }
-        for (setting, prefixes) in [("subscribe-prefix", &self.subscribe_prefixes), ("send-prefix", &self.send_prefixes)] {
+        for (setting, prefixes) in [
+            ("subscribe-prefix", &self.subscribe_prefixes),
+            ("send-prefix", &self.send_prefixes),
+        ] {
             for prefix in prefixes.iter() {
-                crate::destination::validate(prefix).map_err(|reason| invalid(setting, format!("{prefix:?}: {reason}")))?;
+                crate::destination::validate(prefix)
+                    .map_err(|reason| invalid(setting, format!("{prefix:?}: {reason}")))?;
             }
         }
         if self.connect_timeout.is_zero() || self.handshake_timeout.is_zero() {
-            return Err(invalid("connect-timeout/handshake-timeout", "must be greater than 0"));
+            return Err(invalid(
+                "connect-timeout/handshake-timeout",
+                "must be greater than 0",
+            ));
         }
         Ok(())
     }
@@ -564,10 +649,15 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<
     })
 }
 
-fn seconds(setting: &'static str, value: Option<f64>, default: Duration) -> Result<Duration, ConfigError> {
+fn seconds(
+    setting: &'static str,
+    value: Option<f64>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     match value {
         None => Ok(default),
-        Some(s) => Duration::try_from_secs_f64(s).map_err(|_| invalid(setting, format!("{s} is not a number of seconds"))),
+        Some(s) => Duration::try_from_secs_f64(s)
+            .map_err(|_| invalid(setting, format!("{s} is not a number of seconds"))),
     }
 }
 

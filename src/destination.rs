@@ -9,7 +9,9 @@ pub fn validate(destination: &str) -> Result<(), String> {
         return Err("destination is empty".into());
     }
     if destination.len() > MAX_DESTINATION_BYTES {
-        return Err(format!("destination is longer than {MAX_DESTINATION_BYTES} bytes"));
+        return Err(format!(
+            "destination is longer than {MAX_DESTINATION_BYTES} bytes"
+        ));
     }
     if destination.chars().any(char::is_control) {
         return Err("destination contains a control character".into());
@@ -21,22 +23,32 @@ pub fn validate(destination: &str) -> Result<(), String> {
 /// if it may not: it must start with one of `prefixes` (`subscribe-prefix`).
 pub fn check_subscribe(destination: &str, prefixes: &[String]) -> Result<(), String> {
     check_prefix(destination, prefixes).map_err(|allowed| {
-        format!("not allowed to subscribe to {destination:?}: destinations must start with {allowed}")
+        format!(
+            "not allowed to subscribe to {destination:?}: destinations must start with {allowed}"
+        )
     })
 }
 
 /// Why a client may not SEND to `destination` (already [`validate`]d), if it
 /// may not: it must start with one of `prefixes` (`send-prefix`).
 pub fn check_send(destination: &str, prefixes: &[String]) -> Result<(), String> {
-    check_prefix(destination, prefixes)
-        .map_err(|allowed| format!("not allowed to send to {destination:?}: destinations must start with {allowed}"))
+    check_prefix(destination, prefixes).map_err(|allowed| {
+        format!("not allowed to send to {destination:?}: destinations must start with {allowed}")
+    })
 }
 
 fn check_prefix(destination: &str, prefixes: &[String]) -> Result<(), String> {
-    if prefixes.iter().any(|prefix| destination.starts_with(prefix.as_str())) {
+    if prefixes
+        .iter()
+        .any(|prefix| destination.starts_with(prefix.as_str()))
+    {
         Ok(())
     } else {
-        Err(prefixes.iter().map(|prefix| format!("{prefix:?}")).collect::<Vec<_>>().join(" or "))
+        Err(prefixes
+            .iter()
+            .map(|prefix| format!("{prefix:?}"))
+            .collect::<Vec<_>>()
+            .join(" or "))
     }
 }
 
@@ -58,15 +70,23 @@ mod tests {
             check_subscribe("/queue/admin", &prefixes),
             Err("not allowed to subscribe to \"/queue/admin\": destinations must start with \"/topic/\" or \"/live/\"".into())
         );
-        assert!(check_send("/topicx", &prefixes).unwrap_err().starts_with("not allowed to send to"));
+        assert!(check_send("/topicx", &prefixes)
+            .unwrap_err()
+            .starts_with("not allowed to send to"));
     }
 
     #[test]
     fn refuses_empty_long_and_control_characters() {
         assert_eq!(validate(""), Err("destination is empty".into()));
-        assert!(validate(&"a".repeat(257)).unwrap_err().contains("longer than 256"));
+        assert!(validate(&"a".repeat(257))
+            .unwrap_err()
+            .contains("longer than 256"));
         assert!(validate(&"a".repeat(256)).is_ok());
-        assert!(validate("/topic/a\nb").unwrap_err().contains("control character"));
-        assert!(validate("/topic/a\u{7f}").unwrap_err().contains("control character"));
+        assert!(validate("/topic/a\nb")
+            .unwrap_err()
+            .contains("control character"));
+        assert!(validate("/topic/a\u{7f}")
+            .unwrap_err()
+            .contains("control character"));
     }
 }

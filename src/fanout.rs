@@ -6,24 +6,36 @@
 //! pub/sub) would sit behind the same call.
 
 use crate::config::SlowConsumerPolicy;
+use crate::metrics::Metrics;
 use crate::outbox::{Delivery, OutboxState, PushError};
 use crate::registry::Registry;
-use crate::metrics::Metrics;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Instant;
 use stompede_protocol::{Headers, PreparedMessage};
 
 /// Headers the broker sets itself; a publisher's values for them are dropped.
-pub const RESERVED_HEADERS: &[&str] =
-    &["subscription", "message-id", "destination", "receipt", "transaction", "content-length", "ack"];
+pub const RESERVED_HEADERS: &[&str] = &[
+    "subscription",
+    "message-id",
+    "destination",
+    "receipt",
+    "transaction",
+    "content-length",
+    "ack",
+];
 
 pub fn is_reserved(name: &str) -> bool {
     RESERVED_HEADERS.contains(&name)
 }
 
 /// Builds the shared MESSAGE: broker headers first, then the publisher's.
-pub fn prepare(destination: &str, message_id: &str, publisher_headers: &Headers, body: Bytes) -> PreparedMessage {
+pub fn prepare(
+    destination: &str,
+    message_id: &str,
+    publisher_headers: &Headers,
+    body: Bytes,
+) -> PreparedMessage {
     let mut headers = Headers::with_capacity(publisher_headers.len() + 2);
     headers.push("destination", destination);
     headers.push("message-id", message_id);
@@ -47,7 +59,10 @@ pub fn deliver(
     let published_at = Instant::now();
     let mut delivered = 0i64;
     let subscribers = registry.for_each_subscriber(destination, |subscriber| {
-        match subscriber.outbox.push(Delivery::new(message.clone(), subscriber, published_at)) {
+        match subscriber
+            .outbox
+            .push(Delivery::new(message.clone(), subscriber, published_at))
+        {
             Ok(()) => delivered += 1,
             Err(PushError::Closed) => {}
             Err(PushError::Full) => match policy {

@@ -21,7 +21,10 @@ impl IpLimiter {
             return None;
         }
         *open += 1;
-        Some(IpSlot { limiter: self.clone(), ip })
+        Some(IpSlot {
+            limiter: self.clone(),
+            ip,
+        })
     }
 
     /// Sessions open from `ip`.
@@ -66,7 +69,9 @@ mod tests {
         assert!(limiter.try_acquire(a, 2).is_none());
         let _other = limiter.try_acquire(b, 2).unwrap();
         // An IPv4-mapped IPv6 address is the same client.
-        assert!(limiter.try_acquire("::ffff:192.0.2.1".parse().unwrap(), 2).is_none());
+        assert!(limiter
+            .try_acquire("::ffff:192.0.2.1".parse().unwrap(), 2)
+            .is_none());
         drop(first);
         assert_eq!(limiter.open(a), 1);
         assert!(limiter.try_acquire(a, 2).is_some());

@@ -40,7 +40,13 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: impl Fu
     broker.shutdown.cancel();
     let _ = accept.await;
     broker.tasks.close();
-    if tokio::time::timeout(broker.config.shutdown_grace, broker.tasks.wait()).await.is_err() {
-        tracing::warn!(sessions = broker.open_sessions(), "grace period over; dropping the remaining connections");
+    if tokio::time::timeout(broker.config.shutdown_grace, broker.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            sessions = broker.open_sessions(),
+            "grace period over; dropping the remaining connections"
+        );
     }
 }

@@ -16,7 +16,9 @@ async fn main() -> std::process::ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Logs go to stderr (stdout carries only the URLs banner), with colours
     // only on a terminal, so a log file or journal gets plain text.
-    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
     match config.log_format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().init(),
@@ -29,7 +31,10 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let address = listener.local_addr().unwrap_or(config.listen);
-    println!("stompede listening: WebSocket ws://{address}{} , HTTP API http://{address}/api/v1/", config.ws_path);
+    println!(
+        "stompede listening: WebSocket ws://{address}{} , HTTP API http://{address}/api/v1/",
+        config.ws_path
+    );
     tracing::info!(%address, "listening");
     stompede::run(config, listener, shutdown_signal()).await;
     std::process::ExitCode::SUCCESS
@@ -37,14 +42,15 @@ async fn main() -> std::process::ExitCode {
 
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}

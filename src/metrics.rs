@@ -4,8 +4,8 @@
 //! write batch, not once per message, so metrics cost little at high fan-out.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use stompede_protocol::Version;
 
@@ -137,7 +137,10 @@ impl Metrics {
             Box::new(metrics.http_requests.clone()),
             Box::new(metrics.http_duration.clone()),
         ] {
-            metrics.registry.register(collector).expect("metric names are unique");
+            metrics
+                .registry
+                .register(collector)
+                .expect("metric names are unique");
         }
         for reason in ERROR_REASONS {
             metrics.errors.with_label_values(&[reason]);
@@ -150,14 +153,19 @@ impl Metrics {
 
     /// Counts one ERROR frame sent, by reason.
     pub fn count_error(&self, reason: &'static str) {
-        debug_assert!(ERROR_REASONS.contains(&reason), "error reason {reason:?} missing from ERROR_REASONS");
+        debug_assert!(
+            ERROR_REASONS.contains(&reason),
+            "error reason {reason:?} missing from ERROR_REASONS"
+        );
         self.errors.with_label_values(&[reason]).inc();
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
 }

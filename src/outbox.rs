@@ -25,9 +25,19 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub fn new(message: Arc<PreparedMessage>, subscriber: &Subscriber, published_at: std::time::Instant) -> Delivery {
+    pub fn new(
+        message: Arc<PreparedMessage>,
+        subscriber: &Subscriber,
+        published_at: std::time::Instant,
+    ) -> Delivery {
         let cost = message.body().len() + subscriber.subscription.len() + 128;
-        Delivery { message, subscription: subscriber.subscription.clone(), ack: subscriber.ack, published_at, cost }
+        Delivery {
+            message,
+            subscription: subscriber.subscription.clone(),
+            ack: subscriber.ack,
+            published_at,
+            cost,
+        }
     }
 }
 
@@ -69,7 +79,11 @@ struct Queue {
 impl Outbox {
     pub fn new(max_frames: usize, max_bytes: usize) -> Outbox {
         Outbox {
-            queue: Mutex::new(Queue { items: VecDeque::new(), bytes: 0, state: OutboxState::Open }),
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                bytes: 0,
+                state: OutboxState::Open,
+            }),
             ready: Notify::new(),
             closing: Notify::new(),
             max_frames,
@@ -80,7 +94,9 @@ impl Outbox {
     // A std Mutex, not tokio's: it is held for a few instructions and never
     // across an `.await`.
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn push(&self, delivery: Delivery) -> Result<(), PushError> {

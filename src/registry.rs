@@ -45,7 +45,10 @@ impl Registry {
             subscribers.insert(key, subscriber);
             return;
         }
-        self.destinations.entry(Arc::from(destination)).or_default().insert(key, subscriber);
+        self.destinations
+            .entry(Arc::from(destination))
+            .or_default()
+            .insert(key, subscriber);
     }
 
     /// Removes one subscription; a destination left without subscribers is removed.
@@ -64,7 +67,8 @@ impl Registry {
         };
         if now_empty {
             // Checked again under the write lock: someone may have subscribed since.
-            self.destinations.remove_if(destination, |_, subscribers| subscribers.is_empty());
+            self.destinations
+                .remove_if(destination, |_, subscribers| subscribers.is_empty());
         }
     }
 
@@ -72,7 +76,11 @@ impl Registry {
     ///
     /// The destination's shard is read-locked meanwhile, so `deliver` must not
     /// wait for anything (pushing to an outbox does not).
-    pub fn for_each_subscriber(&self, destination: &str, mut deliver: impl FnMut(&Subscriber)) -> usize {
+    pub fn for_each_subscriber(
+        &self,
+        destination: &str,
+        mut deliver: impl FnMut(&Subscriber),
+    ) -> usize {
         match self.destinations.get(destination) {
             Some(subscribers) => {
                 subscribers.values().for_each(&mut deliver);
@@ -83,7 +91,9 @@ impl Registry {
     }
 
     pub fn subscriber_count(&self, destination: &str) -> usize {
-        self.destinations.get(destination).map_or(0, |subscribers| subscribers.len())
+        self.destinations
+            .get(destination)
+            .map_or(0, |subscribers| subscribers.len())
     }
 
     pub fn destination_count(&self) -> usize {

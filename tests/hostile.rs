@@ -20,7 +20,11 @@ const BYSTANDER: &str = "/topic/bystander";
 /// A session subscribed to [`BYSTANDER`] before the attack.
 async fn bystander(broker: &TestBroker) -> Client {
     let mut client = broker.connected().await;
-    client.send(&format!("SUBSCRIBE\nid:b\ndestination:{BYSTANDER}\nreceipt:b\n\n\0")).await;
+    client
+        .send(&format!(
+            "SUBSCRIBE\nid:b\ndestination:{BYSTANDER}\nreceipt:b\n\n\0"
+        ))
+        .await;
     assert_eq!(client.frame().await.command, Command::Receipt);
     client
 }
@@ -39,7 +43,12 @@ async fn still_serving(broker: &TestBroker, bystander: &mut Client) {
 /// Sends `bytes` as binary WebSocket messages of at most `chunk` bytes.
 async fn send_chunked(client: &mut Client, bytes: &[u8], chunk: usize) {
     for piece in bytes.chunks(chunk) {
-        if client.ws.send(Message::binary(piece.to_vec())).await.is_err() {
+        if client
+            .ws
+            .send(Message::binary(piece.to_vec()))
+            .await
+            .is_err()
+        {
             return; // the server may close before everything is sent
         }
     }
@@ -49,11 +58,18 @@ async fn send_chunked(client: &mut Client, bytes: &[u8], chunk: usize) {
 async fn frames_before_connect_are_refused() {
     let broker = start(config()).await;
     let mut by = bystander(&broker).await;
-    for frame in ["SEND\ndestination:/topic/a\n\nx\0", "SUBSCRIBE\nid:0\ndestination:/topic/a\n\n\0", "DISCONNECT\n\n\0"] {
+    for frame in [
+        "SEND\ndestination:/topic/a\n\nx\0",
+        "SUBSCRIBE\nid:0\ndestination:/topic/a\n\n\0",
+        "DISCONNECT\n\n\0",
+    ] {
         let mut client = broker.client().await;
         client.send(frame).await;
         let message = client.expect_error().await;
-        assert!(message.starts_with("expected a CONNECT or STOMP frame, got "), "{message}");
+        assert!(
+            message.starts_with("expected a CONNECT or STOMP frame, got "),
+            "{message}"
+        );
     }
     still_serving(&broker, &mut by).await;
 }
@@ -102,9 +118,13 @@ async fn the_full_frame_budget_applies_once_connected() {
     config.client_send = ClientSend::Allow;
     let broker = start(config).await;
     let mut client = broker.connected().await;
-    client.send("SUBSCRIBE\nid:0\ndestination:/topic/big\n\n\0").await;
+    client
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/big\n\n\0")
+        .await;
     let body = "b".repeat(10_000);
-    client.send(&format!("SEND\ndestination:/topic/big\n\n{body}\0")).await;
+    client
+        .send(&format!("SEND\ndestination:/topic/big\n\n{body}\0"))
+        .await;
     let message = client.frame().await;
     assert_eq!(message.command, Command::Message);
     assert_eq!(message.body.len(), 10_000);
@@ -115,10 +135,19 @@ async fn malformed_headers_are_refused() {
     let broker = start(config()).await;
     let mut by = bystander(&broker).await;
     let cases: [(&str, &str); 4] = [
-        ("CONNECT\naccept-version:1.2\nno-colon-here\n\n\0", "header line has no colon: \"no-colon-here\""),
+        (
+            "CONNECT\naccept-version:1.2\nno-colon-here\n\n\0",
+            "header line has no colon: \"no-colon-here\"",
+        ),
         ("CONNECT\raccept-version:1.2\n\n\0", "CR not followed by LF"),
-        ("CONNECT\naccept-version:1.2\ncontent-length:-1\n\n\0", "content-length is not a number: \"-1\""),
-        ("CONNECT\naccept-version:1.2\ncontent-length:ten\n\n\0", "content-length is not a number: \"ten\""),
+        (
+            "CONNECT\naccept-version:1.2\ncontent-length:-1\n\n\0",
+            "content-length is not a number: \"-1\"",
+        ),
+        (
+            "CONNECT\naccept-version:1.2\ncontent-length:ten\n\n\0",
+            "content-length is not a number: \"ten\"",
+        ),
     ];
     for (frame, expected) in cases {
         let mut client = broker.client().await;
@@ -127,8 +156,13 @@ async fn malformed_headers_are_refused() {
     }
     // Escapes are decoded once STOMP 1.2 is negotiated.
     let mut client = broker.connected().await;
-    client.send("SUBSCRIBE\nid:0\ndestination:/topic/a\\qb\n\n\0").await;
-    assert_eq!(client.expect_error().await, "undefined escape \\q in header");
+    client
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/a\\qb\n\n\0")
+        .await;
+    assert_eq!(
+        client.expect_error().await,
+        "undefined escape \\q in header"
+    );
     still_serving(&broker, &mut by).await;
 }
 
@@ -138,15 +172,24 @@ async fn a_lying_content_length_is_refused() {
     let mut by = bystander(&broker).await;
     // Shorter than the body: no NUL where the length says the body ends.
     let mut client = broker.connected().await;
-    client.send("SUBSCRIBE\nid:0\ndestination:/topic/a\ncontent-length:2\n\nhello\0").await;
+    client
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/a\ncontent-length:2\n\nhello\0")
+        .await;
     let message = client.expect_error().await;
     assert!(message.contains("not followed by NUL"), "{message}");
     // Longer than the limit: refused as soon as the header is read.
     let mut client = broker.connected().await;
-    client.send("SUBSCRIBE\nid:0\ndestination:/topic/a\ncontent-length:999999999\n\n").await;
-    assert_eq!(client.expect_error().await, "frame body exceeds 65536 bytes");
+    client
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/a\ncontent-length:999999999\n\n")
+        .await;
+    assert_eq!(
+        client.expect_error().await,
+        "frame body exceeds 65536 bytes"
+    );
     let mut client = broker.client().await;
-    client.send("CONNECT\naccept-version:1.2\ncontent-length:1000000\n\n").await;
+    client
+        .send("CONNECT\naccept-version:1.2\ncontent-length:1000000\n\n")
+        .await;
     assert_eq!(client.expect_error().await, "frame body exceeds 4096 bytes");
     still_serving(&broker, &mut by).await;
 }
@@ -159,7 +202,9 @@ async fn a_huge_content_length_then_silence_is_closed_by_the_connect_timeout() {
     let mut by = bystander(&broker).await;
     let mut client = broker.client().await;
     // Within the budget, so the decoder waits for the body that never comes.
-    client.send("CONNECT\naccept-version:1.2\ncontent-length:4000\n\nabc").await;
+    client
+        .send("CONNECT\naccept-version:1.2\ncontent-length:4000\n\nabc")
+        .await;
     let message = client.expect_error().await;
     assert!(message.starts_with("no CONNECT frame within"), "{message}");
     still_serving(&broker, &mut by).await;
@@ -170,10 +215,22 @@ async fn invalid_utf8_in_a_header_is_refused() {
     let broker = start(config()).await;
     let mut by = bystander(&broker).await;
     let mut client = broker.client().await;
-    client.ws.send(Message::binary(b"CONNECT\naccept-version:1.2\nx:\xff\xfe\n\n\0".to_vec())).await.unwrap();
+    client
+        .ws
+        .send(Message::binary(
+            b"CONNECT\naccept-version:1.2\nx:\xff\xfe\n\n\0".to_vec(),
+        ))
+        .await
+        .unwrap();
     assert_eq!(client.expect_error().await, "header is not valid UTF-8");
     let mut client = broker.connected().await;
-    client.ws.send(Message::binary(b"SUBSCRIBE\nid:\xc3\x28\ndestination:/topic/a\n\n\0".to_vec())).await.unwrap();
+    client
+        .ws
+        .send(Message::binary(
+            b"SUBSCRIBE\nid:\xc3\x28\ndestination:/topic/a\n\n\0".to_vec(),
+        ))
+        .await
+        .unwrap();
     assert_eq!(client.expect_error().await, "header is not valid UTF-8");
     still_serving(&broker, &mut by).await;
 }
@@ -183,11 +240,15 @@ async fn invalid_utf8_in_a_text_websocket_message_closes_with_1007() {
     let broker = start(config()).await;
     let mut by = bystander(&broker).await;
     let mut ws = RawWs::open(broker.addr).await;
-    ws.send_frame(OP_TEXT, b"CONNECT\naccept-version:1.2\nx:\xff\n\n\0").await;
+    ws.send_frame(OP_TEXT, b"CONNECT\naccept-version:1.2\nx:\xff\n\n\0")
+        .await;
     let (data, code) = ws.until_close().await;
     assert_eq!(code, Some(1007));
     let error = String::from_utf8_lossy(&data.concat()).into_owned();
-    assert!(error.starts_with("ERROR\n") && error.contains("not valid UTF-8"), "{error}");
+    assert!(
+        error.starts_with("ERROR\n") && error.contains("not valid UTF-8"),
+        "{error}"
+    );
     still_serving(&broker, &mut by).await;
 }
 
@@ -214,7 +275,10 @@ async fn a_megabyte_header_value_in_small_messages_is_refused_at_the_line_limit(
     let mut frame = b"SUBSCRIBE\nid:0\ndestination:/topic/a\nbig:".to_vec();
     frame.extend(std::iter::repeat_n(b'v', 1 << 20));
     send_chunked(&mut client, &frame, 4096).await;
-    assert_eq!(client.expect_error().await, "header line exceeds 8192 bytes");
+    assert_eq!(
+        client.expect_error().await,
+        "header line exceeds 8192 bytes"
+    );
     still_serving(&broker, &mut by).await;
 }
 
@@ -229,7 +293,10 @@ async fn ten_thousand_headers_are_refused() {
     }
     frame.extend_from_slice(b"\n\0");
     send_chunked(&mut client, &frame, 8192).await;
-    assert_eq!(client.expect_error().await, "frame has more than 64 headers");
+    assert_eq!(
+        client.expect_error().await,
+        "frame has more than 64 headers"
+    );
     still_serving(&broker, &mut by).await;
 }
 
@@ -243,7 +310,10 @@ async fn a_duplicate_subscription_id_is_refused() {
         .await;
     let error = client.frame().await;
     assert_eq!(error.command, Command::Error);
-    assert_eq!(error.headers.get("message"), Some("subscription id \"0\" is already in use in this session"));
+    assert_eq!(
+        error.headers.get("message"),
+        Some("subscription id \"0\" is already in use in this session")
+    );
     assert_eq!(error.headers.get("receipt-id"), Some("r"));
     client.expect_closed().await;
     broker.wait_for_subscribers("/topic/a", 0).await;
@@ -257,14 +327,22 @@ async fn thousands_of_subscribes_stop_at_the_per_session_limit_and_leave_nothing
     let mut client = broker.connected().await;
     let mut frames = String::new();
     for i in 0..5000 {
-        frames.push_str(&format!("SUBSCRIBE\nid:{i}\ndestination:/topic/flood.{i}\n\n\0"));
+        frames.push_str(&format!(
+            "SUBSCRIBE\nid:{i}\ndestination:/topic/flood.{i}\n\n\0"
+        ));
     }
     send_chunked(&mut client, frames.as_bytes(), 8192).await;
-    assert_eq!(client.expect_error().await, "too many subscriptions: this server allows 64 per session");
+    assert_eq!(
+        client.expect_error().await,
+        "too many subscriptions: this server allows 64 per session"
+    );
     // Only the bystander's destination is left in the registry.
     let deadline = tokio::time::Instant::now() + common::PATIENCE;
     while broker.broker.registry.destination_count() != 1 {
-        assert!(tokio::time::Instant::now() < deadline, "flood destinations stayed in the registry");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "flood destinations stayed in the registry"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     still_serving(&broker, &mut by).await;
@@ -281,7 +359,9 @@ async fn a_flood_of_heart_beats_is_harmless() {
     assert_eq!(client.frame().await.command, Command::Connected);
     // After CONNECT, with CRLFs too.
     send_chunked(&mut client, &b"\r\n".repeat(1 << 19), 32 * 1024).await;
-    client.send("SUBSCRIBE\nid:0\ndestination:/topic/a\nreceipt:r\n\n\0").await;
+    client
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/a\nreceipt:r\n\n\0")
+        .await;
     assert_eq!(client.frame().await.command, Command::Receipt);
     still_serving(&broker, &mut by).await;
 }
@@ -293,7 +373,9 @@ async fn reserved_headers_on_a_send_never_reach_subscribers() {
     let broker = start(config).await;
     let mut by = bystander(&broker).await;
     let mut subscriber = broker.connected().await;
-    subscriber.send("SUBSCRIBE\nid:real\ndestination:/topic/a\nack:client\nreceipt:s\n\n\0").await;
+    subscriber
+        .send("SUBSCRIBE\nid:real\ndestination:/topic/a\nack:client\nreceipt:s\n\n\0")
+        .await;
     assert_eq!(subscriber.frame().await.command, Command::Receipt);
     let mut publisher = broker.connected().await;
     publisher
@@ -303,15 +385,38 @@ async fn reserved_headers_on_a_send_never_reach_subscribers() {
         )
         .await;
     let receipt = publisher.frame().await;
-    assert_eq!(receipt.headers.get("receipt-id"), Some("forged"), "the publisher's own receipt is answered");
+    assert_eq!(
+        receipt.headers.get("receipt-id"),
+        Some("forged"),
+        "the publisher's own receipt is answered"
+    );
     let raw = String::from_utf8(subscriber.raw().await).unwrap();
-    assert!(!raw.contains("forged"), "a forged header reached the subscriber: {raw:?}");
+    assert!(
+        !raw.contains("forged"),
+        "a forged header reached the subscriber: {raw:?}"
+    );
     assert!(raw.starts_with("MESSAGE\n"), "{raw:?}");
-    for name in ["destination", "message-id", "subscription", "content-length", "ack"] {
-        assert_eq!(raw.matches(&format!("\n{name}:")).count(), 1, "{name} once in {raw:?}");
+    for name in [
+        "destination",
+        "message-id",
+        "subscription",
+        "content-length",
+        "ack",
+    ] {
+        assert_eq!(
+            raw.matches(&format!("\n{name}:")).count(),
+            1,
+            "{name} once in {raw:?}"
+        );
     }
-    assert!(raw.contains("\nsubscription:real\n") && raw.contains("\ncontent-length:5\n"), "{raw:?}");
-    assert!(raw.contains("\ncontent-type:text/plain\n"), "other headers pass: {raw:?}");
+    assert!(
+        raw.contains("\nsubscription:real\n") && raw.contains("\ncontent-length:5\n"),
+        "{raw:?}"
+    );
+    assert!(
+        raw.contains("\ncontent-type:text/plain\n"),
+        "other headers pass: {raw:?}"
+    );
     still_serving(&broker, &mut by).await;
 }
 
@@ -320,7 +425,9 @@ async fn reserved_headers_in_the_http_api_never_reach_subscribers() {
     let broker = start(config()).await;
     let mut by = bystander(&broker).await;
     let mut subscriber = broker.connected().await;
-    subscriber.send("SUBSCRIBE\nid:real\ndestination:/topic/a\nreceipt:s\n\n\0").await;
+    subscriber
+        .send("SUBSCRIBE\nid:real\ndestination:/topic/a\nreceipt:s\n\n\0")
+        .await;
     assert_eq!(subscriber.frame().await.command, Command::Receipt);
     let request = serde_json::json!({
         "destination": "/topic/a",
@@ -335,10 +442,25 @@ async fn reserved_headers_in_the_http_api_never_reach_subscribers() {
     let (status, response) = broker.http("POST", "/api/v1/publish", Some(&request)).await;
     assert_eq!(status, 202, "{response}");
     let raw = String::from_utf8(subscriber.raw().await).unwrap();
-    assert!(!raw.contains("forged") && !raw.contains("999"), "a forged header reached the subscriber: {raw:?}");
-    assert!(raw.contains("\ndestination:/topic/a\n") && raw.contains("\nsubscription:real\n"), "{raw:?}");
-    assert!(raw.contains("\ncontent-length:5\n") && raw.contains("\nx-comment-author:ada\n"), "{raw:?}");
-    assert!(raw.contains(&format!("\nmessage-id:{}\n", response["message_id"].as_str().unwrap())), "{raw:?}");
+    assert!(
+        !raw.contains("forged") && !raw.contains("999"),
+        "a forged header reached the subscriber: {raw:?}"
+    );
+    assert!(
+        raw.contains("\ndestination:/topic/a\n") && raw.contains("\nsubscription:real\n"),
+        "{raw:?}"
+    );
+    assert!(
+        raw.contains("\ncontent-length:5\n") && raw.contains("\nx-comment-author:ada\n"),
+        "{raw:?}"
+    );
+    assert!(
+        raw.contains(&format!(
+            "\nmessage-id:{}\n",
+            response["message_id"].as_str().unwrap()
+        )),
+        "{raw:?}"
+    );
     still_serving(&broker, &mut by).await;
 }
 
@@ -400,13 +522,19 @@ async fn an_unsupported_subprotocol_is_refused_with_400() {
     let mut answer = Vec::new();
     let mut buf = [0u8; 1024];
     while !answer.windows(1).any(|w| w == b"}") {
-        let n = tokio::time::timeout(common::PATIENCE, stream.read(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(common::PATIENCE, stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(n > 0, "closed before answering");
         answer.extend_from_slice(&buf[..n]);
     }
     let answer = String::from_utf8(answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    assert!(answer.contains("unsupported WebSocket subprotocol \\\"mqtt, wamp\\\""), "{answer}");
+    assert!(
+        answer.contains("unsupported WebSocket subprotocol \\\"mqtt, wamp\\\""),
+        "{answer}"
+    );
     still_serving(&broker, &mut by).await;
 }
 
@@ -429,6 +557,9 @@ async fn a_foreign_origin_is_refused_with_403() {
     )
     .await;
     assert_eq!(status, 403);
-    assert!(body["error"].as_str().unwrap().contains("not allowed"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("not allowed"),
+        "{body}"
+    );
     still_serving(&broker, &mut by).await;
 }

@@ -8,8 +8,14 @@ use stompede_protocol::Command;
 #[tokio::test]
 async fn health_and_readiness() {
     let broker = start(config()).await;
-    assert_eq!(broker.http("GET", "/healthz", None).await, (200, serde_json::json!({"status": "ok"})));
-    assert_eq!(broker.http("GET", "/readyz", None).await, (200, serde_json::json!({"status": "ready"})));
+    assert_eq!(
+        broker.http("GET", "/healthz", None).await,
+        (200, serde_json::json!({"status": "ok"}))
+    );
+    assert_eq!(
+        broker.http("GET", "/readyz", None).await,
+        (200, serde_json::json!({"status": "ready"}))
+    );
     assert_eq!(broker.http("POST", "/healthz", None).await.0, 405);
 }
 
@@ -27,7 +33,10 @@ async fn unknown_routes_and_methods_are_json_errors() {
     // A plain GET on the WebSocket path is not an upgrade.
     let (status, body) = broker.http("GET", "/ws", None).await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("WebSocket upgrade"));
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("WebSocket upgrade"));
 }
 
 #[tokio::test]
@@ -37,17 +46,38 @@ async fn publish_errors_are_400_with_a_reason() {
         ("{", "invalid JSON"),
         (r#"{"destination": "/topic/a"}"#, "missing \"body\""),
         (r#"{"body": "x"}"#, "publish needs \"destination\""),
-        (r#"{"destination": "", "body": "x"}"#, "destination is empty"),
-        (r#"{"destination": "/topic/a\u0001", "body": "x"}"#, "control character"),
-        (r#"{"destination": "/topic/a", "body": "x", "colour": 1}"#, "unknown field `colour`"),
-        (r#"{"destination": "/topic/a", "body": "x", "headers": {"a": 1}}"#, "invalid type"),
-        (r#"{"destination": "/topic/a", "body": "x", "headers": {"a": "b\nc"}}"#, "control characters"),
-        (r#"{"destination": "/topic/a", "body_base64": "%%%"}"#, "not valid base64"),
+        (
+            r#"{"destination": "", "body": "x"}"#,
+            "destination is empty",
+        ),
+        (
+            r#"{"destination": "/topic/a\u0001", "body": "x"}"#,
+            "control character",
+        ),
+        (
+            r#"{"destination": "/topic/a", "body": "x", "colour": 1}"#,
+            "unknown field `colour`",
+        ),
+        (
+            r#"{"destination": "/topic/a", "body": "x", "headers": {"a": 1}}"#,
+            "invalid type",
+        ),
+        (
+            r#"{"destination": "/topic/a", "body": "x", "headers": {"a": "b\nc"}}"#,
+            "control characters",
+        ),
+        (
+            r#"{"destination": "/topic/a", "body_base64": "%%%"}"#,
+            "not valid base64",
+        ),
     ];
     for (request, reason) in cases {
         let (status, body) = broker.http("POST", "/api/v1/publish", Some(request)).await;
         assert_eq!(status, 400, "{request}: {body}");
-        assert!(body["error"].as_str().unwrap().contains(reason), "{request}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(reason),
+            "{request}: {body}"
+        );
     }
 }
 
@@ -57,12 +87,23 @@ async fn oversized_requests_and_bodies_are_413_or_400() {
     config.max_request_bytes = 1000;
     config.max_frame_bytes = 100;
     let broker = start(config).await;
-    let big = format!(r#"{{"destination": "/topic/a", "body": "{}"}}"#, "x".repeat(2000));
+    let big = format!(
+        r#"{{"destination": "/topic/a", "body": "{}"}}"#,
+        "x".repeat(2000)
+    );
     let (status, body) = broker.http("POST", "/api/v1/publish", Some(&big)).await;
     assert_eq!(status, 413);
-    assert!(body["error"].as_str().unwrap().contains("max-request-bytes"));
-    let over_frame = format!(r#"{{"destination": "/topic/a", "body": "{}"}}"#, "x".repeat(200));
-    let (status, body) = broker.http("POST", "/api/v1/publish", Some(&over_frame)).await;
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("max-request-bytes"));
+    let over_frame = format!(
+        r#"{{"destination": "/topic/a", "body": "{}"}}"#,
+        "x".repeat(200)
+    );
+    let (status, body) = broker
+        .http("POST", "/api/v1/publish", Some(&over_frame))
+        .await;
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("max-frame-bytes"));
 }
@@ -71,7 +112,9 @@ async fn oversized_requests_and_bodies_are_413_or_400() {
 async fn a_json_body_is_sent_compact_as_application_json() {
     let broker = start(config()).await;
     let mut client = broker.connected().await;
-    client.send("SUBSCRIBE\nid:0\ndestination:/topic/comments.7\nreceipt:r\n\n\0").await;
+    client
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/comments.7\nreceipt:r\n\n\0")
+        .await;
     client.frame().await;
     let request = r#"{"destination": "/topic/comments.7", "body": {"id": 1, "text": "héllo"}, "headers": {"x-author": "ann", "subscription": "forged", "destination": "/topic/other"}}"#;
     let (status, response) = broker.http("POST", "/api/v1/publish", Some(request)).await;
@@ -79,31 +122,50 @@ async fn a_json_body_is_sent_compact_as_application_json() {
     assert_eq!(response["subscribers"], 1);
     let message = client.frame().await;
     assert_eq!(message.command, Command::Message);
-    assert_eq!(message.headers.get("content-type"), Some("application/json"));
+    assert_eq!(
+        message.headers.get("content-type"),
+        Some("application/json")
+    );
     assert_eq!(message.headers.get("x-author"), Some("ann"));
-    assert_eq!(message.headers.get_all("subscription").collect::<Vec<_>>(), ["0"]);
-    assert_eq!(message.headers.get_all("destination").collect::<Vec<_>>(), ["/topic/comments.7"]);
-    assert_eq!(std::str::from_utf8(&message.body).unwrap(), r#"{"id":1,"text":"héllo"}"#);
+    assert_eq!(
+        message.headers.get_all("subscription").collect::<Vec<_>>(),
+        ["0"]
+    );
+    assert_eq!(
+        message.headers.get_all("destination").collect::<Vec<_>>(),
+        ["/topic/comments.7"]
+    );
+    assert_eq!(
+        std::str::from_utf8(&message.body).unwrap(),
+        r#"{"id":1,"text":"héllo"}"#
+    );
 }
 
 #[tokio::test]
 async fn broadcast_reaches_every_destination_and_counts_subscribers() {
     let broker = start(config()).await;
     let mut a = broker.connected().await;
-    a.send("SUBSCRIBE\nid:0\ndestination:/topic/a\nreceipt:r\n\n\0").await;
+    a.send("SUBSCRIBE\nid:0\ndestination:/topic/a\nreceipt:r\n\n\0")
+        .await;
     a.frame().await;
     let mut b = broker.connected().await;
-    b.send("SUBSCRIBE\nid:0\ndestination:/topic/b\nreceipt:r\n\n\0").await;
+    b.send("SUBSCRIBE\nid:0\ndestination:/topic/b\nreceipt:r\n\n\0")
+        .await;
     b.frame().await;
     let request = r#"{"destinations": ["/topic/a", "/topic/b", "/topic/c"], "body": "to all"}"#;
-    let (status, response) = broker.http("POST", "/api/v1/broadcast", Some(request)).await;
+    let (status, response) = broker
+        .http("POST", "/api/v1/broadcast", Some(request))
+        .await;
     assert_eq!(status, 202, "{response}");
     assert_eq!(response["subscribers"], 2);
     let from_a = a.frame().await;
     let from_b = b.frame().await;
     assert_eq!(from_a.headers.get("destination"), Some("/topic/a"));
     assert_eq!(from_b.headers.get("destination"), Some("/topic/b"));
-    assert_eq!(from_a.headers.get("message-id"), from_b.headers.get("message-id"));
+    assert_eq!(
+        from_a.headers.get("message-id"),
+        from_b.headers.get("message-id")
+    );
     assert_eq!(&from_b.body[..], b"to all");
 }
 
@@ -113,10 +175,17 @@ async fn destination_counts_take_a_percent_encoded_destination() {
     let mut client = broker.connected().await;
     client.send("SUBSCRIBE\nid:0\ndestination:/topic/comments.42\n\n\0SUBSCRIBE\nid:1\ndestination:/topic/comments.42\nreceipt:r\n\n\0").await;
     client.frame().await;
-    let (status, body) = broker.http("GET", "/api/v1/destinations/%2Ftopic%2Fcomments.42", None).await;
+    let (status, body) = broker
+        .http("GET", "/api/v1/destinations/%2Ftopic%2Fcomments.42", None)
+        .await;
     assert_eq!(status, 200);
-    assert_eq!(body, serde_json::json!({"destination": "/topic/comments.42", "subscribers": 2}));
-    let (_, body) = broker.http("GET", "/api/v1/destinations/%2Ftopic%2Fnone", None).await;
+    assert_eq!(
+        body,
+        serde_json::json!({"destination": "/topic/comments.42", "subscribers": 2})
+    );
+    let (_, body) = broker
+        .http("GET", "/api/v1/destinations/%2Ftopic%2Fnone", None)
+        .await;
     assert_eq!(body["subscribers"], 0);
 }
 
@@ -130,18 +199,46 @@ async fn the_api_token_is_required_when_configured() {
     assert_eq!(status, 401);
     assert_eq!(body["error"], "missing Authorization: Bearer token");
     let wrong = [("authorization", "Bearer nope")];
-    assert_eq!(http(broker.addr, "POST", "/api/v1/publish", Some(request), &wrong).await.0, 403);
+    assert_eq!(
+        http(
+            broker.addr,
+            "POST",
+            "/api/v1/publish",
+            Some(request),
+            &wrong
+        )
+        .await
+        .0,
+        403
+    );
     let right = [("authorization", "Bearer t0ken")];
-    assert_eq!(http(broker.addr, "POST", "/api/v1/publish", Some(request), &right).await.0, 202);
+    assert_eq!(
+        http(
+            broker.addr,
+            "POST",
+            "/api/v1/publish",
+            Some(request),
+            &right
+        )
+        .await
+        .0,
+        202
+    );
     // Health stays open.
-    assert_eq!(http_raw(broker.addr, "GET", "/healthz", None, &[]).await.0, 200);
+    assert_eq!(
+        http_raw(broker.addr, "GET", "/healthz", None, &[]).await.0,
+        200
+    );
 }
 
 /// The value of one sample line of the Prometheus text, e.g. `stompede_connections`.
 fn sample(metrics: &str, name: &str) -> f64 {
     metrics
         .lines()
-        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|line| {
+            line.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .unwrap_or_else(|| panic!("no sample {name} in\n{metrics}"))
         .parse()
         .unwrap()
@@ -161,12 +258,20 @@ async fn metrics_move_with_traffic() {
     // Labelled series exist at zero before they first move.
     assert_eq!(sample(&before, "stompede_sessions{version=\"1.0\"}"), 0.0);
     for reason in stompede::metrics::ERROR_REASONS {
-        assert_eq!(sample(&before, &format!("stompede_errors_total{{reason=\"{reason}\"}}")), 0.0);
+        assert_eq!(
+            sample(
+                &before,
+                &format!("stompede_errors_total{{reason=\"{reason}\"}}")
+            ),
+            0.0
+        );
     }
     assert_eq!(sample(&before, "stompede_messages_published_total"), 0.0);
 
     let mut client = broker.connected().await;
-    client.send("SUBSCRIBE\nid:0\ndestination:/topic/m\nreceipt:r\n\n\0").await;
+    client
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/m\nreceipt:r\n\n\0")
+        .await;
     client.frame().await;
     broker.publish("/topic/m", "one").await;
     broker.publish("/topic/m", "two").await;
@@ -176,7 +281,9 @@ async fn metrics_move_with_traffic() {
     refused.send("NOPE\n\n\0").await;
     refused.expect_error().await;
     let mut forbidden = broker.connected().await;
-    forbidden.send("SUBSCRIBE\nid:0\ndestination:/queue/elsewhere\n\n\0").await;
+    forbidden
+        .send("SUBSCRIBE\nid:0\ndestination:/queue/elsewhere\n\n\0")
+        .await;
     forbidden.expect_error().await;
 
     let after = scrape(&broker).await;
@@ -187,13 +294,37 @@ async fn metrics_move_with_traffic() {
     assert_eq!(sample(&after, "stompede_messages_published_total"), 2.0);
     assert_eq!(sample(&after, "stompede_messages_delivered_total"), 2.0);
     assert_eq!(sample(&after, "stompede_outbound_queued_frames"), 0.0);
-    assert_eq!(sample(&after, "stompede_errors_total{reason=\"decode\"}"), 1.0);
-    assert_eq!(sample(&after, "stompede_errors_total{reason=\"forbidden\"}"), 1.0);
-    assert_eq!(sample(&after, "stompede_errors_total{reason=\"invalid_frame\"}"), 0.0);
+    assert_eq!(
+        sample(&after, "stompede_errors_total{reason=\"decode\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&after, "stompede_errors_total{reason=\"forbidden\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&after, "stompede_errors_total{reason=\"invalid_frame\"}"),
+        0.0
+    );
     assert!(sample(&after, "stompede_delivery_latency_seconds_count") >= 1.0);
-    assert_eq!(sample(&after, "stompede_http_requests_total{route=\"/api/v1/publish\",status=\"202\"}"), 2.0);
-    assert_eq!(sample(&after, "stompede_http_requests_total{route=\"/metrics\",status=\"200\"}"), 1.0);
-    for name in ["stompede_slow_consumer_disconnects_total", "stompede_slow_consumer_drops_total"] {
+    assert_eq!(
+        sample(
+            &after,
+            "stompede_http_requests_total{route=\"/api/v1/publish\",status=\"202\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "stompede_http_requests_total{route=\"/metrics\",status=\"200\"}"
+        ),
+        1.0
+    );
+    for name in [
+        "stompede_slow_consumer_disconnects_total",
+        "stompede_slow_consumer_drops_total",
+    ] {
         assert_eq!(sample(&after, name), 0.0);
     }
 }

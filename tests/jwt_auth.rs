@@ -18,11 +18,18 @@ fn now() -> u64 {
 }
 
 fn hs256(claims: serde_json::Value) -> String {
-    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
 }
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 async fn hs256_broker() -> TestBroker {
@@ -34,7 +41,11 @@ async fn hs256_broker() -> TestBroker {
 /// Sends CONNECT with `headers`; returns the client and the reply.
 async fn connect(broker: &TestBroker, headers: &str) -> (common::Client, stompede_protocol::Frame) {
     let mut client = broker.client().await;
-    client.send(&format!("CONNECT\naccept-version:1.2\nhost:localhost\n{headers}\n\0")).await;
+    client
+        .send(&format!(
+            "CONNECT\naccept-version:1.2\nhost:localhost\n{headers}\n\0"
+        ))
+        .await;
     let reply = client.frame().await;
     (client, reply)
 }
@@ -54,7 +65,10 @@ async fn anonymous_sessions_are_refused_once_a_key_is_configured() {
     let broker = hs256_broker().await;
     let (mut client, reply) = connect(&broker, "").await;
     assert_eq!(reply.command, Command::Error);
-    assert_eq!(reply.headers.get("message"), Some("authentication required: send login and passcode, or a token"));
+    assert_eq!(
+        reply.headers.get("message"),
+        Some("authentication required: send login and passcode, or a token")
+    );
     client.expect_closed().await;
     // Unless explicitly allowed.
     let mut config = config();
@@ -78,18 +92,31 @@ async fn bad_tokens_get_an_error_that_says_why() {
     )
     .unwrap();
     let cases = [
-        (hs256(json!({"exp": now() - 3600})), "bad token: it has expired (exp)"),
-        (hs256(json!({"exp": now() + 3600, "nbf": now() + 3600})), "bad token: it is not valid yet (nbf)"),
-        (hs256(json!({"sub": "no-exp"})), "bad token: it has no exp claim"),
+        (
+            hs256(json!({"exp": now() - 3600})),
+            "bad token: it has expired (exp)",
+        ),
+        (
+            hs256(json!({"exp": now() + 3600, "nbf": now() + 3600})),
+            "bad token: it is not valid yet (nbf)",
+        ),
+        (
+            hs256(json!({"sub": "no-exp"})),
+            "bad token: it has no exp claim",
+        ),
         (other_key, "bad token: its signature does not match"),
         (
             hs256(json!({"exp": now() + 600, "destinations": [1, 2]})),
             "bad token: claim \"destinations\" must be a list of strings",
         ),
-        ("not.a.jwt".to_owned(), "bad token: it is not a well-formed JWT"),
+        (
+            "not.a.jwt".to_owned(),
+            "bad token: it is not a well-formed JWT",
+        ),
     ];
     for (token, expected) in cases {
-        let (mut client, reply) = connect(&broker, &format!("Authorization:Bearer {token}\n")).await;
+        let (mut client, reply) =
+            connect(&broker, &format!("Authorization:Bearer {token}\n")).await;
         assert_eq!(reply.command, Command::Error, "{expected}");
         assert_eq!(reply.headers.get("message"), Some(expected));
         client.expect_closed().await;
@@ -113,7 +140,9 @@ async fn the_destinations_claim_limits_subscriptions() {
         .send("SUBSCRIBE\nid:0\ndestination:/topic/comments.42\n\n\0SUBSCRIBE\nid:1\ndestination:/topic/live.7\nreceipt:r\n\n\0")
         .await;
     assert_eq!(client.frame().await.command, Command::Receipt);
-    client.send("SUBSCRIBE\nid:2\ndestination:/topic/comments.43\n\n\0").await;
+    client
+        .send("SUBSCRIBE\nid:2\ndestination:/topic/comments.43\n\n\0")
+        .await;
     assert_eq!(
         client.expect_error().await,
         "not allowed to subscribe to \"/topic/comments.43\": the token does not grant it"
@@ -122,15 +151,25 @@ async fn the_destinations_claim_limits_subscriptions() {
     // A token without the claim may subscribe wherever subscribe-prefix allows.
     let token = hs256(json!({"exp": now() + 600}));
     let (mut client, _) = connect(&broker, &format!("passcode:{token}\n")).await;
-    client.send("SUBSCRIBE\nid:0\ndestination:/topic/anything\nreceipt:r\n\n\0").await;
+    client
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/anything\nreceipt:r\n\n\0")
+        .await;
     assert_eq!(client.frame().await.command, Command::Receipt);
 }
 
 #[tokio::test]
 async fn rs256_and_es256_tokens_are_checked_with_a_public_key_file() {
     for (public, private, algorithm) in [
-        ("jwt-rs256-public.pem", "jwt-rs256-private.pem", Algorithm::RS256),
-        ("jwt-es256-public.pem", "jwt-es256-private.pem", Algorithm::ES256),
+        (
+            "jwt-rs256-public.pem",
+            "jwt-rs256-private.pem",
+            Algorithm::RS256,
+        ),
+        (
+            "jwt-es256-public.pem",
+            "jwt-es256-private.pem",
+            Algorithm::ES256,
+        ),
     ] {
         let settings = stompede::Settings {
             jwt_public_key: Some(fixture(public)),
@@ -146,20 +185,40 @@ async fn rs256_and_es256_tokens_are_checked_with_a_public_key_file() {
         let claims = json!({"exp": now() + 600, "destinations": ["/topic/a"]});
         let token = encode(&Header::new(algorithm), &claims, &key).unwrap();
         let (mut client, reply) = connect(&broker, &format!("passcode:{token}\n")).await;
-        assert_eq!(reply.command, Command::Connected, "{algorithm:?}: {reply:?}");
-        client.send("SUBSCRIBE\nid:0\ndestination:/topic/b\n\n\0").await;
-        assert!(client.expect_error().await.starts_with("not allowed to subscribe"));
+        assert_eq!(
+            reply.command,
+            Command::Connected,
+            "{algorithm:?}: {reply:?}"
+        );
+        client
+            .send("SUBSCRIBE\nid:0\ndestination:/topic/b\n\n\0")
+            .await;
+        assert!(client
+            .expect_error()
+            .await
+            .starts_with("not allowed to subscribe"));
         // An HS256 token signed with the public key as the secret (algorithm confusion) is refused.
         let public_pem = std::fs::read(fixture(public)).unwrap();
-        let confused = encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&public_pem)).unwrap();
+        let confused = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(&public_pem),
+        )
+        .unwrap();
         let (_, reply) = connect(&broker, &format!("passcode:{confused}\n")).await;
-        assert_eq!(reply.headers.get("message"), Some("bad token: its algorithm is not the configured one"));
+        assert_eq!(
+            reply.headers.get("message"),
+            Some("bad token: its algorithm is not the configured one")
+        );
     }
 }
 
 #[test]
 fn a_bad_key_file_is_a_config_error() {
-    let settings = stompede::Settings { jwt_public_key: Some(fixture("README.md")), ..Default::default() };
+    let settings = stompede::Settings {
+        jwt_public_key: Some(fixture("README.md")),
+        ..Default::default()
+    };
     let error = settings.resolve().unwrap_err().to_string();
     assert!(error.contains("not an RSA or EC public key"), "{error}");
     let settings = stompede::Settings {
@@ -167,14 +226,21 @@ fn a_bad_key_file_is_a_config_error() {
         jwt_secret: Some("s".into()),
         ..Default::default()
     };
-    assert!(settings.resolve().unwrap_err().to_string().contains("not both"));
+    assert!(settings
+        .resolve()
+        .unwrap_err()
+        .to_string()
+        .contains("not both"));
 }
 
 #[tokio::test]
 async fn static_users_still_work_beside_tokens() {
     let mut config = config();
     config.jwt = Some(Arc::new(JwtVerifier::hs256(SECRET)));
-    config.users = vec![stompede::config::User { login: "ops".into(), passcode: "pw".into() }];
+    config.users = vec![stompede::config::User {
+        login: "ops".into(),
+        passcode: "pw".into(),
+    }];
     let broker = start(config).await;
     let (_, reply) = connect(&broker, "login:ops\npasscode:pw\n").await;
     assert_eq!(reply.command, Command::Connected);

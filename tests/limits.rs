@@ -10,7 +10,9 @@ use stompede_protocol::Command;
 async fn subscribe_is_limited_to_the_subscribe_prefixes() {
     let broker = start(config()).await;
     let mut client = broker.connected().await;
-    client.send("SUBSCRIBE\nid:0\ndestination:/queue/admin\n\n\0").await;
+    client
+        .send("SUBSCRIBE\nid:0\ndestination:/queue/admin\n\n\0")
+        .await;
     assert_eq!(
         client.expect_error().await,
         "not allowed to subscribe to \"/queue/admin\": destinations must start with \"/topic/\""
@@ -19,10 +21,17 @@ async fn subscribe_is_limited_to_the_subscribe_prefixes() {
     config.subscribe_prefixes = vec!["/live/".into()];
     let broker = start(config).await;
     let mut client = broker.connected().await;
-    client.send("SUBSCRIBE\nid:0\ndestination:/live/42\nreceipt:r\n\n\0").await;
+    client
+        .send("SUBSCRIBE\nid:0\ndestination:/live/42\nreceipt:r\n\n\0")
+        .await;
     assert_eq!(client.frame().await.command, Command::Receipt);
-    client.send("SUBSCRIBE\nid:1\ndestination:/topic/42\n\n\0").await;
-    assert!(client.expect_error().await.starts_with("not allowed to subscribe to \"/topic/42\""));
+    client
+        .send("SUBSCRIBE\nid:1\ndestination:/topic/42\n\n\0")
+        .await;
+    assert!(client
+        .expect_error()
+        .await
+        .starts_with("not allowed to subscribe to \"/topic/42\""));
 }
 
 #[tokio::test]
@@ -32,9 +41,13 @@ async fn client_send_is_limited_to_the_send_prefixes() {
     config.send_prefixes = vec!["/topic/chat.".into()];
     let broker = start(config).await;
     let mut client = broker.connected().await;
-    client.send("SEND\ndestination:/topic/chat.1\nreceipt:r\n\nhi\0").await;
+    client
+        .send("SEND\ndestination:/topic/chat.1\nreceipt:r\n\nhi\0")
+        .await;
     assert_eq!(client.frame().await.command, Command::Receipt);
-    client.send("SEND\ndestination:/topic/comments.1\n\nspoofed comment\0").await;
+    client
+        .send("SEND\ndestination:/topic/comments.1\n\nspoofed comment\0")
+        .await;
     assert_eq!(
         client.expect_error().await,
         "not allowed to send to \"/topic/comments.1\": destinations must start with \"/topic/chat.\""
@@ -49,17 +62,28 @@ async fn sends_past_the_rate_are_refused() {
     config.send_burst = 3;
     let broker = start(config).await;
     let mut bystander = broker.connected().await;
-    bystander.send("SUBSCRIBE\nid:0\ndestination:/topic/a\nreceipt:r\n\n\0").await;
+    bystander
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/a\nreceipt:r\n\n\0")
+        .await;
     assert_eq!(bystander.frame().await.command, Command::Receipt);
     let mut client = broker.connected().await;
     // Five SENDs in one WebSocket message: the burst of 3 passes, the 4th is refused.
-    client.send(&"SEND\ndestination:/topic/a\n\nx\0".repeat(5)).await;
-    assert_eq!(client.expect_error().await, "too many SENDs: this server allows 1 per second per session (burst 3)");
+    client
+        .send(&"SEND\ndestination:/topic/a\n\nx\0".repeat(5))
+        .await;
+    assert_eq!(
+        client.expect_error().await,
+        "too many SENDs: this server allows 1 per second per session (burst 3)"
+    );
     for _ in 0..3 {
         assert_eq!(bystander.frame().await.command, Command::Message);
     }
     broker.publish("/topic/a", "after").await;
-    assert_eq!(&bystander.frame().await.body[..], b"after", "exactly three SENDs got through");
+    assert_eq!(
+        &bystander.frame().await.body[..],
+        b"after",
+        "exactly three SENDs got through"
+    );
 }
 
 #[tokio::test]
@@ -70,7 +94,10 @@ async fn connections_per_ip_are_limited_with_429() {
     let broker = start(config).await;
     let first = broker.connected().await;
     let _second = broker.connected().await;
-    let refused = common::Client::open(&broker.ws_url(), &[]).await.err().expect("a third connection is refused");
+    let refused = common::Client::open(&broker.ws_url(), &[])
+        .await
+        .err()
+        .expect("a third connection is refused");
     assert!(refused.to_string().contains("429"), "{refused}");
     let (status, body) = http(
         broker.addr,
@@ -86,12 +113,23 @@ async fn connections_per_ip_are_limited_with_429() {
     )
     .await;
     assert_eq!(status, 429);
-    assert_eq!(body["error"], "too many connections from 127.0.0.1: at most 2 (max-connections-per-ip)");
+    assert_eq!(
+        body["error"],
+        "too many connections from 127.0.0.1: at most 2 (max-connections-per-ip)"
+    );
     // A closed session gives its slot back.
     drop(first);
     let deadline = tokio::time::Instant::now() + common::PATIENCE;
-    while broker.broker.sessions_per_ip.open("127.0.0.1".parse().unwrap()) != 1 {
-        assert!(tokio::time::Instant::now() < deadline, "the slot was never given back");
+    while broker
+        .broker
+        .sessions_per_ip
+        .open("127.0.0.1".parse().unwrap())
+        != 1
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot was never given back"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     broker.connected().await;
@@ -114,12 +152,26 @@ async fn several_api_tokens_are_accepted_for_rotation() {
     let request = r#"{"destination": "/topic/a", "body": "x"}"#;
     for token in ["old-token", "new-token"] {
         let auth = format!("Bearer {token}");
-        let (status, body) = http(broker.addr, "POST", "/api/v1/publish", Some(request), &[("authorization", &auth)]).await;
+        let (status, body) = http(
+            broker.addr,
+            "POST",
+            "/api/v1/publish",
+            Some(request),
+            &[("authorization", &auth)],
+        )
+        .await;
         assert_eq!(status, 202, "{token}: {body}");
     }
     for wrong in ["old-toke", "new-token2", "", "old-tokennew-token"] {
         let auth = format!("Bearer {wrong}");
-        let (status, body) = http(broker.addr, "POST", "/api/v1/publish", Some(request), &[("authorization", &auth)]).await;
+        let (status, body) = http(
+            broker.addr,
+            "POST",
+            "/api/v1/publish",
+            Some(request),
+            &[("authorization", &auth)],
+        )
+        .await;
         assert!(status == 403 || status == 401, "{wrong:?}: {status} {body}");
     }
     let (status, _) = http(broker.addr, "POST", "/api/v1/publish", Some(request), &[]).await;
@@ -166,7 +218,10 @@ fn every_new_setting_has_a_flag_and_a_toml_key() {
     assert_eq!(config.send_prefixes, ["/chat/"]);
     assert_eq!((config.max_sends_per_second, config.send_burst), (5.0, 7));
     assert_eq!(config.max_frame_bytes_before_connect, 2048);
-    assert_eq!((config.ws_max_message_bytes, config.ws_max_frame_bytes), (9000, 8000));
+    assert_eq!(
+        (config.ws_max_message_bytes, config.ws_max_frame_bytes),
+        (9000, 8000)
+    );
     assert_eq!(config.max_connections_per_ip, 10);
     assert!(!config.per_ip_limit_exempts_loopback);
     assert!(config.jwt.is_some());

@@ -29,7 +29,10 @@ const SLACK_BYTES: usize = 8 << 20;
 
 fn rss_bytes() -> usize {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .unwrap();
     let kib: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     kib * 1024
 }
@@ -43,14 +46,22 @@ async fn a_subscriber_that_never_reads_is_cut_off_and_memory_stays_bounded() {
 
     // The slow one: subscribes, then never reads another byte.
     let mut slow = RawWs::open(broker.addr).await;
-    slow.send_text("CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0").await;
+    slow.send_text("CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0")
+        .await;
     slow.read_frame().await.expect("CONNECTED");
-    slow.send_text(&format!("SUBSCRIBE\nid:slow\ndestination:{DESTINATION}\nreceipt:r\n\n\0")).await;
+    slow.send_text(&format!(
+        "SUBSCRIBE\nid:slow\ndestination:{DESTINATION}\nreceipt:r\n\n\0"
+    ))
+    .await;
     slow.read_frame().await.expect("RECEIPT");
 
     // The healthy one reads everything in its own task.
     let mut healthy = broker.connected().await;
-    healthy.send(&format!("SUBSCRIBE\nid:ok\ndestination:{DESTINATION}\nreceipt:r\n\n\0")).await;
+    healthy
+        .send(&format!(
+            "SUBSCRIBE\nid:ok\ndestination:{DESTINATION}\nreceipt:r\n\n\0"
+        ))
+        .await;
     assert_eq!(healthy.frame().await.command, Command::Receipt);
     let received = Arc::new(AtomicUsize::new(0));
     let reader = tokio::spawn({
@@ -79,13 +90,18 @@ async fn a_subscriber_that_never_reads_is_cut_off_and_memory_stays_bounded() {
         // Keep pace with the healthy reader, so only the slow one falls behind.
         let deadline = tokio::time::Instant::now() + common::PATIENCE;
         while received.load(Ordering::SeqCst) + 8 < sent {
-            assert!(tokio::time::Instant::now() < deadline, "the healthy subscriber stalled at {sent}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the healthy subscriber stalled at {sent}"
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         peak = peak.max(rss_bytes());
     }
-    let _healthy =
-        tokio::time::timeout(common::PATIENCE, reader).await.expect("the healthy subscriber got everything").unwrap();
+    let _healthy = tokio::time::timeout(common::PATIENCE, reader)
+        .await
+        .expect("the healthy subscriber got everything")
+        .unwrap();
     assert_eq!(received.load(Ordering::SeqCst), MESSAGES);
 
     let growth = peak.saturating_sub(baseline);
@@ -107,7 +123,10 @@ async fn a_subscriber_that_never_reads_is_cut_off_and_memory_stays_bounded() {
         }
         bytes += payload.len();
     }
-    assert!(bytes < published, "the slow subscriber was sent everything ({bytes} bytes)");
+    assert!(
+        bytes < published,
+        "the slow subscriber was sent everything ({bytes} bytes)"
+    );
     if let Some(error) = error {
         assert!(error.contains("slow consumer"), "{error}");
     }

@@ -13,13 +13,20 @@ use tokio_tungstenite::tungstenite::Message;
 async fn handshake_echoes_the_highest_stomp_subprotocol_offered() {
     let broker = start(config()).await;
     let url = broker.ws_url();
-    let client = Client::open(&url, &["v10.stomp", "v11.stomp"]).await.unwrap();
+    let client = Client::open(&url, &["v10.stomp", "v11.stomp"])
+        .await
+        .unwrap();
     assert_eq!(client.subprotocol.as_deref(), Some("v11.stomp"));
-    let client = Client::open(&url, &["v10.stomp", "v12.stomp", "v11.stomp"]).await.unwrap();
+    let client = Client::open(&url, &["v10.stomp", "v12.stomp", "v11.stomp"])
+        .await
+        .unwrap();
     assert_eq!(client.subprotocol.as_deref(), Some("v12.stomp"));
     let client = Client::open(&url, &[]).await.unwrap();
     assert_eq!(client.subprotocol, None);
-    let refused = Client::open(&url, &["mqtt"]).await.err().expect("an unknown subprotocol is refused");
+    let refused = Client::open(&url, &["mqtt"])
+        .await
+        .err()
+        .expect("an unknown subprotocol is refused");
     assert!(refused.to_string().contains("400"), "{refused}");
 }
 
@@ -27,13 +34,19 @@ async fn handshake_echoes_the_highest_stomp_subprotocol_offered() {
 async fn connect_negotiates_the_highest_common_version() {
     let broker = start(config()).await;
     let mut client = broker.client().await;
-    client.send("CONNECT\naccept-version:1.0,1.1\nhost:localhost\nheart-beat:0,0\n\n\0").await;
+    client
+        .send("CONNECT\naccept-version:1.0,1.1\nhost:localhost\nheart-beat:0,0\n\n\0")
+        .await;
     let connected = client.frame().await;
     assert_eq!(connected.command, Command::Connected);
     assert_eq!(connected.headers.get("version"), Some("1.1"));
     assert_eq!(connected.headers.get("heart-beat"), Some("10000,10000"));
     assert!(connected.headers.get("session").is_some());
-    assert!(connected.headers.get("server").unwrap().starts_with("stompede/"));
+    assert!(connected
+        .headers
+        .get("server")
+        .unwrap()
+        .starts_with("stompede/"));
 
     // STOMP 1.0: no accept-version header.
     let mut client = broker.client().await;
@@ -57,17 +70,24 @@ async fn no_common_version_is_an_error_with_the_supported_versions() {
 #[tokio::test]
 async fn credentials_are_checked_when_users_are_configured() {
     let mut config = config();
-    config.users = vec![stompede::config::User { login: "reader".into(), passcode: "s3cret".into() }];
+    config.users = vec![stompede::config::User {
+        login: "reader".into(),
+        passcode: "s3cret".into(),
+    }];
     let broker = start(config).await;
     let mut client = broker.client().await;
-    client.send("CONNECT\naccept-version:1.2\nlogin:reader\npasscode:wrong\n\n\0").await;
+    client
+        .send("CONNECT\naccept-version:1.2\nlogin:reader\npasscode:wrong\n\n\0")
+        .await;
     assert_eq!(client.expect_error().await, "bad credentials");
     let mut client = broker.client().await;
     client.send("CONNECT\naccept-version:1.2\n\n\0").await;
     let message = client.expect_error().await;
     assert!(message.starts_with("authentication required"), "{message}");
     let mut client = broker.client().await;
-    client.send("CONNECT\naccept-version:1.2\nlogin:reader\npasscode:s3cret\n\n\0").await;
+    client
+        .send("CONNECT\naccept-version:1.2\nlogin:reader\npasscode:s3cret\n\n\0")
+        .await;
     assert_eq!(client.frame().await.command, Command::Connected);
 }
 
@@ -75,10 +95,15 @@ async fn credentials_are_checked_when_users_are_configured() {
 async fn a_frame_before_connect_is_an_error() {
     let broker = start(config()).await;
     let mut client = broker.client().await;
-    client.send("SUBSCRIBE\nid:0\ndestination:/topic/a\nreceipt:r1\n\n\0").await;
+    client
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/a\nreceipt:r1\n\n\0")
+        .await;
     let error = client.frame().await;
     assert_eq!(error.command, Command::Error);
-    assert_eq!(error.headers.get("message"), Some("expected a CONNECT or STOMP frame, got SUBSCRIBE"));
+    assert_eq!(
+        error.headers.get("message"),
+        Some("expected a CONNECT or STOMP frame, got SUBSCRIBE")
+    );
     assert_eq!(error.headers.get("receipt-id"), Some("r1"));
     client.expect_closed().await;
 }
@@ -87,7 +112,9 @@ async fn a_frame_before_connect_is_an_error() {
 async fn a_published_comment_reaches_the_subscriber_byte_for_byte() {
     let broker = start(config()).await;
     let mut client = broker.connected().await;
-    client.send("SUBSCRIBE\nid:sub-0\ndestination:/topic/comments.42\nreceipt:r-1\n\n\0").await;
+    client
+        .send("SUBSCRIBE\nid:sub-0\ndestination:/topic/comments.42\nreceipt:r-1\n\n\0")
+        .await;
     assert_eq!(client.raw().await, b"RECEIPT\nreceipt-id:r-1\n\n\0");
     let published = broker.publish("/topic/comments.42", "First!").await;
     assert_eq!(published["subscribers"], 1);
@@ -103,10 +130,22 @@ async fn a_published_comment_reaches_the_subscriber_byte_for_byte() {
 async fn subscriptions_are_validated() {
     let broker = start(config()).await;
     let cases = [
-        ("SUBSCRIBE\ndestination:/topic/a\n\n\0", "SUBSCRIBE frame has no id header"),
-        ("SUBSCRIBE\nid:1\n\n\0", "SUBSCRIBE frame has no destination header"),
-        ("SUBSCRIBE\nid:1\ndestination:/topic/a\nack:sometimes\n\n\0", "invalid ack mode \"sometimes\": use auto, client or client-individual"),
-        ("UNSUBSCRIBE\nid:7\n\n\0", "no subscription with id \"7\" in this session"),
+        (
+            "SUBSCRIBE\ndestination:/topic/a\n\n\0",
+            "SUBSCRIBE frame has no id header",
+        ),
+        (
+            "SUBSCRIBE\nid:1\n\n\0",
+            "SUBSCRIBE frame has no destination header",
+        ),
+        (
+            "SUBSCRIBE\nid:1\ndestination:/topic/a\nack:sometimes\n\n\0",
+            "invalid ack mode \"sometimes\": use auto, client or client-individual",
+        ),
+        (
+            "UNSUBSCRIBE\nid:7\n\n\0",
+            "no subscription with id \"7\" in this session",
+        ),
         ("UNSUBSCRIBE\n\n\0", "UNSUBSCRIBE frame has no id header"),
     ];
     for (frame, message) in cases {
@@ -116,7 +155,10 @@ async fn subscriptions_are_validated() {
     }
     let mut client = broker.connected().await;
     client.send("SUBSCRIBE\nid:1\ndestination:/topic/a\n\n\0SUBSCRIBE\nid:1\ndestination:/topic/b\n\n\0").await;
-    assert_eq!(client.expect_error().await, "subscription id \"1\" is already in use in this session");
+    assert_eq!(
+        client.expect_error().await,
+        "subscription id \"1\" is already in use in this session"
+    );
     // The failed session's subscriptions are gone.
     broker.wait_for_subscribers("/topic/a", 0).await;
 }
@@ -130,14 +172,19 @@ async fn subscriptions_per_session_are_limited() {
     client
         .send("SUBSCRIBE\nid:1\ndestination:/topic/a\n\n\0SUBSCRIBE\nid:2\ndestination:/topic/b\n\n\0SUBSCRIBE\nid:3\ndestination:/topic/c\n\n\0")
         .await;
-    assert_eq!(client.expect_error().await, "too many subscriptions: this server allows 2 per session");
+    assert_eq!(
+        client.expect_error().await,
+        "too many subscriptions: this server allows 2 per session"
+    );
 }
 
 #[tokio::test]
 async fn unsubscribe_stops_delivery_and_empties_the_destination() {
     let broker = start(config()).await;
     let mut client = broker.connected().await;
-    client.send("SUBSCRIBE\nid:a\ndestination:/topic/x\n\n\0").await;
+    client
+        .send("SUBSCRIBE\nid:a\ndestination:/topic/x\n\n\0")
+        .await;
     broker.wait_for_subscribers("/topic/x", 1).await;
     assert_eq!(broker.broker.registry.destination_count(), 1);
     client.send("UNSUBSCRIBE\nid:a\nreceipt:done\n\n\0").await;
@@ -164,7 +211,10 @@ async fn send_is_refused_by_default() {
     let mut client = broker.connected().await;
     client.send("SEND\ndestination:/topic/a\n\nhi\0").await;
     let message = client.expect_error().await;
-    assert!(message.starts_with("SEND is disabled on this server"), "{message}");
+    assert!(
+        message.starts_with("SEND is disabled on this server"),
+        "{message}"
+    );
 }
 
 fn allow_send() -> stompede::Config {
@@ -198,7 +248,11 @@ async fn a_frame_split_across_websocket_messages_is_reassembled() {
     let mut client = broker.connected().await;
     let frames = "SUBSCRIBE\nid:0\ndestination:/topic/split\n\n\0SEND\ndestination:/topic/split\ncontent-length:4\n\na\0b\n\0";
     for chunk in frames.as_bytes().chunks(3) {
-        client.ws.send(Message::binary(chunk.to_vec())).await.unwrap();
+        client
+            .ws
+            .send(Message::binary(chunk.to_vec()))
+            .await
+            .unwrap();
     }
     let message = client.frame().await;
     assert_eq!(&message.body[..], b"a\0b\n");
@@ -235,18 +289,31 @@ async fn transactions_hold_sends_until_commit_and_drop_them_on_abort() {
 async fn ack_modes_add_an_ack_header_and_acks_are_validated() {
     let broker = start(config()).await;
     let mut client = broker.connected().await;
-    client.send("SUBSCRIBE\nid:0\ndestination:/topic/ack\nack:client-individual\nreceipt:s\n\n\0").await;
+    client
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/ack\nack:client-individual\nreceipt:s\n\n\0")
+        .await;
     client.frame().await;
     broker.publish("/topic/ack", "please ack").await;
     let message = client.frame().await;
-    let ack = message.headers.get("ack").expect("an ack header").to_owned();
-    client.send(&format!("ACK\nid:{ack}\nreceipt:a\n\n\0")).await;
+    let ack = message
+        .headers
+        .get("ack")
+        .expect("an ack header")
+        .to_owned();
+    client
+        .send(&format!("ACK\nid:{ack}\nreceipt:a\n\n\0"))
+        .await;
     assert_eq!(client.frame().await.headers.get("receipt-id"), Some("a"));
-    client.send(&format!("NACK\nid:{ack}\nreceipt:n\n\n\0")).await;
+    client
+        .send(&format!("NACK\nid:{ack}\nreceipt:n\n\n\0"))
+        .await;
     assert_eq!(client.frame().await.headers.get("receipt-id"), Some("n"));
     client.send("ACK\nreceipt:bad\n\n\0").await;
     let error = client.frame().await;
-    assert_eq!(error.headers.get("message"), Some("ACK frame has no id header"));
+    assert_eq!(
+        error.headers.get("message"),
+        Some("ACK frame has no id header")
+    );
     assert_eq!(error.headers.get("receipt-id"), Some("bad"));
 }
 
@@ -267,7 +334,10 @@ async fn a_decode_error_gets_an_error_frame() {
     assert_eq!(client.expect_error().await, "unknown command \"FLY\"");
     let mut client = broker.connected().await;
     client.send("SEND\ndestination\n\n\0").await;
-    assert_eq!(client.expect_error().await, "header line has no colon: \"destination\"");
+    assert_eq!(
+        client.expect_error().await,
+        "header line has no colon: \"destination\""
+    );
 }
 
 #[tokio::test]
@@ -286,8 +356,13 @@ async fn the_server_sends_heart_beats_when_asked() {
     config.heartbeat_send = Duration::from_millis(50);
     let broker = start(config).await;
     let mut client = broker.client().await;
-    client.send("CONNECT\naccept-version:1.2\nheart-beat:0,50\n\n\0").await;
-    assert_eq!(client.frame().await.headers.get("heart-beat"), Some("50,10000"));
+    client
+        .send("CONNECT\naccept-version:1.2\nheart-beat:0,50\n\n\0")
+        .await;
+    assert_eq!(
+        client.frame().await.headers.get("heart-beat"),
+        Some("50,10000")
+    );
     for _ in 0..3 {
         match client.message().await {
             Some(Message::Text(text)) => assert_eq!(text.as_str(), "\n"),
@@ -302,7 +377,9 @@ async fn a_silent_client_is_disconnected_after_its_heart_beat_interval() {
     config.heartbeat_receive = Duration::from_millis(100);
     let broker = start(config).await;
     let mut client = broker.client().await;
-    client.send("CONNECT\naccept-version:1.2\nheart-beat:100,0\n\n\0").await;
+    client
+        .send("CONNECT\naccept-version:1.2\nheart-beat:100,0\n\n\0")
+        .await;
     assert_eq!(client.frame().await.command, Command::Connected);
     // Heart-beats keep it alive...
     for _ in 0..4 {
@@ -318,7 +395,9 @@ async fn a_silent_client_is_disconnected_after_its_heart_beat_interval() {
 async fn a_binary_body_goes_out_in_a_binary_websocket_message() {
     let broker = start(config()).await;
     let mut client = broker.connected().await;
-    client.send("SUBSCRIBE\nid:0\ndestination:/topic/bin\nreceipt:r\n\n\0").await;
+    client
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/bin\nreceipt:r\n\n\0")
+        .await;
     client.frame().await;
     let request = r#"{"destination": "/topic/bin", "body_base64": "/wAB"}"#;
     let (status, _) = broker.http("POST", "/api/v1/publish", Some(request)).await;
@@ -326,7 +405,12 @@ async fn a_binary_body_goes_out_in_a_binary_websocket_message() {
     match client.message().await {
         Some(Message::Binary(bytes)) => {
             assert!(bytes.starts_with(b"MESSAGE\n"));
-            assert!(bytes.ends_with(b"content-type:application/octet-stream\ncontent-length:3\n\n\xff\x00\x01\0"), "{bytes:?}");
+            assert!(
+                bytes.ends_with(
+                    b"content-type:application/octet-stream\ncontent-length:3\n\n\xff\x00\x01\0"
+                ),
+                "{bytes:?}"
+            );
         }
         other => panic!("expected a binary message, got {other:?}"),
     }
@@ -338,7 +422,10 @@ async fn connections_past_the_limit_are_refused_before_the_upgrade() {
     config.max_connections = 1;
     let broker = start(config).await;
     let first = broker.client().await;
-    let refused = Client::open(&broker.ws_url(), &["v12.stomp"]).await.err().expect("refused");
+    let refused = Client::open(&broker.ws_url(), &["v12.stomp"])
+        .await
+        .err()
+        .expect("refused");
     assert!(refused.to_string().contains("503"), "{refused}");
     let (status, _) = broker.http("GET", "/readyz", None).await;
     assert_eq!(status, 503);
@@ -359,10 +446,13 @@ async fn a_slow_consumer_is_disconnected_and_the_others_get_everything() {
     config.max_request_bytes = 256 * 1024;
     let broker = start(config).await;
     let mut slow = broker.connected().await;
-    slow.send("SUBSCRIBE\nid:0\ndestination:/topic/flood\nreceipt:r\n\n\0").await;
+    slow.send("SUBSCRIBE\nid:0\ndestination:/topic/flood\nreceipt:r\n\n\0")
+        .await;
     slow.frame().await;
     let mut healthy = broker.connected().await;
-    healthy.send("SUBSCRIBE\nid:0\ndestination:/topic/flood\nreceipt:r\n\n\0").await;
+    healthy
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/flood\nreceipt:r\n\n\0")
+        .await;
     healthy.frame().await;
 
     let body = "x".repeat(100 * 1024);
@@ -387,12 +477,19 @@ async fn a_slow_consumer_is_disconnected_and_the_others_get_everything() {
     let mut received = 0;
     while let Some(frame) = slow.next_frame().await {
         if frame.command == Command::Error {
-            assert!(frame.headers.get("message").unwrap().starts_with("slow consumer"));
+            assert!(frame
+                .headers
+                .get("message")
+                .unwrap()
+                .starts_with("slow consumer"));
         } else {
             received += 1;
         }
     }
-    assert!(received < messages, "the slow consumer was cut off ({received} of {messages})");
+    assert!(
+        received < messages,
+        "the slow consumer was cut off ({received} of {messages})"
+    );
     broker.wait_for_subscribers("/topic/flood", 0).await;
 }
 
@@ -412,21 +509,33 @@ async fn frames_without_replies_do_not_silence_the_servers_heart_beats() {
     config.heartbeat_send = Duration::from_millis(50);
     let broker = start(config).await;
     let mut client = broker.client().await;
-    client.send("CONNECT\naccept-version:1.2\nheart-beat:0,50\n\n\0").await;
+    client
+        .send("CONNECT\naccept-version:1.2\nheart-beat:0,50\n\n\0")
+        .await;
     client.frame().await;
     // A busy client whose frames need no answer, for ten heart-beat intervals.
     let mut heart_beats = 0;
     for i in 0..25 {
-        client.send(&format!("SUBSCRIBE\nid:{i}\ndestination:/topic/busy\n\n\0UNSUBSCRIBE\nid:{i}\n\n\0")).await;
+        client
+            .send(&format!(
+                "SUBSCRIBE\nid:{i}\ndestination:/topic/busy\n\n\0UNSUBSCRIBE\nid:{i}\n\n\0"
+            ))
+            .await;
         tokio::time::sleep(Duration::from_millis(20)).await;
-        while let Ok(Some(Ok(Message::Text(text)))) =
-            tokio::time::timeout(Duration::from_millis(1), futures_util::StreamExt::next(&mut client.ws)).await
+        while let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(
+            Duration::from_millis(1),
+            futures_util::StreamExt::next(&mut client.ws),
+        )
+        .await
         {
             assert_eq!(text.as_str(), "\n");
             heart_beats += 1;
         }
     }
-    assert!(heart_beats >= 2, "only {heart_beats} heart-beats in ten intervals");
+    assert!(
+        heart_beats >= 2,
+        "only {heart_beats} heart-beats in ten intervals"
+    );
 }
 
 /// The broker writes WebSocket frames itself: every length encoding (7-bit,
@@ -441,13 +550,19 @@ async fn frames_of_every_length_encoding_arrive_intact_between_pongs() {
     config.ws_write_buffer_bytes = 100;
     let broker = start(config).await;
     let mut client = broker.connected().await;
-    client.send("SUBSCRIBE\nid:s\ndestination:/topic/sizes\nreceipt:r\n\n\0").await;
+    client
+        .send("SUBSCRIBE\nid:s\ndestination:/topic/sizes\nreceipt:r\n\n\0")
+        .await;
     assert_eq!(client.frame().await.command, Command::Receipt);
 
     let sizes = [1, 60, 125, 126, 200, 65_535, 65_536, 70_000, 300_000];
     let headers = stompede_protocol::Headers::new();
     for (round, size) in sizes.iter().enumerate() {
-        client.ws.send(Message::Ping(vec![round as u8].into())).await.unwrap();
+        client
+            .ws
+            .send(Message::Ping(vec![round as u8].into()))
+            .await
+            .unwrap();
         // Several per round, published at once, so they are written as one batch.
         for copy in 0..3u8 {
             let body = bytes::Bytes::from(vec![b'a' + copy; *size]);
@@ -479,7 +594,10 @@ async fn frames_of_every_length_encoding_arrive_intact_between_pongs() {
     for (index, body) in bodies.iter().enumerate() {
         let (size, copy) = (sizes[index / 3], (index % 3) as u8);
         assert_eq!(body.len(), size, "message {index}");
-        assert!(body.iter().all(|&byte| byte == b'a' + copy), "message {index} has foreign bytes");
+        assert!(
+            body.iter().all(|&byte| byte == b'a' + copy),
+            "message {index} has foreign bytes"
+        );
     }
     // Pongs may still be on their way after the last message.
     while pongs.len() < sizes.len() {

@@ -36,21 +36,41 @@ fn brokers() -> &'static [Arc<Broker>; 3] {
             send_prefixes: vec!["/topic/".into(), "/t".into()],
             ..Config::default()
         };
-        let users = Config { users: vec![User { login: "u".into(), passcode: "p".into() }], ..base.clone() };
-        let jwt = Config { jwt: Some(Arc::new(JwtVerifier::hs256(b"fuzz"))), ..base.clone() };
-        [Arc::new(Broker::new(base)), Arc::new(Broker::new(users)), Arc::new(Broker::new(jwt))]
+        let users = Config {
+            users: vec![User {
+                login: "u".into(),
+                passcode: "p".into(),
+            }],
+            ..base.clone()
+        };
+        let jwt = Config {
+            jwt: Some(Arc::new(JwtVerifier::hs256(b"fuzz"))),
+            ..base.clone()
+        };
+        [
+            Arc::new(Broker::new(base)),
+            Arc::new(Broker::new(users)),
+            Arc::new(Broker::new(jwt)),
+        ]
     })
 }
 
 fuzz_target!(|data: &[u8]| {
     // First byte: which broker and the chunk size; the rest is the stream.
-    let Some((&control, input)) = data.split_first() else { return };
+    let Some((&control, input)) = data.split_first() else {
+        return;
+    };
     let broker = brokers()[usize::from(control % 3)].clone();
     let chunk = usize::from(control / 3) % 23 + 1;
 
     let outbox = Arc::new(Outbox::new(QUEUE_FRAMES, 4096));
     let mut session = Session::new(broker.clone(), 1, outbox.clone());
-    let limits = Limits { max_headers: 16, max_header_line: 256, max_body_bytes: 512, max_frame_bytes: 1024 };
+    let limits = Limits {
+        max_headers: 16,
+        max_header_line: 256,
+        max_body_bytes: 512,
+        max_frame_bytes: 1024,
+    };
     let mut decoder = Decoder::new(limits);
     let mut buffer = BytesMut::new();
     let mut replies = Vec::new();
@@ -76,13 +96,31 @@ fuzz_target!(|data: &[u8]| {
             if let (false, Some(version)) = (was_connected, session.version()) {
                 decoder.set_version(version);
             }
-            assert!(session.subscription_count() <= MAX_SUBSCRIPTIONS, "too many subscriptions");
+            assert!(
+                session.subscription_count() <= MAX_SUBSCRIPTIONS,
+                "too many subscriptions"
+            );
             assert!(outbox.len() <= QUEUE_FRAMES, "outbox past its bound");
-            if let Some(position) = replies.iter().position(|reply| reply.command == Command::Error) {
-                assert_eq!(position, replies.len() - 1, "ERROR is not the last reply: {replies:?}");
-                let Flow::Refused(reason) = flow else { panic!("ERROR without closing: {flow:?}") };
-                assert!(stompede::metrics::ERROR_REASONS.contains(&reason), "unlisted error reason {reason:?}");
-                assert!(replies[position].headers.get("message").is_some(), "ERROR without a message");
+            if let Some(position) = replies
+                .iter()
+                .position(|reply| reply.command == Command::Error)
+            {
+                assert_eq!(
+                    position,
+                    replies.len() - 1,
+                    "ERROR is not the last reply: {replies:?}"
+                );
+                let Flow::Refused(reason) = flow else {
+                    panic!("ERROR without closing: {flow:?}")
+                };
+                assert!(
+                    stompede::metrics::ERROR_REASONS.contains(&reason),
+                    "unlisted error reason {reason:?}"
+                );
+                assert!(
+                    replies[position].headers.get("message").is_some(),
+                    "ERROR without a message"
+                );
             }
             replies.clear();
             // Drain like the writer does, sometimes, so the queue fills up too.
@@ -97,6 +135,10 @@ fuzz_target!(|data: &[u8]| {
     }
     drop(session);
     for destination in &destinations {
-        assert_eq!(broker.registry.subscriber_count(destination), 0, "{destination:?} kept a subscriber");
+        assert_eq!(
+            broker.registry.subscriber_count(destination),
+            0,
+            "{destination:?} kept a subscriber"
+        );
     }
 });

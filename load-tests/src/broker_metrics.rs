@@ -33,11 +33,23 @@ impl std::fmt::Display for RegistryCounts {
 pub async fn scrape(url: &str) -> Result<RegistryCounts, String> {
     let target = Target::parse(url, "http")?;
     let fetch = async {
-        let mut stream = tokio::net::TcpStream::connect(target.addr).await.map_err(|e| e.to_string())?;
-        let request = format!("GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", target.path, target.authority);
-        stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut stream = tokio::net::TcpStream::connect(target.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            target.path, target.authority
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut answer = Vec::new();
-        stream.take(MAX_ANSWER_BYTES).read_to_end(&mut answer).await.map_err(|e| e.to_string())?;
+        stream
+            .take(MAX_ANSWER_BYTES)
+            .read_to_end(&mut answer)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok::<_, String>(answer)
     };
     let answer = tokio::time::timeout(TIMEOUT, fetch)
@@ -45,9 +57,14 @@ pub async fn scrape(url: &str) -> Result<RegistryCounts, String> {
         .map_err(|_| format!("{url}: no answer within {TIMEOUT:?}"))?
         .map_err(|e| format!("{url}: {e}"))?;
     let answer = String::from_utf8_lossy(&answer);
-    let (head, body) = answer.split_once("\r\n\r\n").ok_or_else(|| format!("{url}: not an HTTP answer"))?;
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{url}: not an HTTP answer"))?;
     if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("{url}: {}", head.lines().next().unwrap_or_default()));
+        return Err(format!(
+            "{url}: {}",
+            head.lines().next().unwrap_or_default()
+        ));
     }
     parse(body).map_err(|e| format!("{url}: {e}"))
 }
@@ -81,7 +98,14 @@ mod tests {
                     stompede_connections_other 9\n\
                     stompede_destinations 2\n\
                     stompede_subscriptions 5\n";
-        assert_eq!(parse(text), Ok(RegistryCounts { connections: 3.0, subscriptions: 5.0, destinations: 2.0 }));
+        assert_eq!(
+            parse(text),
+            Ok(RegistryCounts {
+                connections: 3.0,
+                subscriptions: 5.0,
+                destinations: 2.0
+            })
+        );
         let err = parse("stompede_connections 1\n").unwrap_err();
         assert!(err.contains("stompede_subscriptions"), "{err}");
     }

@@ -79,7 +79,11 @@ pub struct Session {
 impl Dialer {
     pub fn new(target: Target, creds: Credentials, timeout: Duration) -> Arc<Dialer> {
         let connect_frame = frames::connect_frame(&creds);
-        Arc::new(Dialer { target, timeout, connect_frame })
+        Arc::new(Dialer {
+            target,
+            timeout,
+            connect_frame,
+        })
     }
 
     /// Opens connection number `index` of the run (the index picks the
@@ -93,7 +97,9 @@ impl Dialer {
     }
 
     async fn open_inner(&self, index: u64, stage: &AtomicUsize) -> Result<Session, SetupError> {
-        let stream = tcp_connect(self.target.addr, index).await.map_err(SetupError::Tcp)?;
+        let stream = tcp_connect(self.target.addr, index)
+            .await
+            .map_err(SetupError::Tcp)?;
         stage.store(1, Ordering::Relaxed);
         let mut req = self
             .target
@@ -103,31 +109,43 @@ impl Dialer {
             .map_err(|e| SetupError::Handshake(e.to_string()))?;
         req.headers_mut().insert(
             "Sec-WebSocket-Protocol",
-            "v12.stomp, v11.stomp, v10.stomp".parse().expect("static header value"),
+            "v12.stomp, v11.stomp, v10.stomp"
+                .parse()
+                .expect("static header value"),
         );
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_BYTES)
             .max_message_size(Some(1 << 20))
             .max_frame_size(Some(1 << 20));
-        let (mut ws, _resp) = tokio_tungstenite::client_async_with_config(req, stream, Some(config))
-            .await
-            .map_err(|e| SetupError::Handshake(e.to_string()))?;
+        let (mut ws, _resp) =
+            tokio_tungstenite::client_async_with_config(req, stream, Some(config))
+                .await
+                .map_err(|e| SetupError::Handshake(e.to_string()))?;
         stage.store(2, Ordering::Relaxed);
         ws.send(Message::Binary(self.connect_frame.clone()))
             .await
             .map_err(|e| SetupError::Handshake(e.to_string()))?;
-        let mut session = Session { ws, inbox: Inbox::default() };
+        let mut session = Session {
+            ws,
+            inbox: Inbox::default(),
+        };
         let frame = session.next_control().await?;
         match frame.command {
             Command::Connected => Ok(session),
             Command::Error => Err(SetupError::StompError(error_text(&frame))),
-            other => Err(SetupError::Decode(format!("expected CONNECTED, got {other}"))),
+            other => Err(SetupError::Decode(format!(
+                "expected CONNECTED, got {other}"
+            ))),
         }
     }
 
     /// Opens, CONNECTs and SUBSCRIBEs to `destination`, waiting for the
     /// RECEIPT so the subscription is known to be in place.
-    pub async fn open_subscribed(&self, index: u64, destination: &str) -> Result<Session, SetupError> {
+    pub async fn open_subscribed(
+        &self,
+        index: u64,
+        destination: &str,
+    ) -> Result<Session, SetupError> {
         let fut = async {
             let mut s = self.open(index).await?;
             s.subscribe(index, destination).await?;
@@ -145,11 +163,16 @@ impl Session {
     pub async fn subscribe(&mut self, id: u64, destination: &str) -> Result<(), SetupError> {
         let receipt = format!("sub-{id}");
         let frame = frames::subscribe_frame(id, destination, Some(&receipt));
-        self.ws.send(Message::Binary(frame)).await.map_err(|e| SetupError::Handshake(e.to_string()))?;
+        self.ws
+            .send(Message::Binary(frame))
+            .await
+            .map_err(|e| SetupError::Handshake(e.to_string()))?;
         loop {
             let f = self.next_control().await?;
             match f.command {
-                Command::Receipt if f.headers.get("receipt-id") == Some(receipt.as_str()) => return Ok(()),
+                Command::Receipt if f.headers.get("receipt-id") == Some(receipt.as_str()) => {
+                    return Ok(())
+                }
                 Command::Error => return Err(SetupError::StompError(error_text(&f))),
                 _ => {}
             }
@@ -168,7 +191,9 @@ impl Session {
             let receipt = loop {
                 match self.next_control().await {
                     Ok(f) if f.command == Command::Receipt => break true,
-                    Ok(f) if f.command == Command::Error => return Err(SetupError::StompError(error_text(&f))),
+                    Ok(f) if f.command == Command::Error => {
+                        return Err(SetupError::StompError(error_text(&f)))
+                    }
                     Ok(_) => {}
                     Err(SetupError::Closed) => break false,
                     Err(e) => return Err(e),
@@ -177,13 +202,19 @@ impl Session {
             let _ = self.ws.close(None).await;
             Ok(receipt)
         };
-        tokio::time::timeout(timeout, fut).await.unwrap_or(Err(SetupError::Timeout("DISCONNECT receipt")))
+        tokio::time::timeout(timeout, fut)
+            .await
+            .unwrap_or(Err(SetupError::Timeout("DISCONNECT receipt")))
     }
 
     /// The next non-MESSAGE frame.
     async fn next_control(&mut self) -> Result<stompede_protocol::Frame, SetupError> {
         loop {
-            match self.inbox.next().map_err(|e| SetupError::Decode(e.to_string()))? {
+            match self
+                .inbox
+                .next()
+                .map_err(|e| SetupError::Decode(e.to_string()))?
+            {
                 Some(Incoming::Other(f)) => return Ok(f),
                 Some(Incoming::Message(_)) => continue,
                 None => {}

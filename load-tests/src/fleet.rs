@@ -1,7 +1,9 @@
 //! The coordinator's side of the workers: starts them (in this process or
 //! as child processes), prints the progress line, and gathers their events.
 
-use crate::worker::{self, ActivityResult, Command, Event, Final, ProgressData, Ready, StepResult, WorkerSpec};
+use crate::worker::{
+    self, ActivityResult, Command, Event, Final, ProgressData, Ready, StepResult, WorkerSpec,
+};
 use std::collections::VecDeque;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,7 +54,8 @@ impl Fleet {
                 });
                 continue;
             }
-            let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+            let exe =
+                std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
             let mut child = tokio::process::Command::new(exe)
                 .arg("worker")
                 .stdin(Stdio::piped())
@@ -71,7 +74,9 @@ impl Fleet {
                 }
                 while let Some(c) = cmd_rx.recv().await {
                     let line = serde_json::to_string(&c).unwrap_or_default() + "\n";
-                    if stdin.write_all(line.as_bytes()).await.is_err() || stdin.flush().await.is_err() {
+                    if stdin.write_all(line.as_bytes()).await.is_err()
+                        || stdin.flush().await.is_err()
+                    {
                         return;
                     }
                 }
@@ -92,7 +97,8 @@ impl Fleet {
                     }
                 }
                 if !finished {
-                    let _ = ev_tx.send((i, Event::Fatal(format!("worker process {i} exited early"))));
+                    let _ =
+                        ev_tx.send((i, Event::Fatal(format!("worker process {i} exited early"))));
                 }
             });
             children.push(child);
@@ -126,7 +132,11 @@ impl Fleet {
     /// CPU seconds used so far by the whole tool: this process plus any
     /// worker processes (as of their last progress report).
     pub fn tool_cpu_secs(&self) -> f64 {
-        let children: f64 = if self.in_process { 0.0 } else { self.progress.iter().map(|p| p.cpu_secs).sum() };
+        let children: f64 = if self.in_process {
+            0.0
+        } else {
+            self.progress.iter().map(|p| p.cpu_secs).sum()
+        };
         crate::sys::self_cpu_secs() + children
     }
 
@@ -189,7 +199,12 @@ impl Fleet {
     }
 
     /// Waits for one event of the kind `pick` accepts from every worker.
-    async fn gather<T>(&mut self, timeout: Duration, what: &str, pick: impl Fn(Event) -> Result<T, Event>) -> Result<Vec<T>, String> {
+    async fn gather<T>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pick: impl Fn(Event) -> Result<T, Event>,
+    ) -> Result<Vec<T>, String> {
         let n = self.len();
         let mut got: Vec<Option<T>> = (0..n).map(|_| None).collect();
         let deadline = Instant::now() + timeout;
@@ -221,7 +236,11 @@ impl Fleet {
         .await
     }
 
-    pub async fn collect(&mut self, step: u32, expected: Vec<u64>) -> Result<Vec<StepResult>, String> {
+    pub async fn collect(
+        &mut self,
+        step: u32,
+        expected: Vec<u64>,
+    ) -> Result<Vec<StepResult>, String> {
         self.send_all(Command::Collect { step, expected });
         self.gather(Duration::from_secs(60), "step results", |e| match e {
             Event::Step(r) => Ok(r),
@@ -230,7 +249,10 @@ impl Fleet {
         .await
     }
 
-    pub async fn wait_activity(&mut self, timeout: Duration) -> Result<Vec<ActivityResult>, String> {
+    pub async fn wait_activity(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Vec<ActivityResult>, String> {
         self.gather(timeout, "storm/churn results", |e| match e {
             Event::ActivityDone(r) => Ok(r),
             e => Err(e),
@@ -241,7 +263,11 @@ impl Fleet {
     /// Whether every worker has reported its activity finished (without
     /// taking the reports).
     pub fn activity_finished(&self) -> bool {
-        let done = self.pending.iter().filter(|(_, e)| matches!(e, Event::ActivityDone(_))).count();
+        let done = self
+            .pending
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::ActivityDone(_)))
+            .count();
         done >= self.len()
     }
 

@@ -42,7 +42,10 @@ pub fn subscribe_frame(id: u64, destination: &str, receipt: Option<&str>) -> Byt
 }
 
 pub fn disconnect_frame(receipt: &str) -> Bytes {
-    to_bytes(&Frame::new(Command::Disconnect).header("receipt", receipt), Version::V1_2)
+    to_bytes(
+        &Frame::new(Command::Disconnect).header("receipt", receipt),
+        Version::V1_2,
+    )
 }
 
 pub fn send_frame(destination: &str, body: Bytes) -> Bytes {
@@ -124,7 +127,12 @@ pub fn parse_body(body: &[u8]) -> Option<Stamp> {
         }
         i += 1;
     }
-    Some(Stamp { step: nums[0] as u32, dest: nums[1] as u32, seq: nums[2], sent_ns: nums[3] })
+    Some(Stamp {
+        step: nums[0] as u32,
+        dest: nums[1] as u32,
+        seq: nums[2],
+        sent_ns: nums[3],
+    })
 }
 
 /// One thing that arrived on a subscriber's connection.
@@ -151,7 +159,11 @@ const MESSAGE_LINE: &[u8] = b"MESSAGE\n";
 
 impl Default for Inbox {
     fn default() -> Self {
-        Inbox { buf: BytesMut::new(), decoder: Decoder::new(Limits::default()), in_decoder: false }
+        Inbox {
+            buf: BytesMut::new(),
+            decoder: Decoder::new(Limits::default()),
+            in_decoder: false,
+        }
     }
 }
 
@@ -187,7 +199,9 @@ impl Inbox {
                         break;
                     }
                 }
-                if self.buf.is_empty() || (self.buf.len() < MESSAGE_LINE.len() && MESSAGE_LINE.starts_with(&self.buf)) {
+                if self.buf.is_empty()
+                    || (self.buf.len() < MESSAGE_LINE.len() && MESSAGE_LINE.starts_with(&self.buf))
+                {
                     return Ok(None);
                 }
                 if self.buf.starts_with(MESSAGE_LINE) {
@@ -227,7 +241,12 @@ mod tests {
 
     #[test]
     fn body_round_trips() {
-        let s = Stamp { step: 2, dest: 17, seq: 123456, sent_ns: 98765432101234 };
+        let s = Stamp {
+            step: 2,
+            dest: 17,
+            seq: 123456,
+            sent_ns: 98765432101234,
+        };
         let mut out = Vec::new();
         write_body(&s, 64, &mut out);
         assert_eq!(out.len(), 64);

@@ -24,7 +24,11 @@ pub const MAX_CONNECTIONS: u64 = 250_000;
 pub const MAX_SECONDS: f64 = 3600.0;
 
 #[derive(Parser, Debug)]
-#[command(name = "stompede-load", version, about = "Load generator for STOMP-over-WebSocket brokers (loopback only)")]
+#[command(
+    name = "stompede-load",
+    version,
+    about = "Load generator for STOMP-over-WebSocket brokers (loopback only)"
+)]
 struct Cli {
     #[command(flatten)]
     common: Common,
@@ -105,7 +109,10 @@ enum Scenario {
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("tokio runtime: {e}"))
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))
 }
 
 fn main() {
@@ -114,7 +121,9 @@ fn main() {
         Scenario::Worker => worker::process_main(),
         s => runtime().and_then(|rt| {
             rt.block_on(async move {
-                let limit = std::time::Duration::from_secs_f64(cli.common.max_runtime.clamp(1.0, MAX_SECONDS * 2.0));
+                let limit = std::time::Duration::from_secs_f64(
+                    cli.common.max_runtime.clamp(1.0, MAX_SECONDS * 2.0),
+                );
                 let run = async {
                     match s {
                         Scenario::Fanout(a) => scenarios::fanout(&cli.common, a).await,
@@ -124,9 +133,12 @@ fn main() {
                         Scenario::Worker => unreachable!(),
                     }
                 };
-                tokio::time::timeout(limit, run)
-                    .await
-                    .unwrap_or_else(|_| Err(format!("aborted: the run exceeded --max-runtime {}s", cli.common.max_runtime)))
+                tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+                    Err(format!(
+                        "aborted: the run exceeded --max-runtime {}s",
+                        cli.common.max_runtime
+                    ))
+                })
             })
         }),
     };

@@ -38,8 +38,14 @@ struct Answers {
 }
 
 enum Link {
-    Http { write: OwnedWriteHalf, host: String, path: String },
-    Stomp { sink: SplitSink<crate::conn::Ws, Message> },
+    Http {
+        write: OwnedWriteHalf,
+        host: String,
+        path: String,
+    },
+    Stomp {
+        sink: SplitSink<crate::conn::Ws, Message>,
+    },
 }
 
 pub struct Publisher {
@@ -68,34 +74,67 @@ pub struct PublishStep {
 }
 
 impl Publisher {
-    pub async fn connect(via: &Via, dialer: &Dialer, index: u64, dests: Vec<u32>, prefix: &str, body_size: usize) -> Result<Publisher, String> {
+    pub async fn connect(
+        via: &Via,
+        dialer: &Dialer,
+        index: u64,
+        dests: Vec<u32>,
+        prefix: &str,
+        body_size: usize,
+    ) -> Result<Publisher, String> {
         let answers = Arc::new(Answers::default());
         let names = dests.iter().map(|d| format!("{prefix}{d}")).collect();
         let link = match via {
             Via::Http(t) => {
-                let stream = tcp_connect(t.addr, index).await.map_err(|e| format!("publisher: connecting to {}: {e}", t.url))?;
+                let stream = tcp_connect(t.addr, index)
+                    .await
+                    .map_err(|e| format!("publisher: connecting to {}: {e}", t.url))?;
                 let (read, write) = stream.into_split();
                 tokio::spawn(read_http_answers(read, answers.clone()));
-                Link::Http { write, host: t.authority.clone(), path: t.path.clone() }
+                Link::Http {
+                    write,
+                    host: t.authority.clone(),
+                    path: t.path.clone(),
+                }
             }
             Via::Stomp => {
-                let s = dialer.open(index).await.map_err(|e| format!("publisher: {}", e.cause()))?;
+                let s = dialer
+                    .open(index)
+                    .await
+                    .map_err(|e| format!("publisher: {}", e.cause()))?;
                 let (sink, stream) = s.ws.split();
                 tokio::spawn(read_stomp_answers(stream, s.inbox, answers.clone()));
                 Link::Stomp { sink }
             }
         };
-        Ok(Publisher { link, answers, dests, names, body_size, written: 0 })
+        Ok(Publisher {
+            link,
+            answers,
+            dests,
+            names,
+            body_size,
+            written: 0,
+        })
     }
 
     /// Publishes at `rate` messages/s over this publisher's destinations in
     /// turn, for `duration` or until `stop` turns true. Message `k` is due
     /// at `start + k / rate` and is stamped with that time.
-    pub async fn run_step(&mut self, step: u32, rate: f64, duration: Duration, stop: Option<watch::Receiver<bool>>, counter: Arc<AtomicU64>) -> PublishStep {
+    pub async fn run_step(
+        &mut self,
+        step: u32,
+        rate: f64,
+        duration: Duration,
+        stop: Option<watch::Receiver<bool>>,
+        counter: Arc<AtomicU64>,
+    ) -> PublishStep {
         let n = self.dests.len() as u64;
         let start = now_ns() + 1_000_000;
         let end = start + duration.as_nanos() as u64;
-        let before = (self.answers.accepted.load(Ordering::Relaxed), self.answers.failed.load(Ordering::Relaxed));
+        let before = (
+            self.answers.accepted.load(Ordering::Relaxed),
+            self.answers.failed.load(Ordering::Relaxed),
+        );
         let mut k: u64 = 0;
         let mut max_lag = 0u64;
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
@@ -112,11 +151,28 @@ impl Publisher {
                 }
                 let j = (k % n) as usize;
                 body.clear();
-                write_body(&Stamp { step, dest: self.dests[j], seq: k / n, sent_ns: due }, self.body_size, &mut body);
+                write_body(
+                    &Stamp {
+                        step,
+                        dest: self.dests[j],
+                        seq: k / n,
+                        sent_ns: due,
+                    },
+                    self.body_size,
+                    &mut body,
+                );
                 match &mut self.link {
-                    Link::Http { host, path, .. } => http_request(&mut buf, host, path, &self.names[j], &body),
+                    Link::Http { host, path, .. } => {
+                        http_request(&mut buf, host, path, &self.names[j], &body)
+                    }
                     Link::Stomp { sink } => {
-                        if let Err(e) = sink.feed(Message::Binary(send_frame(&self.names[j], Bytes::copy_from_slice(&body)))).await {
+                        if let Err(e) = sink
+                            .feed(Message::Binary(send_frame(
+                                &self.names[j],
+                                Bytes::copy_from_slice(&body),
+                            )))
+                            .await
+                        {
                             error = Some(format!("STOMP send: {e}"));
                             break 'run;
                         }
@@ -128,8 +184,13 @@ impl Publisher {
             }
             if burst > 0 {
                 let r = match &mut self.link {
-                    Link::Http { write, .. } => write.write_all(&buf).await.map_err(|e| format!("HTTP write: {e}")),
-                    Link::Stomp { sink } => sink.flush().await.map_err(|e| format!("STOMP send: {e}")),
+                    Link::Http { write, .. } => write
+                        .write_all(&buf)
+                        .await
+                        .map_err(|e| format!("HTTP write: {e}")),
+                    Link::Stomp { sink } => {
+                        sink.flush().await.map_err(|e| format!("STOMP send: {e}"))
+                    }
                 };
                 self.written += burst;
                 counter.fetch_add(burst, Ordering::Relaxed);
@@ -150,7 +211,11 @@ impl Publisher {
         // HTTP: wait (bounded) for the answers to everything written.
         if matches!(self.link, Link::Http { .. }) {
             let deadline = now_ns() + 10_000_000_000;
-            while self.answers.accepted.load(Ordering::Relaxed) + self.answers.failed.load(Ordering::Relaxed) < self.written && now_ns() < deadline {
+            while self.answers.accepted.load(Ordering::Relaxed)
+                + self.answers.failed.load(Ordering::Relaxed)
+                < self.written
+                && now_ns() < deadline
+            {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
@@ -161,12 +226,22 @@ impl Publisher {
         }
         let accepted = self.answers.accepted.load(Ordering::Relaxed) - before.0;
         let failed = self.answers.failed.load(Ordering::Relaxed) - before.1;
-        let first_error = error.or_else(|| self.answers.first_error.lock().unwrap_or_else(|e| e.into_inner()).clone());
+        let first_error = error.or_else(|| {
+            self.answers
+                .first_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        });
         PublishStep {
             sent,
             published: k,
             // A STOMP SEND without receipt gets no answer: "accepted" means written.
-            accepted: if matches!(self.link, Link::Stomp { .. }) { k - failed.min(k) } else { accepted },
+            accepted: if matches!(self.link, Link::Stomp { .. }) {
+                k - failed.min(k)
+            } else {
+                accepted
+            },
             failed,
             max_lag_ms: max_lag as f64 / 1e6,
             first_error,
@@ -204,9 +279,13 @@ async fn read_http_answers(mut read: tokio::net::tcp::OwnedReadHalf, answers: Ar
                         answers.accepted.fetch_add(1, Ordering::Relaxed);
                     } else {
                         answers.failed.fetch_add(1, Ordering::Relaxed);
-                        let mut first = answers.first_error.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut first = answers
+                            .first_error
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
                         if first.is_none() {
-                            let text = String::from_utf8_lossy(&answer[..answer.len().min(300)]).replace("\r\n", " | ");
+                            let text = String::from_utf8_lossy(&answer[..answer.len().min(300)])
+                                .replace("\r\n", " | ");
                             *first = Some(format!("HTTP {status}: {text}"));
                         }
                     }
@@ -216,7 +295,10 @@ async fn read_http_answers(mut read: tokio::net::tcp::OwnedReadHalf, answers: Ar
         }
         match read.read_buf(&mut buf).await {
             Ok(0) | Err(_) => {
-                let mut first = answers.first_error.lock().unwrap_or_else(|e| e.into_inner());
+                let mut first = answers
+                    .first_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 first.get_or_insert_with(|| "the broker closed the HTTP connection".into());
                 return;
             }
@@ -233,10 +315,14 @@ fn parse_http_answer(buf: &[u8]) -> Option<(usize, u16)> {
     let mut content_length = 0usize;
     let mut chunked = false;
     for line in head.split("\r\n").skip(1) {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         if k.eq_ignore_ascii_case("content-length") {
             content_length = v.trim().parse().ok()?;
-        } else if k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked") {
+        } else if k.eq_ignore_ascii_case("transfer-encoding")
+            && v.to_ascii_lowercase().contains("chunked")
+        {
             chunked = true;
         }
     }
@@ -247,7 +333,11 @@ fn parse_http_answer(buf: &[u8]) -> Option<(usize, u16)> {
     (buf.len() >= head_end + content_length).then_some((head_end + content_length, status))
 }
 
-async fn read_stomp_answers(mut stream: futures_util::stream::SplitStream<crate::conn::Ws>, mut inbox: crate::frames::Inbox, answers: Arc<Answers>) {
+async fn read_stomp_answers(
+    mut stream: futures_util::stream::SplitStream<crate::conn::Ws>,
+    mut inbox: crate::frames::Inbox,
+    answers: Arc<Answers>,
+) {
     while let Some(Ok(msg)) = stream.next().await {
         match msg {
             Message::Binary(b) => inbox.push(&b),
@@ -258,8 +348,13 @@ async fn read_stomp_answers(mut stream: futures_util::stream::SplitStream<crate:
             if let Incoming::Other(f) = item {
                 if f.command == Command::Error {
                     answers.failed.fetch_add(1, Ordering::Relaxed);
-                    let mut first = answers.first_error.lock().unwrap_or_else(|e| e.into_inner());
-                    first.get_or_insert_with(|| format!("STOMP ERROR: {}", crate::conn::error_text(&f)));
+                    let mut first = answers
+                        .first_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    first.get_or_insert_with(|| {
+                        format!("STOMP ERROR: {}", crate::conn::error_text(&f))
+                    });
                 }
             }
         }
@@ -275,14 +370,21 @@ mod tests {
         let a = b"HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: 5\r\n\r\n{\"a\"}HTTP/1.1";
         assert_eq!(parse_http_answer(a), Some((a.len() - 8, 202)));
         assert_eq!(parse_http_answer(&a[..20]), None);
-        let c = b"HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let c =
+            b"HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
         assert_eq!(parse_http_answer(c), Some((c.len(), 400)));
     }
 
     #[test]
     fn http_request_is_well_formed() {
         let mut out = Vec::new();
-        http_request(&mut out, "127.0.0.1:8080", "/api/v1/publish", "/topic/a", b"1 2 3 4 ");
+        http_request(
+            &mut out,
+            "127.0.0.1:8080",
+            "/api/v1/publish",
+            "/topic/a",
+            b"1 2 3 4 ",
+        );
         let s = String::from_utf8(out).unwrap();
         let (head, body) = s.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("Content-Length: {}", body.len())));

@@ -16,15 +16,26 @@ impl Report {
     pub fn new(scenario: &'static str, params: Value) -> Report {
         let mut json = serde_json::Map::new();
         json.insert("scenario".into(), scenario.into());
-        json.insert("command".into(), Value::from(std::env::args().collect::<Vec<_>>()));
+        json.insert(
+            "command".into(),
+            Value::from(std::env::args().collect::<Vec<_>>()),
+        );
         json.insert("params".into(), params);
-        let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         json.insert("started_unix".into(), unix.into());
-        Report { scenario, json, rows: Vec::new() }
+        Report {
+            scenario,
+            json,
+            rows: Vec::new(),
+        }
     }
 
     pub fn set(&mut self, key: &str, v: impl Serialize) {
-        self.json.insert(key.into(), serde_json::to_value(v).unwrap_or(Value::Null));
+        self.json
+            .insert(key.into(), serde_json::to_value(v).unwrap_or(Value::Null));
     }
 
     pub fn row(&mut self, name: impl Into<String>, value: impl Into<String>) {
@@ -52,7 +63,13 @@ impl Report {
 
     /// Prints the table and writes the JSON file; returns its path.
     pub fn finish(self, path: Option<&str>) -> Result<String, String> {
-        let width = self.rows.iter().filter(|(_, v)| !v.is_empty()).map(|(k, _)| k.len()).max().unwrap_or(0);
+        let width = self
+            .rows
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, _)| k.len())
+            .max()
+            .unwrap_or(0);
         println!("== stompede-load {} ==", self.scenario);
         for (k, v) in &self.rows {
             if v.is_empty() {
@@ -64,11 +81,16 @@ impl Report {
         let path = match path {
             Some(p) => p.to_string(),
             None => {
-                let t = self.json.get("started_unix").and_then(|v| v.as_u64()).unwrap_or(0);
+                let t = self
+                    .json
+                    .get("started_unix")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0);
                 format!("stompede-load-{}-{t}.json", self.scenario)
             }
         };
-        let text = serde_json::to_string_pretty(&Value::Object(self.json)).map_err(|e| e.to_string())?;
+        let text =
+            serde_json::to_string_pretty(&Value::Object(self.json)).map_err(|e| e.to_string())?;
         std::fs::write(&path, text + "\n").map_err(|e| format!("writing {path}: {e}"))?;
         println!("  {:<width$}  {path}", "JSON report");
         Ok(path)
@@ -96,7 +118,9 @@ pub fn latency_svg(series: &[(String, &hdrhistogram::Histogram<u64>)]) -> String
     const H: f64 = 400.0;
     const L: f64 = 60.0;
     const B: f64 = 40.0;
-    let qs: Vec<f64> = (0..=80).map(|i| 1.0 - 0.5 * 10f64.powf(-(i as f64) / 20.0)).collect();
+    let qs: Vec<f64> = (0..=80)
+        .map(|i| 1.0 - 0.5 * 10f64.powf(-(i as f64) / 20.0))
+        .collect();
     let ymax = series
         .iter()
         .filter(|(_, h)| !h.is_empty())
@@ -104,25 +128,70 @@ pub fn latency_svg(series: &[(String, &hdrhistogram::Histogram<u64>)]) -> String
         .fold(1.0, f64::max);
     let x = |q: f64| L + (-(1.0 - q).log10() - 0.30103) / 4.0 * (W - L - 20.0);
     let y = |v: f64| H - B - v / ymax * (H - B - 20.0);
-    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
-    let mut s = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">"#);
-    s += &format!(r#"<rect width="{W}" height="{H}" fill="white"/><line x1="{L}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{L}" y1="20" x2="{L}" y2="{}" stroke="black"/>"#, H - B, W - 20.0, H - B, H - B);
-    for (label, q) in [("50%", 0.5), ("90%", 0.9), ("99%", 0.99), ("99.9%", 0.999), ("99.99%", 0.9999)] {
-        s += &format!(r#"<text x="{:.1}" y="{}" text-anchor="middle">{label}</text>"#, x(q), H - B + 15.0);
+    let colors = [
+        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+    ];
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">"#
+    );
+    s += &format!(
+        r#"<rect width="{W}" height="{H}" fill="white"/><line x1="{L}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{L}" y1="20" x2="{L}" y2="{}" stroke="black"/>"#,
+        H - B,
+        W - 20.0,
+        H - B,
+        H - B
+    );
+    for (label, q) in [
+        ("50%", 0.5),
+        ("90%", 0.9),
+        ("99%", 0.99),
+        ("99.9%", 0.999),
+        ("99.99%", 0.9999),
+    ] {
+        s += &format!(
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{label}</text>"#,
+            x(q),
+            H - B + 15.0
+        );
     }
     for i in 0..=4 {
         let v = ymax * i as f64 / 4.0;
-        s += &format!(r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#, L - 4.0, y(v) + 4.0, ms(v));
+        s += &format!(
+            r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
+            L - 4.0,
+            y(v) + 4.0,
+            ms(v)
+        );
     }
-    s += &format!(r#"<text x="12" y="{}" transform="rotate(-90 12 {})">latency, ms</text>"#, H / 2.0, H / 2.0);
+    s += &format!(
+        r#"<text x="12" y="{}" transform="rotate(-90 12 {})">latency, ms</text>"#,
+        H / 2.0,
+        H / 2.0
+    );
     for (i, (label, h)) in series.iter().enumerate() {
         if h.is_empty() {
             continue;
         }
         let c = colors[i % colors.len()];
-        let pts: Vec<String> = qs.iter().map(|&q| format!("{:.1},{:.1}", x(q), y(h.value_at_quantile(q) as f64 / 1000.0))).collect();
-        s += &format!(r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#, pts.join(" "));
-        s += &format!(r#"<text x="{}" y="{}" fill="{c}">{label}</text>"#, L + 10.0, 30 + 14 * i);
+        let pts: Vec<String> = qs
+            .iter()
+            .map(|&q| {
+                format!(
+                    "{:.1},{:.1}",
+                    x(q),
+                    y(h.value_at_quantile(q) as f64 / 1000.0)
+                )
+            })
+            .collect();
+        s += &format!(
+            r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#,
+            pts.join(" ")
+        );
+        s += &format!(
+            r#"<text x="{}" y="{}" fill="{c}">{label}</text>"#,
+            L + 10.0,
+            30 + 14 * i
+        );
     }
     s + "</svg>\n"
 }

@@ -133,17 +133,31 @@ pub struct IdleArgs {
 /// Checks bounds shared by every scenario and builds the dialer.
 fn setup(c: &Common, connections: u64, seconds: f64) -> Result<Arc<Dialer>, String> {
     if connections > MAX_CONNECTIONS {
-        return Err(format!("{connections} connections is above this tool's bound of {MAX_CONNECTIONS}"));
+        return Err(format!(
+            "{connections} connections is above this tool's bound of {MAX_CONNECTIONS}"
+        ));
     }
     if !(0.0..=MAX_SECONDS).contains(&seconds) {
-        return Err(format!("a run of {seconds}s is outside this tool's bound of {MAX_SECONDS}s"));
+        return Err(format!(
+            "a run of {seconds}s is outside this tool's bound of {MAX_SECONDS}s"
+        ));
     }
     if c.per_worker == 0 || c.per_worker > 19_500 {
-        return Err("--per-worker must be between 1 and 19500 (20,000 open files per process)".into());
+        return Err(
+            "--per-worker must be between 1 and 19500 (20,000 open files per process)".into(),
+        );
     }
     let target = Target::parse(&c.url, "ws")?;
-    let creds = crate::frames::Credentials { login: c.login.clone(), passcode: c.passcode.clone(), vhost: c.vhost.clone() };
-    Ok(Dialer::new(target, creds, Duration::from_secs_f64(c.setup_timeout)))
+    let creds = crate::frames::Credentials {
+        login: c.login.clone(),
+        passcode: c.passcode.clone(),
+        vhost: c.vhost.clone(),
+    };
+    Ok(Dialer::new(
+        target,
+        creds,
+        Duration::from_secs_f64(c.setup_timeout),
+    ))
 }
 
 fn via(c: &Common) -> Result<Via, String> {
@@ -151,7 +165,10 @@ fn via(c: &Common) -> Result<Via, String> {
         "stomp" => Ok(Via::Stomp),
         "api" => {
             let ws = Target::parse(&c.url, "ws")?;
-            Ok(Via::Http(Target::parse(&format!("http://{}/api/v1/publish", ws.authority), "http")?))
+            Ok(Via::Http(Target::parse(
+                &format!("http://{}/api/v1/publish", ws.authority),
+                "http",
+            )?))
         }
         url => Ok(Via::Http(Target::parse(url, "http")?)),
     }
@@ -161,7 +178,11 @@ fn base_spec(c: &Common, index: usize, destinations: u32) -> WorkerSpec {
     WorkerSpec {
         index,
         url: c.url.clone(),
-        creds: crate::frames::Credentials { login: c.login.clone(), passcode: c.passcode.clone(), vhost: c.vhost.clone() },
+        creds: crate::frames::Credentials {
+            login: c.login.clone(),
+            passcode: c.passcode.clone(),
+            vhost: c.vhost.clone(),
+        },
         setup_timeout_ms: (c.setup_timeout * 1000.0) as u64,
         dest_prefix: c.dest_prefix.clone(),
         destinations,
@@ -175,7 +196,12 @@ fn base_spec(c: &Common, index: usize, destinations: u32) -> WorkerSpec {
 
 /// Deals `subs` (destination per subscriber) and `storm` connections out to
 /// as few workers as the per-process bound allows.
-fn split(c: &Common, destinations: u32, subs: &[u32], storm: Option<&StormArgs>) -> Vec<WorkerSpec> {
+fn split(
+    c: &Common,
+    destinations: u32,
+    subs: &[u32],
+    storm: Option<&StormArgs>,
+) -> Vec<WorkerSpec> {
     let storm_n = storm.map_or(0, |s| s.connections);
     let total = subs.len() as u64 + storm_n;
     let workers = total.div_ceil(c.per_worker).max(1) as usize;
@@ -188,8 +214,11 @@ fn split(c: &Common, destinations: u32, subs: &[u32], storm: Option<&StormArgs>)
             spec.subscribers = subs[lo..hi].to_vec();
             spec.first_conn = lo as u64;
             if let Some(s) = storm {
-                let count = storm_n / workers as u64 + u64::from((w as u64) < storm_n % workers as u64);
-                let before: u64 = (0..w as u64).map(|i| storm_n / workers as u64 + u64::from(i < storm_n % workers as u64)).sum();
+                let count =
+                    storm_n / workers as u64 + u64::from((w as u64) < storm_n % workers as u64);
+                let before: u64 = (0..w as u64)
+                    .map(|i| storm_n / workers as u64 + u64::from(i < storm_n % workers as u64))
+                    .sum();
                 spec.storm = Some(StormSpec {
                     count,
                     rate: s.rate / workers as f64,
@@ -210,7 +239,9 @@ fn assign(n: u64, destinations: u32, skew: &str) -> Result<Vec<u32>, String> {
         "uniform" => vec![1.0; d],
         s if s.starts_with("zipf") => {
             let exp: f64 = match s.strip_prefix("zipf:") {
-                Some(x) => x.parse().map_err(|_| format!("bad zipf exponent in {s:?}"))?,
+                Some(x) => x
+                    .parse()
+                    .map_err(|_| format!("bad zipf exponent in {s:?}"))?,
                 None if s == "zipf" => 1.0,
                 None => return Err(format!("unknown --skew {s:?}")),
             };
@@ -250,7 +281,9 @@ fn merge_hist(parts: impl IntoIterator<Item = HistData>) -> Histogram<u64> {
     h
 }
 
-fn merge_failures<'a>(maps: impl IntoIterator<Item = &'a BTreeMap<String, u64>>) -> BTreeMap<String, u64> {
+fn merge_failures<'a>(
+    maps: impl IntoIterator<Item = &'a BTreeMap<String, u64>>,
+) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for m in maps {
         for (k, v) in m {
@@ -264,7 +297,10 @@ fn failures_text(f: &BTreeMap<String, u64>) -> String {
     if f.is_empty() {
         return "none".into();
     }
-    f.iter().map(|(k, v)| format!("{v} x {k}")).collect::<Vec<_>>().join("; ")
+    f.iter()
+        .map(|(k, v)| format!("{v} x {k}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[derive(Debug, Serialize)]
@@ -304,7 +340,12 @@ struct Meter {
 
 impl Meter {
     fn new(broker_pid: Option<u32>) -> Meter {
-        Meter { t0: Instant::now(), cpu0: self_cpu_secs(), broker_pid, broker0: broker_pid.and_then(proc_sample) }
+        Meter {
+            t0: Instant::now(),
+            cpu0: self_cpu_secs(),
+            broker_pid,
+            broker0: broker_pid.and_then(proc_sample),
+        }
     }
 
     fn broker_now(&self) -> Option<ProcSample> {
@@ -324,21 +365,54 @@ struct ToolUsage {
 
 fn tool_usage(m: &Meter, finals: &[Final], processes: bool) -> ToolUsage {
     let wall = m.t0.elapsed().as_secs_f64();
-    let children: f64 = if processes { finals.iter().map(|f| f.cpu_secs).sum() } else { 0.0 };
+    let children: f64 = if processes {
+        finals.iter().map(|f| f.cpu_secs).sum()
+    } else {
+        0.0
+    };
     let cpu = self_cpu_secs() - m.cpu0 + children;
-    let rss = self_rss_bytes() + if processes { finals.iter().map(|f| f.rss_bytes).sum() } else { 0 };
-    ToolUsage { wall_secs: wall, cpu_secs: cpu, cpu_percent: cpu / wall * 100.0, worker_processes: if processes { finals.len() } else { 0 }, rss_bytes: rss }
+    let rss = self_rss_bytes()
+        + if processes {
+            finals.iter().map(|f| f.rss_bytes).sum()
+        } else {
+            0
+        };
+    ToolUsage {
+        wall_secs: wall,
+        cpu_secs: cpu,
+        cpu_percent: cpu / wall * 100.0,
+        worker_processes: if processes { finals.len() } else { 0 },
+        rss_bytes: rss,
+    }
 }
 
 fn tool_rows(rep: &mut Report, t: &ToolUsage, finals: &[Final]) {
     rep.section("the load tool itself");
-    let workers = if t.worker_processes == 0 { "in-process worker".to_string() } else { format!("{} worker processes", t.worker_processes) };
-    rep.row("tool CPU", format!("{:.1} s over {:.1} s wall = {:.0}% of one core ({workers})", t.cpu_secs, t.wall_secs, t.cpu_percent));
+    let workers = if t.worker_processes == 0 {
+        "in-process worker".to_string()
+    } else {
+        format!("{} worker processes", t.worker_processes)
+    };
+    rep.row(
+        "tool CPU",
+        format!(
+            "{:.1} s over {:.1} s wall = {:.0}% of one core ({workers})",
+            t.cpu_secs, t.wall_secs, t.cpu_percent
+        ),
+    );
     rep.row("tool memory", mib(t.rss_bytes as f64));
     let stale: u64 = finals.iter().map(|f| f.stale).sum();
-    let foreign: u64 = finals.iter().map(|f| f.non_load_messages + f.untracked).sum();
+    let foreign: u64 = finals
+        .iter()
+        .map(|f| f.non_load_messages + f.untracked)
+        .sum();
     if stale + foreign > 0 {
-        rep.row("late/foreign messages", format!("{stale} arrived after their step was counted; {foreign} not ours or untracked"));
+        rep.row(
+            "late/foreign messages",
+            format!(
+                "{stale} arrived after their step was counted; {foreign} not ours or untracked"
+            ),
+        );
     }
 }
 
@@ -456,7 +530,11 @@ async fn run_step(
     drain_max: f64,
     max_p99_ms: f64,
     meter: &Meter,
-    during: Option<(watch::Receiver<bool>, &watch::Sender<bool>, &mut dyn FnMut(&Fleet) -> bool)>,
+    during: Option<(
+        watch::Receiver<bool>,
+        &watch::Sender<bool>,
+        &mut dyn FnMut(&Fleet) -> bool,
+    )>,
 ) -> Result<(Vec<Publisher>, StepReport, Histogram<u64>), String> {
     fleet.label = label.clone();
     let b0 = meter.broker_now();
@@ -464,7 +542,19 @@ async fn run_step(
     let t0 = Instant::now();
     let (pubs, steps) = match during {
         None => publish_step(fleet, pubs, step, rate, duration, None, |_| false, None).await?,
-        Some((rx, tx, until)) => publish_step(fleet, pubs, step, rate, duration, Some(rx), |f| until(f), Some(tx)).await?,
+        Some((rx, tx, until)) => {
+            publish_step(
+                fleet,
+                pubs,
+                step,
+                rate,
+                duration,
+                Some(rx),
+                |f| until(f),
+                Some(tx),
+            )
+            .await?
+        }
     };
     let publish_secs = t0.elapsed().as_secs_f64();
     let mut sent = vec![0u64; per_dest_subs.len()];
@@ -509,7 +599,9 @@ async fn run_step(
         subscribers_disconnected: sum(|r| r.subs_disconnected),
         latency,
         broker_cpu_percent: match (b0, b1) {
-            (Some(a), Some(b)) => Some((b.cpu_secs - a.cpu_secs) / (publish_secs + drain_secs) * 100.0),
+            (Some(a), Some(b)) => {
+                Some((b.cpu_secs - a.cpu_secs) / (publish_secs + drain_secs) * 100.0)
+            }
             _ => None,
         },
         broker_rss_bytes: b1.map(|b| b.rss_bytes),
@@ -546,31 +638,73 @@ fn step_rows(rep: &mut Report, s: &StepReport) {
     }
     rep.row(
         "delivered",
-        format!("{} of {} to {} subscribers = {}/s (drain {:.1} s)", s.delivered, s.expected_deliveries, s.subscribers, human(s.deliveries_per_sec), s.drain_secs),
+        format!(
+            "{} of {} to {} subscribers = {}/s (drain {:.1} s)",
+            s.delivered,
+            s.expected_deliveries,
+            s.subscribers,
+            human(s.deliveries_per_sec),
+            s.drain_secs
+        ),
     );
     rep.latency_row("publish-to-receive", &s.latency);
     rep.row(
         "lost / dup / reordered",
         format!(
             "{} / {} / {} (subscribers affected: {} / {} / {}; misrouted {}; disconnected {})",
-            s.lost, s.duplicated, s.reordered, s.subscribers_with_loss, s.subscribers_with_dups, s.subscribers_with_reorder, s.misrouted, s.subscribers_disconnected
+            s.lost,
+            s.duplicated,
+            s.reordered,
+            s.subscribers_with_loss,
+            s.subscribers_with_dups,
+            s.subscribers_with_reorder,
+            s.misrouted,
+            s.subscribers_disconnected
         ),
     );
     if let (Some(cpu), Some(rss)) = (s.broker_cpu_percent, s.broker_rss_bytes) {
-        rep.row("broker", format!("CPU {cpu:.0}% of one core, RSS {}", mib(rss as f64)));
+        rep.row(
+            "broker",
+            format!("CPU {cpu:.0}% of one core, RSS {}", mib(rss as f64)),
+        );
     }
-    rep.row("load tool", format!("CPU {:.0}% of one core", s.tool_cpu_percent));
-    rep.row("verdict", if s.passed { "PASS".to_string() } else { "FAIL".to_string() });
+    rep.row(
+        "load tool",
+        format!("CPU {:.0}% of one core", s.tool_cpu_percent),
+    );
+    rep.row(
+        "verdict",
+        if s.passed {
+            "PASS".to_string()
+        } else {
+            "FAIL".to_string()
+        },
+    );
 }
 
-async fn connect_publishers(c: &Common, dialer: &Dialer, n: u32, destinations: u32) -> Result<Vec<Publisher>, String> {
+async fn connect_publishers(
+    c: &Common,
+    dialer: &Dialer,
+    n: u32,
+    destinations: u32,
+) -> Result<Vec<Publisher>, String> {
     let via = via(c)?;
     let n = n.clamp(1, destinations.max(1));
     let mut pubs = Vec::new();
     for p in 0..n {
         let dests: Vec<u32> = (0..destinations.max(1)).filter(|d| d % n == p).collect();
         // Publishers use source indexes far from the subscribers'.
-        pubs.push(Publisher::connect(&via, dialer, 5_000_000 + p as u64, dests, &c.dest_prefix, c.body_size).await?);
+        pubs.push(
+            Publisher::connect(
+                &via,
+                dialer,
+                5_000_000 + p as u64,
+                dests,
+                &c.dest_prefix,
+                c.body_size,
+            )
+            .await?,
+        );
     }
     Ok(pubs)
 }
@@ -578,7 +712,12 @@ async fn connect_publishers(c: &Common, dialer: &Dialer, n: u32, destinations: u
 fn setup_rows(rep: &mut Report, s: &SetupSummary, what: &str) {
     rep.row(
         what,
-        format!("{} subscribed in {:.1} s; failures: {}", s.subscribed, s.seconds, failures_text(&s.failures)),
+        format!(
+            "{} subscribed in {:.1} s; failures: {}",
+            s.subscribed,
+            s.seconds,
+            failures_text(&s.failures)
+        ),
     );
     rep.latency_row("setup latency", &s.latency);
 }
@@ -587,7 +726,11 @@ pub async fn fanout(c: &Common, a: FanoutArgs) -> Result<(), String> {
     let rates: Vec<f64> = a
         .rate
         .split(',')
-        .map(|r| r.trim().parse::<f64>().map_err(|_| format!("bad --rate {r:?}")))
+        .map(|r| {
+            r.trim()
+                .parse::<f64>()
+                .map_err(|_| format!("bad --rate {r:?}"))
+        })
         .collect::<Result<_, _>>()?;
     if rates.iter().any(|&r| !(r > 0.0 && r <= 10_000_000.0)) {
         return Err("each --rate must be in (0, 10,000,000] messages/s".into());
@@ -599,7 +742,11 @@ pub async fn fanout(c: &Common, a: FanoutArgs) -> Result<(), String> {
     let processes = c.processes || specs.len() > 1;
     let mut fleet = Fleet::spawn(specs, c.processes, c.quiet)?;
     fleet.label = "fanout: connecting subscribers".into();
-    let readies = fleet.wait_ready(Duration::from_secs_f64(c.setup_timeout * 2.0 + a.subscribers as f64 / 50.0 + 30.0)).await?;
+    let readies = fleet
+        .wait_ready(Duration::from_secs_f64(
+            c.setup_timeout * 2.0 + a.subscribers as f64 / 50.0 + 30.0,
+        ))
+        .await?;
     let (setup_summary, per_dest) = merge_ready(&readies, a.destinations);
     let mut pubs = connect_publishers(c, &dialer, a.publishers, a.destinations).await?;
     let mut rep = Report::new("fanout", serde_json::json!({ "common": c, "fanout": &a }));
@@ -610,7 +757,20 @@ pub async fn fanout(c: &Common, a: FanoutArgs) -> Result<(), String> {
     let mut hists = Vec::new();
     for (i, &rate) in rates.iter().enumerate() {
         let label = format!("fanout step {}/{} at {}/s", i + 1, rates.len(), human(rate));
-        let (p, r, h) = run_step(&mut fleet, pubs, &per_dest, i as u32, label, rate, Duration::from_secs_f64(a.duration), a.drain, a.max_p99_ms, &meter, None).await?;
+        let (p, r, h) = run_step(
+            &mut fleet,
+            pubs,
+            &per_dest,
+            i as u32,
+            label,
+            rate,
+            Duration::from_secs_f64(a.duration),
+            a.drain,
+            a.max_p99_ms,
+            &meter,
+            None,
+        )
+        .await?;
         pubs = p;
         let passed = r.passed;
         if !c.quiet {
@@ -635,12 +795,20 @@ pub async fn fanout(c: &Common, a: FanoutArgs) -> Result<(), String> {
     for s in &steps {
         step_rows(&mut rep, s);
     }
-    let best = steps.iter().filter(|s| s.passed).max_by(|x, y| x.deliveries_per_sec.total_cmp(&y.deliveries_per_sec));
+    let best = steps
+        .iter()
+        .filter(|s| s.passed)
+        .max_by(|x, y| x.deliveries_per_sec.total_cmp(&y.deliveries_per_sec));
     rep.section("summary");
     match best {
         Some(b) => rep.row(
             "highest passing step",
-            format!("{}/s published -> {} deliveries/s, p99 {} ms", human(b.target_rate), human(b.deliveries_per_sec), ms(b.latency.p99_ms)),
+            format!(
+                "{}/s published -> {} deliveries/s, p99 {} ms",
+                human(b.target_rate),
+                human(b.deliveries_per_sec),
+                ms(b.latency.p99_ms)
+            ),
         ),
         None => rep.row("highest passing step", "none passed"),
     }
@@ -651,7 +819,8 @@ pub async fn fanout(c: &Common, a: FanoutArgs) -> Result<(), String> {
     rep.set("steps", &steps);
     rep.set("tool", &tool);
     if let Some(path) = &a.svg {
-        let series: Vec<(String, &Histogram<u64>)> = hists.iter().map(|(l, h)| (l.clone(), h)).collect();
+        let series: Vec<(String, &Histogram<u64>)> =
+            hists.iter().map(|(l, h)| (l.clone(), h)).collect();
         std::fs::write(path, latency_svg(&series)).map_err(|e| format!("writing {path}: {e}"))?;
         rep.row("latency plot", path.clone());
     }
@@ -663,24 +832,53 @@ pub async fn storm(c: &Common, a: StormArgs) -> Result<(), String> {
     if !(a.rate > 0.0) {
         return Err("--rate must be positive".into());
     }
-    let dialer = setup(c, a.connections + a.background_subscribers, a.timeout + a.baseline)?;
+    let dialer = setup(
+        c,
+        a.connections + a.background_subscribers,
+        a.timeout + a.baseline,
+    )?;
     let meter = Meter::new(c.broker_pid);
-    let subs = assign(a.background_subscribers, a.background_destinations, "uniform")?;
+    let subs = assign(
+        a.background_subscribers,
+        a.background_destinations,
+        "uniform",
+    )?;
     let specs = split(c, a.background_destinations, &subs, Some(&a));
     let processes = c.processes || specs.len() > 1;
     let mut fleet = Fleet::spawn(specs, c.processes, c.quiet)?;
     fleet.label = "storm: connecting background subscribers".into();
-    let readies = fleet.wait_ready(Duration::from_secs_f64(c.setup_timeout * 2.0 + a.background_subscribers as f64 / 50.0 + 30.0)).await?;
+    let readies = fleet
+        .wait_ready(Duration::from_secs_f64(
+            c.setup_timeout * 2.0 + a.background_subscribers as f64 / 50.0 + 30.0,
+        ))
+        .await?;
     let (setup_summary, per_dest) = merge_ready(&readies, a.background_destinations);
     let mut rep = Report::new("storm", serde_json::json!({ "common": c, "storm": &a }));
     rep.row("broker", c.url.clone());
     let background = a.background_subscribers > 0;
     let mut steps = Vec::new();
     let mut hists = Vec::new();
-    let mut pubs = if background { connect_publishers(c, &dialer, 1, a.background_destinations).await? } else { Vec::new() };
+    let mut pubs = if background {
+        connect_publishers(c, &dialer, 1, a.background_destinations).await?
+    } else {
+        Vec::new()
+    };
     if background {
         setup_rows(&mut rep, &setup_summary, "background subscribers");
-        let (p, r, h) = run_step(&mut fleet, pubs, &per_dest, 0, "background fan-out before the storm".into(), a.background_rate, Duration::from_secs_f64(a.baseline), a.drain, 1000.0, &meter, None).await?;
+        let (p, r, h) = run_step(
+            &mut fleet,
+            pubs,
+            &per_dest,
+            0,
+            "background fan-out before the storm".into(),
+            a.background_rate,
+            Duration::from_secs_f64(a.baseline),
+            a.drain,
+            1000.0,
+            &meter,
+            None,
+        )
+        .await?;
         pubs = p;
         steps.push(r);
         hists.push(("before storm".to_string(), h));
@@ -691,15 +889,40 @@ pub async fn storm(c: &Common, a: StormArgs) -> Result<(), String> {
     let activity: Vec<ActivityResult> = if background {
         let (tx, rx) = watch::channel(false);
         let mut until = |f: &Fleet| f.activity_finished();
-        let label = format!("storm of {} connections at {}/s, fan-out continues", a.connections, human(a.rate));
-        let (p, r, h) = run_step(&mut fleet, pubs, &per_dest, 1, label, a.background_rate, Duration::from_secs_f64(a.timeout), a.drain, 1000.0, &meter, Some((rx, &tx, &mut until))).await?;
+        let label = format!(
+            "storm of {} connections at {}/s, fan-out continues",
+            a.connections,
+            human(a.rate)
+        );
+        let (p, r, h) = run_step(
+            &mut fleet,
+            pubs,
+            &per_dest,
+            1,
+            label,
+            a.background_rate,
+            Duration::from_secs_f64(a.timeout),
+            a.drain,
+            1000.0,
+            &meter,
+            Some((rx, &tx, &mut until)),
+        )
+        .await?;
         pubs = p;
         steps.push(r);
         hists.push(("during storm".to_string(), h));
-        fleet.wait_activity(Duration::from_secs_f64(a.timeout + 30.0)).await?
+        fleet
+            .wait_activity(Duration::from_secs_f64(a.timeout + 30.0))
+            .await?
     } else {
-        fleet.label = format!("storm of {} connections at {}/s", a.connections, human(a.rate));
-        fleet.wait_activity(Duration::from_secs_f64(a.timeout + 30.0)).await?
+        fleet.label = format!(
+            "storm of {} connections at {}/s",
+            a.connections,
+            human(a.rate)
+        );
+        fleet
+            .wait_activity(Duration::from_secs_f64(a.timeout + 30.0))
+            .await?
     };
     let storm_wall = storm_started.elapsed().as_secs_f64();
     let b1 = meter.broker_now();
@@ -711,12 +934,30 @@ pub async fn storm(c: &Common, a: StormArgs) -> Result<(), String> {
     let failures = merge_failures(activity.iter().map(|x| &x.failures));
     let setup_lat = Percentiles::of(&merge_hist(activity.iter().map(|x| x.setup.clone())));
     rep.section("storm");
-    rep.row("connections", format!("{ok} of {attempted} set up (TCP + handshake + CONNECT + SUBSCRIBE/RECEIPT)"));
-    rep.row("time to set up all", format!("{elapsed:.2} s (target rate {}/s, achieved {}/s)", human(a.rate), human(ok as f64 / elapsed.max(1e-9))));
+    rep.row(
+        "connections",
+        format!("{ok} of {attempted} set up (TCP + handshake + CONNECT + SUBSCRIBE/RECEIPT)"),
+    );
+    rep.row(
+        "time to set up all",
+        format!(
+            "{elapsed:.2} s (target rate {}/s, achieved {}/s)",
+            human(a.rate),
+            human(ok as f64 / elapsed.max(1e-9))
+        ),
+    );
     rep.row("failures", failures_text(&failures));
     rep.latency_row("setup latency", &setup_lat);
     if let (Some(x), Some(y)) = (b0, b1) {
-        rep.row("broker during storm", format!("CPU {:.0}% of one core, RSS {} -> {}", (y.cpu_secs - x.cpu_secs) / storm_wall * 100.0, mib(x.rss_bytes as f64), mib(y.rss_bytes as f64)));
+        rep.row(
+            "broker during storm",
+            format!(
+                "CPU {:.0}% of one core, RSS {} -> {}",
+                (y.cpu_secs - x.cpu_secs) / storm_wall * 100.0,
+                mib(x.rss_bytes as f64),
+                mib(y.rss_bytes as f64)
+            ),
+        );
     }
     for s in &steps {
         step_rows(&mut rep, s);
@@ -734,7 +975,8 @@ pub async fn storm(c: &Common, a: StormArgs) -> Result<(), String> {
     rep.set("background_steps", &steps);
     rep.set("tool", &tool);
     if let Some(path) = &a.svg {
-        let series: Vec<(String, &Histogram<u64>)> = hists.iter().map(|(l, h)| (l.clone(), h)).collect();
+        let series: Vec<(String, &Histogram<u64>)> =
+            hists.iter().map(|(l, h)| (l.clone(), h)).collect();
         std::fs::write(path, latency_svg(&series)).map_err(|e| format!("writing {path}: {e}"))?;
         rep.row("latency plot", path.clone());
     }
@@ -785,10 +1027,16 @@ pub async fn churn(c: &Common, a: ChurnArgs) -> Result<(), String> {
     let t0 = Instant::now();
     let mut samples = Vec::new();
     while !fleet.activity_finished() {
-        fleet.pump(Duration::from_secs_f64(a.sample_every.max(0.1))).await?;
+        fleet
+            .pump(Duration::from_secs_f64(a.sample_every.max(0.1)))
+            .await?;
         if let Some(s) = meter.broker_now() {
             let open = fleet.progress.iter().map(|p| p.open).sum();
-            samples.push(MemSample { t_secs: t0.elapsed().as_secs_f64(), rss_bytes: s.rss_bytes, open });
+            samples.push(MemSample {
+                t_secs: t0.elapsed().as_secs_f64(),
+                rss_bytes: s.rss_bytes,
+                open,
+            });
         }
         if t0.elapsed().as_secs_f64() > a.duration + a.hold + c.setup_timeout * 2.0 + 30.0 {
             return Err("churn did not finish in time".into());
@@ -816,7 +1064,11 @@ pub async fn churn(c: &Common, a: ChurnArgs) -> Result<(), String> {
     let mut rep = Report::new("churn", serde_json::json!({ "common": c, "churn": &a }));
     rep.row("broker", c.url.clone());
     rep.row("connects", format!("{ok} of {attempted} in {elapsed:.1} s = {}/s (target {}/s); skipped at the open limit {skipped}", human(ok as f64 / elapsed.max(1e-9)), human(a.rate)));
-    let abrupt = if a.abrupt_every > 0 { format!("every {}th dropped without DISCONNECT", a.abrupt_every) } else { "all with DISCONNECT".into() };
+    let abrupt = if a.abrupt_every > 0 {
+        format!("every {}th dropped without DISCONNECT", a.abrupt_every)
+    } else {
+        "all with DISCONNECT".into()
+    };
     rep.row(
         "disconnects",
         format!("{closed} closed ({abrupt}; {no_receipt} DISCONNECTs answered by a close without RECEIPT); failures: {}", failures_text(&close_failures)),
@@ -824,20 +1076,38 @@ pub async fn churn(c: &Common, a: ChurnArgs) -> Result<(), String> {
     rep.row("setup failures", failures_text(&failures));
     rep.latency_row("setup latency", &setup_lat);
     rep.row("peak open", peak.to_string());
-    let rss = |s: Option<ProcSample>| s.map(|s| mib(s.rss_bytes as f64)).unwrap_or_else(|| "n/a (no --broker-pid)".into());
+    let rss = |s: Option<ProcSample>| {
+        s.map(|s| mib(s.rss_bytes as f64))
+            .unwrap_or_else(|| "n/a (no --broker-pid)".into())
+    };
     let during_max = samples.iter().map(|s| s.rss_bytes).max();
     let during_min = samples.iter().map(|s| s.rss_bytes).min();
     rep.row("broker RSS before", rss(before));
     if let (Some(lo), Some(hi)) = (during_min, during_max) {
-        rep.row("broker RSS during", format!("{} .. {}", mib(lo as f64), mib(hi as f64)));
+        rep.row(
+            "broker RSS during",
+            format!("{} .. {}", mib(lo as f64), mib(hi as f64)),
+        );
     }
-    rep.row("broker RSS after", format!("{} ({} s after the churn)", rss(after), a.settle));
+    rep.row(
+        "broker RSS after",
+        format!("{} ({} s after the churn)", rss(after), a.settle),
+    );
     if let (Some(b), Some(x)) = (before, after) {
-        rep.row("after - before", format!("{:+.1} MiB", (x.rss_bytes as f64 - b.rss_bytes as f64) / 1048576.0));
+        rep.row(
+            "after - before",
+            format!(
+                "{:+.1} MiB",
+                (x.rss_bytes as f64 - b.rss_bytes as f64) / 1048576.0
+            ),
+        );
     }
     if let (Some(b), Some(x)) = (registry_before, registry_after) {
         rep.row("broker registry before", b.to_string());
-        rep.row("broker registry after", format!("{x} ({} s after the churn)", a.settle));
+        rep.row(
+            "broker registry after",
+            format!("{x} ({} s after the churn)", a.settle),
+        );
     }
     let tool = tool_usage(&meter, &finals, processes);
     tool_rows(&mut rep, &tool, &finals);
@@ -871,7 +1141,11 @@ pub async fn idle(c: &Common, a: IdleArgs) -> Result<(), String> {
     let processes = c.processes || specs.len() > 1;
     let mut fleet = Fleet::spawn(specs, c.processes, c.quiet)?;
     fleet.label = format!("idle: opening {} subscribed connections", a.connections);
-    let readies = fleet.wait_ready(Duration::from_secs_f64(c.setup_timeout * 2.0 + a.connections as f64 / 50.0 + 30.0)).await?;
+    let readies = fleet
+        .wait_ready(Duration::from_secs_f64(
+            c.setup_timeout * 2.0 + a.connections as f64 / 50.0 + 30.0,
+        ))
+        .await?;
     let (setup_summary, _) = merge_ready(&readies, a.destinations);
     fleet.label = "idle: settling".into();
     fleet.pump(Duration::from_secs_f64(a.settle)).await?;
@@ -901,10 +1175,26 @@ pub async fn idle(c: &Common, a: IdleArgs) -> Result<(), String> {
     rep.row("broker", c.url.clone());
     setup_rows(&mut rep, &setup_summary, "connections");
     rep.row("still open at the end", open_at_end.to_string());
-    rep.row("broker RSS empty", before.map(|b| mib(b.rss_bytes as f64)).unwrap_or_else(|| "n/a".into()));
-    rep.row("broker RSS loaded", after.map(|b| mib(b as f64)).unwrap_or_else(|| "n/a".into()));
-    rep.row("broker memory per connection", per_conn.map(|p| format!("{:.1} KB ({:.0} bytes)", p / 1000.0, p)).unwrap_or_else(|| "n/a".into()));
-    rep.row("tool memory per connection", format!("{:.1} KB", tool.rss_bytes as f64 / n.max(1) as f64 / 1000.0));
+    rep.row(
+        "broker RSS empty",
+        before
+            .map(|b| mib(b.rss_bytes as f64))
+            .unwrap_or_else(|| "n/a".into()),
+    );
+    rep.row(
+        "broker RSS loaded",
+        after.map(|b| mib(b as f64)).unwrap_or_else(|| "n/a".into()),
+    );
+    rep.row(
+        "broker memory per connection",
+        per_conn
+            .map(|p| format!("{:.1} KB ({:.0} bytes)", p / 1000.0, p))
+            .unwrap_or_else(|| "n/a".into()),
+    );
+    rep.row(
+        "tool memory per connection",
+        format!("{:.1} KB", tool.rss_bytes as f64 / n.max(1) as f64 / 1000.0),
+    );
     tool_rows(&mut rep, &tool, &finals);
     rep.set("setup", &setup_summary);
     rep.set("open_at_end", open_at_end);

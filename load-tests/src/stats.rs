@@ -20,7 +20,11 @@ pub struct ShardedHistogram {
 
 impl ShardedHistogram {
     pub fn new(shards: usize) -> ShardedHistogram {
-        ShardedHistogram { shards: (0..shards.max(1)).map(|_| Mutex::new(new_histogram())).collect() }
+        ShardedHistogram {
+            shards: (0..shards.max(1))
+                .map(|_| Mutex::new(new_histogram()))
+                .collect(),
+        }
     }
 
     pub fn shard(&self, key: usize) -> &Mutex<Histogram<u64>> {
@@ -52,7 +56,11 @@ pub struct HistData(pub Vec<(u64, u64)>);
 
 impl HistData {
     pub fn from_hist(h: &Histogram<u64>) -> HistData {
-        HistData(h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect())
+        HistData(
+            h.iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect(),
+        )
     }
 
     pub fn add_to(&self, h: &mut Histogram<u64>) {

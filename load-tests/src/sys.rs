@@ -6,7 +6,10 @@ use serde::Serialize;
 /// Nanoseconds on CLOCK_MONOTONIC. The clock is system-wide, so stamps taken
 /// by the coordinator and read by worker processes are comparable.
 pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -23,7 +26,9 @@ pub fn self_cpu_secs() -> f64 {
 
 /// Our own resident set size, in bytes.
 pub fn self_rss_bytes() -> u64 {
-    proc_sample(std::process::id()).map(|s| s.rss_bytes).unwrap_or(0)
+    proc_sample(std::process::id())
+        .map(|s| s.rss_bytes)
+        .unwrap_or(0)
 }
 
 /// One look at a process: resident memory and CPU time used so far.
@@ -47,5 +52,8 @@ pub fn proc_sample(pid: u32) -> Option<ProcSample> {
     // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after ')'.
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some(ProcSample { rss_bytes: resident * page, cpu_secs: (utime + stime) / tick })
+    Some(ProcSample {
+        rss_bytes: resident * page,
+        cpu_secs: (utime + stime) / tick,
+    })
 }

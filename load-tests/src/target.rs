@@ -30,7 +30,11 @@ impl Target {
             return Err(format!("{url}: no host"));
         }
         let with_port = if authority.starts_with('[') {
-            if authority.contains("]:") { authority.to_string() } else { format!("{authority}:80") }
+            if authority.contains("]:") {
+                authority.to_string()
+            } else {
+                format!("{authority}:80")
+            }
         } else if authority.contains(':') {
             authority.to_string()
         } else {
@@ -50,8 +54,17 @@ impl Target {
             ));
         }
         // Prefer IPv4 so that source addresses can be spread over 127.0.0.0/8.
-        let addr = addrs.iter().find(|a| a.is_ipv4()).copied().unwrap_or(addrs[0]);
-        Ok(Target { addr, authority: authority.to_string(), path: path.to_string(), url: url.to_string() })
+        let addr = addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .copied()
+            .unwrap_or(addrs[0]);
+        Ok(Target {
+            addr,
+            authority: authority.to_string(),
+            path: path.to_string(),
+            url: url.to_string(),
+        })
     }
 }
 
@@ -82,7 +95,11 @@ mod tests {
 
     #[test]
     fn other_addresses_are_refused() {
-        for url in ["ws://10.0.0.1:80/ws", "ws://192.168.1.1/ws", "ws://8.8.8.8:1/"] {
+        for url in [
+            "ws://10.0.0.1:80/ws",
+            "ws://192.168.1.1/ws",
+            "ws://8.8.8.8:1/",
+        ] {
             let err = Target::parse(url, "ws").unwrap_err();
             assert!(err.contains("not loopback"), "{err}");
         }

@@ -197,7 +197,11 @@ struct Shared {
 }
 
 /// Runs a worker until `Stop` (or until the command channel closes).
-pub async fn run(spec: WorkerSpec, mut cmds: mpsc::UnboundedReceiver<Command>, events: mpsc::UnboundedSender<Event>) {
+pub async fn run(
+    spec: WorkerSpec,
+    mut cmds: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::UnboundedSender<Event>,
+) {
     if let Err(e) = run_inner(spec, &mut cmds, &events).await {
         let _ = events.send(Event::Fatal(e));
     }
@@ -209,8 +213,15 @@ async fn run_inner(
     events: &mpsc::UnboundedSender<Event>,
 ) -> Result<(), String> {
     let target = Target::parse(&spec.url, "ws")?;
-    let dialer = Dialer::new(target, spec.creds.clone(), Duration::from_millis(spec.setup_timeout_ms));
-    let shared = Arc::new(Shared { counters: Counters::default(), latency: ShardedHistogram::new(32) });
+    let dialer = Dialer::new(
+        target,
+        spec.creds.clone(),
+        Duration::from_millis(spec.setup_timeout_ms),
+    );
+    let shared = Arc::new(Shared {
+        counters: Counters::default(),
+        latency: ShardedHistogram::new(32),
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut holders = JoinSet::new();
 
@@ -259,7 +270,8 @@ async fn run_inner(
         let sem = Arc::new(Semaphore::new(spec.subscribe_concurrency.max(1)));
         let mut setups = JoinSet::new();
         for (i, sub) in subs.iter().enumerate() {
-            let (sem, dialer, sub, shared) = (sem.clone(), dialer.clone(), sub.clone(), shared.clone());
+            let (sem, dialer, sub, shared) =
+                (sem.clone(), dialer.clone(), sub.clone(), shared.clone());
             let (setup_hist, failures) = (setup_hist.clone(), failures.clone());
             let index = spec.first_conn + i as u64;
             let destination = format!("{}{}", spec.dest_prefix, sub.dest);
@@ -269,13 +281,20 @@ async fn run_inner(
                 let t0 = now_ns();
                 match dialer.open_subscribed(index, &destination).await {
                     Ok(session) => {
-                        record_ns(&mut setup_hist.lock().unwrap_or_else(|e| e.into_inner()), now_ns() - t0);
+                        record_ns(
+                            &mut setup_hist.lock().unwrap_or_else(|e| e.into_inner()),
+                            now_ns() - t0,
+                        );
                         sub.alive.store(true, Ordering::Relaxed);
                         shared.counters.open.fetch_add(1, Ordering::Relaxed);
                         Some((session, sub, i, stop_rx))
                     }
                     Err(e) => {
-                        *failures.lock().unwrap_or_else(|e| e.into_inner()).entry(e.cause()).or_default() += 1;
+                        *failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(e.cause())
+                            .or_default() += 1;
                         None
                     }
                 }
@@ -283,7 +302,13 @@ async fn run_inner(
         }
         while let Some(r) = setups.join_next().await {
             if let Ok(Some((session, sub, i, stop_rx))) = r {
-                holders.spawn(subscriber_loop(session, Some(sub), i, shared.clone(), stop_rx));
+                holders.spawn(subscriber_loop(
+                    session,
+                    Some(sub),
+                    i,
+                    shared.clone(),
+                    stop_rx,
+                ));
             }
         }
     }
@@ -302,7 +327,9 @@ async fn run_inner(
         setup: HistData::from_hist(&setup_hist.lock().unwrap_or_else(|e| e.into_inner())),
         setup_secs: (now_ns() - started) as f64 / 1e9,
     };
-    events.send(Event::Ready(ready)).map_err(|_| "coordinator gone")?;
+    events
+        .send(Event::Ready(ready))
+        .map_err(|_| "coordinator gone")?;
 
     let mut activity: Option<tokio::task::JoinHandle<ActivityResult>> = None;
     loop {
@@ -322,17 +349,23 @@ async fn run_inner(
                 let (dialer, shared, stop_rx) = (dialer.clone(), shared.clone(), stop_rx.clone());
                 if let Some(storm) = spec.storm.clone() {
                     let prefix = spec.dest_prefix.clone();
-                    activity = Some(tokio::spawn(run_storm(storm, prefix, dialer, shared, stop_rx)));
+                    activity = Some(tokio::spawn(run_storm(
+                        storm, prefix, dialer, shared, stop_rx,
+                    )));
                 } else if let Some(churn) = spec.churn.clone() {
                     let prefix = spec.dest_prefix.clone();
                     activity = Some(tokio::spawn(run_churn(churn, prefix, dialer, shared)));
                 } else {
-                    events.send(Event::ActivityDone(ActivityResult::default())).map_err(|_| "coordinator gone")?;
+                    events
+                        .send(Event::ActivityDone(ActivityResult::default()))
+                        .map_err(|_| "coordinator gone")?;
                 }
             }
             Some(Command::Collect { step, expected }) => {
                 let r = collect(step, &expected, &subs, &shared);
-                events.send(Event::Step(r)).map_err(|_| "coordinator gone")?;
+                events
+                    .send(Event::Step(r))
+                    .map_err(|_| "coordinator gone")?;
             }
             Some(Command::Stop) | None => break,
         }
@@ -341,7 +374,10 @@ async fn run_inner(
     if let Some(a) = activity.take() {
         a.abort();
     }
-    let _ = tokio::time::timeout(Duration::from_secs(10), async { while holders.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while holders.join_next().await.is_some() {}
+    })
+    .await;
     progress.abort();
     let c = &shared.counters;
     let fin = Final {
@@ -359,7 +395,10 @@ fn collect(step: u32, expected: &[u64], subs: &[Arc<Sub>], shared: &Shared) -> S
     let c = &shared.counters;
     // Messages of this step that arrive from now on are stale.
     c.current_step.store(step as u64 + 1, Ordering::Relaxed);
-    let mut r = StepResult { step, ..Default::default() };
+    let mut r = StepResult {
+        step,
+        ..Default::default()
+    };
     for s in subs {
         let died = s.died_in_step.load(Ordering::Relaxed);
         let alive = s.alive.load(Ordering::Relaxed);
@@ -385,7 +424,11 @@ fn collect(step: u32, expected: &[u64], subs: &[Arc<Sub>], shared: &Shared) -> S
         r.subs_with_loss += (lost > 0) as u64;
         r.subs_with_dups += (t.duplicated > 0) as u64;
         r.subs_with_reorder += (t.reordered > 0) as u64;
-        *t = Tracker { step: step + 1, seen: std::mem::take(&mut t.seen), ..Default::default() };
+        *t = Tracker {
+            step: step + 1,
+            seen: std::mem::take(&mut t.seen),
+            ..Default::default()
+        };
         t.seen.iter_mut().for_each(|w| *w = 0);
     }
     r.latency = HistData::from_hist(&shared.latency.take());
@@ -396,7 +439,13 @@ fn collect(step: u32, expected: &[u64], subs: &[Arc<Sub>], shared: &Shared) -> S
 /// Reads a connection until stop or close. With a `Sub`, every message is
 /// checked (sequence, destination) and its latency recorded; without one
 /// (storm connections) messages are only counted.
-async fn subscriber_loop(mut session: Session, sub: Option<Arc<Sub>>, key: usize, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn subscriber_loop(
+    mut session: Session,
+    sub: Option<Arc<Sub>>,
+    key: usize,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let c = &shared.counters;
     let mut stopped = false;
     loop {
@@ -416,14 +465,24 @@ async fn subscriber_loop(mut session: Session, sub: Option<Arc<Sub>>, key: usize
         session.inbox.push_bytes(data);
         let now = now_ns();
         let mut n = 0u64;
-        let mut tracker = sub.as_ref().map(|s| s.tracker.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut hist = sub.as_ref().map(|_| shared.latency.shard(key).lock().unwrap_or_else(|e| e.into_inner()));
+        let mut tracker = sub
+            .as_ref()
+            .map(|s| s.tracker.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut hist = sub.as_ref().map(|_| {
+            shared
+                .latency
+                .shard(key)
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        });
         let mut fatal = false;
         loop {
             match session.inbox.next() {
                 Ok(Some(Incoming::Message(body))) => {
                     n += 1;
-                    let (Some(t), Some(h), Some(s)) = (tracker.as_deref_mut(), hist.as_deref_mut(), sub.as_ref()) else {
+                    let (Some(t), Some(h), Some(s)) =
+                        (tracker.as_deref_mut(), hist.as_deref_mut(), sub.as_ref())
+                    else {
                         continue;
                     };
                     match parse_body(&body) {
@@ -462,7 +521,8 @@ async fn subscriber_loop(mut session: Session, sub: Option<Arc<Sub>>, key: usize
         c.dropped.fetch_add(1, Ordering::Relaxed);
         if let Some(s) = &sub {
             s.alive.store(false, Ordering::Relaxed);
-            s.died_in_step.store(c.current_step.load(Ordering::Relaxed), Ordering::Relaxed);
+            s.died_in_step
+                .store(c.current_step.load(Ordering::Relaxed), Ordering::Relaxed);
         }
     }
 }
@@ -484,7 +544,10 @@ fn check(t: &mut Tracker, dest: u32, s: &Stamp, c: &Counters) -> Checked {
             return Checked::Other;
         }
         // A later step before this one was collected: start over.
-        *t = Tracker { step: s.step, ..Default::default() };
+        *t = Tracker {
+            step: s.step,
+            ..Default::default()
+        };
     }
     if s.seq >= MAX_TRACKED_SEQ {
         c.untracked.fetch_add(1, Ordering::Relaxed);
@@ -520,7 +583,13 @@ async fn sleep_until_ns(t: u64) {
     }
 }
 
-async fn run_storm(spec: StormSpec, prefix: String, dialer: Arc<Dialer>, shared: Arc<Shared>, stop: watch::Receiver<bool>) -> ActivityResult {
+async fn run_storm(
+    spec: StormSpec,
+    prefix: String,
+    dialer: Arc<Dialer>,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) -> ActivityResult {
     let start = now_ns();
     let sem = Arc::new(Semaphore::new(spec.concurrency.max(1)));
     let hist = Arc::new(Mutex::new(new_histogram()));
@@ -534,8 +603,17 @@ async fn run_storm(spec: StormSpec, prefix: String, dialer: Arc<Dialer>, shared:
             Ok(p) => p,
             Err(_) => break,
         };
-        let (dialer, hist, failures, shared2, last_done) = (dialer.clone(), hist.clone(), failures.clone(), shared.clone(), last_done.clone());
-        let destination = format!("{prefix}storm.{}", (spec.first_conn + k) % spec.destinations.max(1) as u64);
+        let (dialer, hist, failures, shared2, last_done) = (
+            dialer.clone(),
+            hist.clone(),
+            failures.clone(),
+            shared.clone(),
+            last_done.clone(),
+        );
+        let destination = format!(
+            "{prefix}storm.{}",
+            (spec.first_conn + k) % spec.destinations.max(1) as u64
+        );
         let index = spec.first_conn + k;
         set.spawn(async move {
             let shared = shared2;
@@ -552,8 +630,15 @@ async fn run_storm(spec: StormSpec, prefix: String, dialer: Arc<Dialer>, shared:
                     Some(s)
                 }
                 Err(e) => {
-                    shared.counters.activity_failed.fetch_add(1, Ordering::Relaxed);
-                    *failures.lock().unwrap_or_else(|e| e.into_inner()).entry(e.cause()).or_default() += 1;
+                    shared
+                        .counters
+                        .activity_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    *failures
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(e.cause())
+                        .or_default() += 1;
                     None
                 }
             }
@@ -585,7 +670,12 @@ async fn run_storm(spec: StormSpec, prefix: String, dialer: Arc<Dialer>, shared:
     }
 }
 
-async fn run_churn(spec: ChurnSpec, prefix: String, dialer: Arc<Dialer>, shared: Arc<Shared>) -> ActivityResult {
+async fn run_churn(
+    spec: ChurnSpec,
+    prefix: String,
+    dialer: Arc<Dialer>,
+    shared: Arc<Shared>,
+) -> ActivityResult {
     let start = now_ns();
     let end = start + spec.duration_ms * 1_000_000;
     let sem = Arc::new(Semaphore::new(spec.max_open.max(1)));
@@ -612,9 +702,20 @@ async fn run_churn(spec: ChurnSpec, prefix: String, dialer: Arc<Dialer>, shared:
             continue;
         };
         attempted += 1;
-        let (dialer, hist, failures, close_failures, closed_ok, shared) =
-            (dialer.clone(), hist.clone(), failures.clone(), close_failures.clone(), closed_ok.clone(), shared.clone());
-        let (open_now, peak, no_receipt, last_setup) = (open_now.clone(), peak.clone(), no_receipt.clone(), last_setup.clone());
+        let (dialer, hist, failures, close_failures, closed_ok, shared) = (
+            dialer.clone(),
+            hist.clone(),
+            failures.clone(),
+            close_failures.clone(),
+            closed_ok.clone(),
+            shared.clone(),
+        );
+        let (open_now, peak, no_receipt, last_setup) = (
+            open_now.clone(),
+            peak.clone(),
+            no_receipt.clone(),
+            last_setup.clone(),
+        );
         let index = spec.first_conn + k;
         let destination = format!("{prefix}churn.{}", index % spec.destinations.max(1) as u64);
         let abrupt = spec.abrupt_every > 0 && k % spec.abrupt_every == spec.abrupt_every - 1;
@@ -648,13 +749,24 @@ async fn run_churn(spec: ChurnSpec, prefix: String, dialer: Arc<Dialer>, shared:
                             }
                         }
                         Err(e) => {
-                            *close_failures.lock().unwrap_or_else(|e| e.into_inner()).entry(e.cause()).or_default() += 1;
+                            *close_failures
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .entry(e.cause())
+                                .or_default() += 1;
                         }
                     }
                 }
                 Err(e) => {
-                    shared.counters.activity_failed.fetch_add(1, Ordering::Relaxed);
-                    *failures.lock().unwrap_or_else(|e| e.into_inner()).entry(e.cause()).or_default() += 1;
+                    shared
+                        .counters
+                        .activity_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    *failures
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(e.cause())
+                        .or_default() += 1;
                 }
             }
         });
@@ -662,7 +774,10 @@ async fn run_churn(spec: ChurnSpec, prefix: String, dialer: Arc<Dialer>, shared:
     while set.join_next().await.is_some() {}
     let failures = failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let setup = HistData::from_hist(&hist.lock().unwrap_or_else(|e| e.into_inner()));
-    let close_failures = close_failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let close_failures = close_failures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let r = ActivityResult {
         attempted,
         ok: shared.counters.activity_ok.load(Ordering::Relaxed),
@@ -682,8 +797,11 @@ async fn run_churn(spec: ChurnSpec, prefix: String, dialer: Arc<Dialer>, shared:
 /// from stdin, writes events to stdout, one JSON line each.
 pub fn process_main() -> Result<(), String> {
     let mut line = String::new();
-    std::io::stdin().read_line(&mut line).map_err(|e| format!("reading the worker spec: {e}"))?;
-    let spec: WorkerSpec = serde_json::from_str(&line).map_err(|e| format!("bad worker spec: {e}"))?;
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the worker spec: {e}"))?;
+    let spec: WorkerSpec =
+        serde_json::from_str(&line).map_err(|e| format!("bad worker spec: {e}"))?;
     let rt = crate::runtime()?;
     rt.block_on(async move {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -707,7 +825,8 @@ pub fn process_main() -> Result<(), String> {
         let mut out = tokio::io::stdout();
         while let Some(ev) = ev_rx.recv().await {
             let end = matches!(ev, Event::Final(_) | Event::Fatal(_));
-            let mut s = serde_json::to_string(&ev).unwrap_or_else(|e| format!("{{\"Fatal\":\"{e}\"}}"));
+            let mut s =
+                serde_json::to_string(&ev).unwrap_or_else(|e| format!("{{\"Fatal\":\"{e}\"}}"));
             s.push('\n');
             if out.write_all(s.as_bytes()).await.is_err() || out.flush().await.is_err() || end {
                 break;

@@ -43,7 +43,14 @@ fn broker() -> Broker {
     if let Ok(url) = std::env::var("STOMPEDE_LOAD_SMOKE_URL") {
         let extra = std::env::var("STOMPEDE_LOAD_SMOKE_ARGS").unwrap_or_default();
         let extra = extra.split_whitespace().map(String::from).collect();
-        return Broker { url, extra, pid: None, metrics_url: None, stop: None, thread: None };
+        return Broker {
+            url,
+            extra,
+            pid: None,
+            metrics_url: None,
+            stop: None,
+            thread: None,
+        };
     }
     let config = stompede::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -54,7 +61,11 @@ fn broker() -> Broker {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (bound, address) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         runtime.block_on(async move {
             let listener = stompede::bind(config.listen).expect("bind 127.0.0.1:0");
             bound.send(listener.local_addr().unwrap()).unwrap();
@@ -65,7 +76,9 @@ fn broker() -> Broker {
             .await;
         });
     });
-    let addr = address.recv_timeout(Duration::from_secs(10)).expect("the broker binds");
+    let addr = address
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the broker binds");
     Broker {
         url: format!("ws://{addr}/ws"),
         extra: Vec::new(),
@@ -82,7 +95,8 @@ fn run(b: &Broker, scenario: &[&str]) -> serde_json::Value {
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join(format!("{}.json", scenario[0]));
     let mut cmd = Command::new(LOAD);
-    cmd.args(["--url", &b.url, "--quiet", "--max-runtime", "120", "--json"]).arg(&json);
+    cmd.args(["--url", &b.url, "--quiet", "--max-runtime", "120", "--json"])
+        .arg(&json);
     cmd.args(&b.extra);
     if let Some(pid) = b.pid {
         cmd.args(["--broker-pid", &pid.to_string()]);
@@ -95,7 +109,8 @@ fn run(b: &Broker, scenario: &[&str]) -> serde_json::Value {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let _ = std::fs::remove_file(&json);
     v
 }
@@ -103,7 +118,22 @@ fn run(b: &Broker, scenario: &[&str]) -> serde_json::Value {
 #[test]
 fn fanout_smoke() {
     let b = broker();
-    let v = run(&b, &["fanout", "--subscribers", "50", "--destinations", "3", "--skew", "zipf", "--rate", "20,100", "--duration", "1.5"]);
+    let v = run(
+        &b,
+        &[
+            "fanout",
+            "--subscribers",
+            "50",
+            "--destinations",
+            "3",
+            "--skew",
+            "zipf",
+            "--rate",
+            "20,100",
+            "--duration",
+            "1.5",
+        ],
+    );
     let steps = v["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 2);
     for s in steps {
@@ -121,7 +151,20 @@ fn fanout_smoke() {
 fn fanout_in_worker_processes() {
     let b = broker();
     // Two worker processes of 30 connections each.
-    let v = run(&b, &["--per-worker", "30", "fanout", "--subscribers", "60", "--rate", "50", "--duration", "1"]);
+    let v = run(
+        &b,
+        &[
+            "--per-worker",
+            "30",
+            "fanout",
+            "--subscribers",
+            "60",
+            "--rate",
+            "50",
+            "--duration",
+            "1",
+        ],
+    );
     assert_eq!(v["tool"]["worker_processes"], 2);
     assert_eq!(v["setup"]["subscribed"], 60);
     assert_eq!(v["steps"][0]["lost"], 0);
@@ -133,7 +176,21 @@ fn storm_smoke() {
     let b = broker();
     let v = run(
         &b,
-        &["storm", "--connections", "300", "--rate", "300", "--concurrency", "50", "--background-subscribers", "20", "--background-rate", "20", "--baseline", "1"],
+        &[
+            "storm",
+            "--connections",
+            "300",
+            "--rate",
+            "300",
+            "--concurrency",
+            "50",
+            "--background-subscribers",
+            "20",
+            "--background-rate",
+            "20",
+            "--baseline",
+            "1",
+        ],
     );
     assert_eq!(v["storm"]["ok"], 300, "{}", v["storm"]);
     assert_eq!(v["storm"]["failed"], 0);
@@ -145,7 +202,17 @@ fn storm_smoke() {
 #[test]
 fn churn_smoke() {
     let b = broker();
-    let mut args = vec!["churn", "--rate", "100", "--duration", "2", "--hold", "0.2", "--settle", "0.5"];
+    let mut args = vec![
+        "churn",
+        "--rate",
+        "100",
+        "--duration",
+        "2",
+        "--hold",
+        "0.2",
+        "--settle",
+        "0.5",
+    ];
     if let Some(url) = &b.metrics_url {
         args.extend(["--metrics-url", url.as_str()]);
     }
@@ -167,7 +234,18 @@ fn churn_smoke() {
 #[test]
 fn idle_smoke() {
     let b = broker();
-    let v = run(&b, &["idle", "--connections", "200", "--destinations", "10", "--settle", "1"]);
+    let v = run(
+        &b,
+        &[
+            "idle",
+            "--connections",
+            "200",
+            "--destinations",
+            "10",
+            "--settle",
+            "1",
+        ],
+    );
     assert_eq!(v["setup"]["subscribed"], 200);
     assert_eq!(v["open_at_end"], 200);
     if b.pid.is_some() {
@@ -177,7 +255,10 @@ fn idle_smoke() {
 
 #[test]
 fn refuses_non_loopback_targets() {
-    let out = Command::new(LOAD).args(["--url", "ws://10.1.2.3:80/ws", "idle", "--connections", "1"]).output().unwrap();
+    let out = Command::new(LOAD)
+        .args(["--url", "ws://10.1.2.3:80/ws", "idle", "--connections", "1"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not loopback"));
 }

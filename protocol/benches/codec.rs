@@ -10,7 +10,9 @@ use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
-use stompede_protocol::{encode, encode_heartbeat, Command, Decoder, Frame, Item, Limits, PreparedMessage, Version};
+use stompede_protocol::{
+    encode, encode_heartbeat, Command, Decoder, Frame, Item, Limits, PreparedMessage, Version,
+};
 
 /// A typical live comment as a subscriber receives it: about 300 bytes.
 fn comment_message() -> Frame {
@@ -39,7 +41,11 @@ fn encoded(frame: &Frame) -> Vec<u8> {
 }
 
 fn limits() -> Limits {
-    Limits { max_body_bytes: 1 << 20, max_frame_bytes: 2 << 20, ..Limits::default() }
+    Limits {
+        max_body_bytes: 1 << 20,
+        max_frame_bytes: 2 << 20,
+        ..Limits::default()
+    }
 }
 
 fn decode_one(decoder: &mut Decoder, mut buf: BytesMut) -> Frame {
@@ -61,7 +67,10 @@ fn decode_benches(c: &mut Criterion) {
     // The 64 KiB body once with content-length (the decoder jumps over the
     // body) and once without (it searches the body for the NUL).
     let big = big_message();
-    let mut big_without_length = encoded(&Frame { body: Bytes::new(), ..big.clone() });
+    let mut big_without_length = encoded(&Frame {
+        body: Bytes::new(),
+        ..big.clone()
+    });
     big_without_length.pop();
     big_without_length.extend_from_slice(&big.body);
     big_without_length.push(0);
@@ -72,14 +81,19 @@ fn decode_benches(c: &mut Criterion) {
     ];
     for (name, wire, frame, has_length) in inputs {
         if name == "300B" {
-            assert!((280..=320).contains(&wire.len()), "comment frame is {} bytes", wire.len());
+            assert!(
+                (280..=320).contains(&wire.len()),
+                "comment frame is {} bytes",
+                wire.len()
+            );
         }
         let mut group = c.benchmark_group(format!("decode/{name}"));
         group.throughput(Throughput::Bytes(wire.len() as u64));
         let mut decoder = Decoder::new(limits());
         let mut want = frame.clone();
         if has_length {
-            want.headers.push("content-length", frame.body.len().to_string());
+            want.headers
+                .push("content-length", frame.body.len().to_string());
         }
         assert_eq!(decode_one(&mut decoder, BytesMut::from(&wire[..])), want);
         group.bench_function("stompede", |b| {

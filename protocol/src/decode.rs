@@ -86,7 +86,11 @@ const HEADERS_RESERVE: usize = 8;
 impl Decoder {
     /// A decoder for STOMP 1.2 until told otherwise with [`set_version`](Self::set_version).
     pub fn new(limits: Limits) -> Decoder {
-        Decoder { limits, version: Version::V1_2, partial: None }
+        Decoder {
+            limits,
+            version: Version::V1_2,
+            partial: None,
+        }
     }
 
     /// Sets the negotiated version, which decides how header escapes are read.
@@ -137,7 +141,10 @@ impl Decoder {
                 }
                 Some(_) => self.partial.insert(Partial {
                     command: None,
-                    headers: Headers::with_text_capacity(buf.len().min(HEADER_TEXT_RESERVE), HEADERS_RESERVE),
+                    headers: Headers::with_text_capacity(
+                        buf.len().min(HEADER_TEXT_RESERVE),
+                        HEADERS_RESERVE,
+                    ),
                     content_length: None,
                     in_body: false,
                     start: 0,
@@ -156,7 +163,9 @@ impl Decoder {
         let Some(len) = body_length(partial, buf, self.limits)? else {
             return Ok(None);
         };
-        let Some(partial) = self.partial.take() else { unreachable!("checked above") };
+        let Some(partial) = self.partial.take() else {
+            unreachable!("checked above")
+        };
         buf.advance(partial.start);
         let body = buf.split_to(len).freeze();
         buf.advance(1); // the NUL
@@ -170,7 +179,12 @@ impl Decoder {
 
 /// Reads command and header lines. Returns true once the blank line that
 /// ends the headers has been read (then `head.start` is the body start).
-fn read_head(head: &mut Partial, buf: &[u8], limits: Limits, version: Version) -> Result<bool, DecodeError> {
+fn read_head(
+    head: &mut Partial,
+    buf: &[u8],
+    limits: Limits,
+    version: Version,
+) -> Result<bool, DecodeError> {
     loop {
         // Find the end of the line (LF, or CR LF), noting backslashes on the
         // way so that lines without one skip unescaping.
@@ -209,8 +223,9 @@ fn read_head(head: &mut Partial, buf: &[u8], limits: Limits, version: Version) -
         head.scanned = next;
 
         let Some(command) = head.command else {
-            let command = Command::from_bytes(line)
-                .ok_or_else(|| DecodeError::UnknownCommand(String::from_utf8_lossy(line).into_owned()))?;
+            let command = Command::from_bytes(line).ok_or_else(|| {
+                DecodeError::UnknownCommand(String::from_utf8_lossy(line).into_owned())
+            })?;
             head.command = Some(command);
             continue;
         };
@@ -227,10 +242,9 @@ fn read_head(head: &mut Partial, buf: &[u8], limits: Limits, version: Version) -
             return Err(DecodeError::TooManyHeaders(limits.max_headers));
         }
         // Names are short: a plain loop beats a memchr call here.
-        let colon = line
-            .iter()
-            .position(|&b| b == b':')
-            .ok_or_else(|| DecodeError::HeaderWithoutColon(String::from_utf8_lossy(line).into_owned()))?;
+        let colon = line.iter().position(|&b| b == b':').ok_or_else(|| {
+            DecodeError::HeaderWithoutColon(String::from_utf8_lossy(line).into_owned())
+        })?;
         // One UTF-8 check for the whole line; the colon is ASCII, so both
         // halves are UTF-8 too.
         let line_text = std::str::from_utf8(line).map_err(|_| DecodeError::InvalidUtf8)?;
@@ -303,7 +317,11 @@ fn parse_content_length(value: &str) -> Result<usize, DecodeError> {
 }
 
 /// Returns the body length once the whole body and its NUL are in `buf`.
-fn body_length(body: &mut Partial, buf: &[u8], limits: Limits) -> Result<Option<usize>, DecodeError> {
+fn body_length(
+    body: &mut Partial,
+    buf: &[u8],
+    limits: Limits,
+) -> Result<Option<usize>, DecodeError> {
     if let Some(len) = body.content_length {
         let nul_at = body.start.saturating_add(len);
         if buf.len() <= nul_at {

@@ -11,8 +11,14 @@ use bytes::{BufMut, BytesMut};
 pub fn encode(frame: &Frame, version: Version, out: &mut BytesMut) {
     // Reserve without scanning the headers for bytes to escape (rare; the
     // buffer grows if there are some).
-    let headers: usize = frame.headers.iter().map(|(name, value)| name.len() + value.len() + 2).sum();
-    out.reserve(frame.command.as_str().len() + headers + MAX_CONTENT_LENGTH_LINE + frame.body.len() + 3);
+    let headers: usize = frame
+        .headers
+        .iter()
+        .map(|(name, value)| name.len() + value.len() + 2)
+        .sum();
+    out.reserve(
+        frame.command.as_str().len() + headers + MAX_CONTENT_LENGTH_LINE + frame.body.len() + 3,
+    );
     let escaped = frame.command.escapes_headers();
     out.put_slice(frame.command.as_str().as_bytes());
     out.put_u8(b'\n');
@@ -40,9 +46,15 @@ pub fn encoded_len(frame: &Frame, version: Version) -> usize {
         .headers
         .iter()
         .filter(|(name, _)| *name != "content-length")
-        .map(|(name, value)| escaped_len(name, version, escaped) + escaped_len(value, version, escaped) + 2)
+        .map(|(name, value)| {
+            escaped_len(name, version, escaped) + escaped_len(value, version, escaped) + 2
+        })
         .sum();
-    let content_length = if frame.body.is_empty() { 0 } else { content_length_line_len(frame.body.len()) };
+    let content_length = if frame.body.is_empty() {
+        0
+    } else {
+        content_length_line_len(frame.body.len())
+    };
     frame.command.as_str().len() + 1 + headers + content_length + 1 + frame.body.len() + 1
 }
 

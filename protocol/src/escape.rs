@@ -6,7 +6,11 @@ use bytes::{BufMut, BytesMut};
 
 /// Appends the header name or value `raw`, unescaped for `version`, to
 /// `out`. Escapes only replace ASCII with ASCII.
-pub(crate) fn unescape_into(raw: &str, version: Version, out: &mut String) -> Result<(), DecodeError> {
+pub(crate) fn unescape_into(
+    raw: &str,
+    version: Version,
+    out: &mut String,
+) -> Result<(), DecodeError> {
     let mut rest = raw;
     while let Some(at) = memchr::memchr(b'\\', rest.as_bytes()) {
         out.push_str(&rest[..at]);
@@ -18,7 +22,11 @@ pub(crate) fn unescape_into(raw: &str, version: Version, out: &mut String) -> Re
             Some(b'r') if version == Version::V1_2 => '\r',
             Some(_) => {
                 let c = after.chars().next().unwrap_or(' ');
-                return Err(DecodeError::UndefinedEscape(if c.is_control() { char::REPLACEMENT_CHARACTER } else { c }));
+                return Err(DecodeError::UndefinedEscape(if c.is_control() {
+                    char::REPLACEMENT_CHARACTER
+                } else {
+                    c
+                }));
             }
             // A lone backslash at the end of a header.
             None => return Err(DecodeError::UndefinedEscape(' ')),
@@ -49,7 +57,11 @@ const fn escape_table(bytes: &[u8]) -> [bool; 256] {
 }
 
 fn table(version: Version, escaped: bool) -> &'static [bool; 256] {
-    &ESCAPED_BYTES[if escaped { version as usize } else { Version::V1_0 as usize }]
+    &ESCAPED_BYTES[if escaped {
+        version as usize
+    } else {
+        Version::V1_0 as usize
+    }]
 }
 
 /// Length of `value` once escaped.
@@ -70,10 +82,12 @@ pub(crate) fn escaped_len(value: &str, version: Version, escaped: bool) -> usize
 fn has_escapable(bytes: &[u8], version: Version) -> bool {
     match version {
         Version::V1_0 => false,
-        Version::V1_1 => bytes.iter().fold(false, |any, &b| any | (b == b'\n') | (b == b':') | (b == b'\\')),
-        Version::V1_2 => {
-            bytes.iter().fold(false, |any, &b| any | (b == b'\n') | (b == b'\r') | (b == b':') | (b == b'\\'))
-        }
+        Version::V1_1 => bytes.iter().fold(false, |any, &b| {
+            any | (b == b'\n') | (b == b':') | (b == b'\\')
+        }),
+        Version::V1_2 => bytes.iter().fold(false, |any, &b| {
+            any | (b == b'\n') | (b == b'\r') | (b == b':') | (b == b'\\')
+        }),
     }
 }
 

@@ -136,7 +136,10 @@ impl Headers {
     }
 
     pub fn with_capacity(n: usize) -> Headers {
-        Headers { text: String::with_capacity(n * 24), spans: Vec::with_capacity(n) }
+        Headers {
+            text: String::with_capacity(n * 24),
+            spans: Vec::with_capacity(n),
+        }
     }
 
     /// The value of the first header called `name`.
@@ -163,7 +166,11 @@ impl Headers {
         self.text.push_str(name);
         let split = self.text.len();
         self.text.push_str(value);
-        self.spans.push(Span { start, split, end: self.text.len() });
+        self.spans.push(Span {
+            start,
+            split,
+            end: self.text.len(),
+        });
     }
 
     /// Removes every header called `name`.
@@ -171,7 +178,10 @@ impl Headers {
         if !self.contains(name) {
             return;
         }
-        let mut kept = Headers { text: String::with_capacity(self.text.len()), spans: Vec::with_capacity(self.len()) };
+        let mut kept = Headers {
+            text: String::with_capacity(self.text.len()),
+            spans: Vec::with_capacity(self.len()),
+        };
         for (k, v) in self.iter().filter(|(k, _)| *k != name) {
             kept.push_str(k, v);
         }
@@ -179,7 +189,9 @@ impl Headers {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.spans.iter().map(|s| (&self.text[s.start..s.split], &self.text[s.split..s.end]))
+        self.spans
+            .iter()
+            .map(|s| (&self.text[s.start..s.split], &self.text[s.split..s.end]))
     }
 
     pub fn len(&self) -> usize {
@@ -193,7 +205,10 @@ impl Headers {
     /// For the decoder: a header is appended to the text in two steps, the
     /// name then the value, each written straight into the shared string.
     pub(crate) fn with_text_capacity(bytes: usize, headers: usize) -> Headers {
-        Headers { text: String::with_capacity(bytes), spans: Vec::with_capacity(headers) }
+        Headers {
+            text: String::with_capacity(bytes),
+            spans: Vec::with_capacity(headers),
+        }
     }
 
     pub(crate) fn text_mut(&mut self) -> &mut String {
@@ -203,7 +218,11 @@ impl Headers {
     /// Records the header whose name starts at `start` and ends at `split`
     /// in the text; its value is everything after, up to the end.
     pub(crate) fn end_header(&mut self, start: usize, split: usize) {
-        self.spans.push(Span { start, split, end: self.text.len() });
+        self.spans.push(Span {
+            start,
+            split,
+            end: self.text.len(),
+        });
     }
 
     /// The value of the header last added by `end_header`.
@@ -238,7 +257,11 @@ pub struct Frame {
 
 impl Frame {
     pub fn new(command: Command) -> Frame {
-        Frame { command, headers: Headers::new(), body: Bytes::new() }
+        Frame {
+            command,
+            headers: Headers::new(),
+            body: Bytes::new(),
+        }
     }
 
     /// Builder-style: adds a header.

@@ -26,7 +26,12 @@ impl PreparedMessage {
     /// a `content-length` among them is ignored (the real one is written).
     pub fn new(headers: Headers, body: Bytes) -> PreparedMessage {
         let body_is_utf8 = std::str::from_utf8(&body).is_ok();
-        PreparedMessage { headers, body, body_is_utf8, encoded_headers: Default::default() }
+        PreparedMessage {
+            headers,
+            body,
+            body_is_utf8,
+            encoded_headers: Default::default(),
+        }
     }
 
     pub fn headers(&self) -> &Headers {
@@ -73,7 +78,13 @@ impl PreparedMessage {
     }
 
     /// Writes the whole MESSAGE frame for one subscriber.
-    pub fn write_for(&self, version: Version, subscription: &str, ack: Option<&str>, out: &mut BytesMut) {
+    pub fn write_for(
+        &self,
+        version: Version,
+        subscription: &str,
+        ack: Option<&str>,
+        out: &mut BytesMut,
+    ) {
         out.reserve(self.len_for(version, subscription, ack));
         out.put_slice(b"MESSAGE\nsubscription:");
         write_escaped(subscription, version, true, out);

@@ -9,7 +9,12 @@ use bytes::BytesMut;
 use common::*;
 use stompede_protocol::{encode, DecodeError, Decoder, Item, Limits, Version};
 
-const LIMITS: Limits = Limits { max_headers: 8, max_header_line: 64, max_body_bytes: 256, max_frame_bytes: 512 };
+const LIMITS: Limits = Limits {
+    max_headers: 8,
+    max_header_line: 64,
+    max_body_bytes: 256,
+    max_frame_bytes: 512,
+};
 
 fn replay(data: &[u8]) -> Outcome {
     let (&control, input) = data.split_first().expect("non-empty input");
@@ -17,15 +22,24 @@ fn replay(data: &[u8]) -> Outcome {
     let chunk = usize::from(control / 3) % 17 + 1;
     let whole = decode_whole(input, LIMITS, version);
     for size in [1, chunk] {
-        assert_eq!(decode_chunks(input.chunks(size), LIMITS, version), whole, "chunks of {size}");
+        assert_eq!(
+            decode_chunks(input.chunks(size), LIMITS, version),
+            whole,
+            "chunks of {size}"
+        );
     }
     for item in &whole.items {
         if let Item::Frame(frame) = item {
             let mut out = BytesMut::new();
             encode(frame, version, &mut out);
-            let mut decoder = Decoder::new(Limits { max_headers: 9, ..Limits::default() });
+            let mut decoder = Decoder::new(Limits {
+                max_headers: 9,
+                ..Limits::default()
+            });
             decoder.set_version(version);
-            let Ok(Some(Item::Frame(mut again))) = decoder.decode(&mut out) else { panic!("re-encoded frame does not decode") };
+            let Ok(Some(Item::Frame(mut again))) = decoder.decode(&mut out) else {
+                panic!("re-encoded frame does not decode")
+            };
             let mut frame = frame.clone();
             frame.headers.remove("content-length");
             again.headers.remove("content-length");
@@ -72,10 +86,16 @@ fn body_limit_vs_frame_limit_does_not_depend_on_chunking() {
     input.extend(std::iter::repeat_n(b'b', 300));
     input.push(0);
     let limits = LIMITS;
-    assert_eq!(decode_every_way(&input, limits, Version::V1_2).end, Err(DecodeError::FrameTooLarge(512)));
+    assert_eq!(
+        decode_every_way(&input, limits, Version::V1_2).end,
+        Err(DecodeError::FrameTooLarge(512))
+    );
     // One byte under the frame limit's bound is fine.
     input.truncate(start + 512 - start - 1);
     input.push(0);
     assert_eq!(input.len(), 512);
-    assert_eq!(decode_every_way(&input, limits, Version::V1_2).items.len(), 1);
+    assert_eq!(
+        decode_every_way(&input, limits, Version::V1_2).items.len(),
+        1
+    );
 }

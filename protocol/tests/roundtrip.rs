@@ -8,7 +8,9 @@ use bytes::{Bytes, BytesMut};
 use common::*;
 use proptest::collection::vec;
 use proptest::prelude::*;
-use stompede_protocol::{encode, encoded_len, Command, Frame, Headers, Item, Limits, PreparedMessage, Version};
+use stompede_protocol::{
+    encode, encoded_len, Command, Frame, Headers, Item, Limits, PreparedMessage, Version,
+};
 
 /// Header text that `version` can carry for `command`: anything when the
 /// command escapes headers on 1.2; on 1.1 no CR (it has no `\r` escape);
@@ -16,7 +18,11 @@ use stompede_protocol::{encode, encoded_len, Command, Frame, Headers, Item, Limi
 /// no colon in names.
 fn header_text(command: Command, version: Version, is_name: bool) -> BoxedStrategy<String> {
     let escaped = command.escapes_headers();
-    let any = if is_name { "\\PC{0,12}|[\\\\:\\r\\n]{0,3}" } else { "\\PC{0,24}|.*[\\\\:\\r\\n].*" };
+    let any = if is_name {
+        "\\PC{0,12}|[\\\\:\\r\\n]{0,3}"
+    } else {
+        "\\PC{0,24}|.*[\\\\:\\r\\n].*"
+    };
     match (escaped, version) {
         (true, Version::V1_2) => prop_oneof![any_string(), any.prop_map(String::from)].boxed(),
         _ => {
@@ -56,12 +62,17 @@ fn command() -> impl Strategy<Value = Command> {
 /// A frame `version` can carry, with the version.
 fn frame_for(version: Version) -> impl Strategy<Value = Frame> {
     command().prop_flat_map(move |command| {
-        let header = (header_text(command, version, true), header_text(command, version, false));
-        (vec(header, 0..8), vec(any::<u8>(), 0..64), Just(command)).prop_map(|(headers, body, command)| Frame {
-            command,
-            headers: headers.into_iter().collect(),
-            body: Bytes::from(body),
-        })
+        let header = (
+            header_text(command, version, true),
+            header_text(command, version, false),
+        );
+        (vec(header, 0..8), vec(any::<u8>(), 0..64), Just(command)).prop_map(
+            |(headers, body, command)| Frame {
+                command,
+                headers: headers.into_iter().collect(),
+                body: Bytes::from(body),
+            },
+        )
     })
 }
 
@@ -73,15 +84,26 @@ fn versioned_frames() -> impl Strategy<Value = (Version, Vec<Frame>)> {
 /// `content-length` header and writes the real one last when the body is
 /// not empty; the decoder keeps it among the headers.
 fn expected(frame: &Frame) -> Frame {
-    let mut headers: Headers = frame.headers.iter().filter(|(k, _)| *k != "content-length").collect();
+    let mut headers: Headers = frame
+        .headers
+        .iter()
+        .filter(|(k, _)| *k != "content-length")
+        .collect();
     if !frame.body.is_empty() {
         headers.push("content-length", frame.body.len().to_string());
     }
-    Frame { command: frame.command, headers, body: frame.body.clone() }
+    Frame {
+        command: frame.command,
+        headers,
+        body: frame.body.clone(),
+    }
 }
 
 fn wide_limits() -> Limits {
-    Limits { max_headers: 16, ..Limits::default() }
+    Limits {
+        max_headers: 16,
+        ..Limits::default()
+    }
 }
 
 proptest! {

@@ -15,7 +15,10 @@ use stompede_protocol::{Command, Frame, Item, Limits, Version};
 fn connect() {
     let f = decode_one(b"CONNECT\naccept-version:1.2\nhost:stomp.github.org\n\n\0");
     assert_eq!(f.command, Command::Connect);
-    assert_eq!(headers_of(&f), [("accept-version", "1.2"), ("host", "stomp.github.org")]);
+    assert_eq!(
+        headers_of(&f),
+        [("accept-version", "1.2"), ("host", "stomp.github.org")]
+    );
     assert!(f.body.is_empty());
 }
 
@@ -35,7 +38,10 @@ fn connect_with_login_and_heart_beat() {
 fn stomp() {
     let f = decode_one(b"STOMP\naccept-version:1.2\nhost:stomp.github.org\n\n\0");
     assert_eq!(f.command, Command::Stomp);
-    assert_eq!(headers_of(&f), [("accept-version", "1.2"), ("host", "stomp.github.org")]);
+    assert_eq!(
+        headers_of(&f),
+        [("accept-version", "1.2"), ("host", "stomp.github.org")]
+    );
 }
 
 #[test]
@@ -43,7 +49,9 @@ fn connected() {
     let f = decode_one(b"CONNECTED\nversion:1.2\n\n\0");
     assert_eq!(f.command, Command::Connected);
     assert_eq!(headers_of(&f), [("version", "1.2")]);
-    let f = decode_one(b"CONNECTED\nversion:1.2\nsession:abc\nserver:stompede/0.1\nheart-beat:10000,10000\n\n\0");
+    let f = decode_one(
+        b"CONNECTED\nversion:1.2\nsession:abc\nserver:stompede/0.1\nheart-beat:10000,10000\n\n\0",
+    );
     assert_eq!(f.headers.get("heart-beat"), Some("10000,10000"));
     assert_eq!(f.headers.get("server"), Some("stompede/0.1"));
 }
@@ -52,14 +60,20 @@ fn connected() {
 fn send_with_content_type() {
     let f = decode_one(b"SEND\ndestination:/queue/a\ncontent-type:text/plain\n\nhello queue a\n\0");
     assert_eq!(f.command, Command::Send);
-    assert_eq!(headers_of(&f), [("destination", "/queue/a"), ("content-type", "text/plain")]);
+    assert_eq!(
+        headers_of(&f),
+        [("destination", "/queue/a"), ("content-type", "text/plain")]
+    );
     assert_eq!(&f.body[..], b"hello queue a\n");
 }
 
 #[test]
 fn send_with_receipt() {
     let f = decode_one(b"SEND\ndestination:/queue/a\nreceipt:message-12345\n\nhello queue a\0");
-    assert_eq!(headers_of(&f), [("destination", "/queue/a"), ("receipt", "message-12345")]);
+    assert_eq!(
+        headers_of(&f),
+        [("destination", "/queue/a"), ("receipt", "message-12345")]
+    );
     assert_eq!(&f.body[..], b"hello queue a");
 }
 
@@ -72,7 +86,9 @@ fn send_with_content_length_and_nul_in_body() {
 
 #[test]
 fn send_in_a_transaction() {
-    let f = decode_one(b"SEND\ndestination:/queue/a\ntransaction:tx1\ncontent-type:text/plain\n\nhello queue a\0");
+    let f = decode_one(
+        b"SEND\ndestination:/queue/a\ntransaction:tx1\ncontent-type:text/plain\n\nhello queue a\0",
+    );
     assert_eq!(f.headers.get("transaction"), Some("tx1"));
 }
 
@@ -82,7 +98,10 @@ fn subscribe_with_each_ack_mode() {
         let input = format!("SUBSCRIBE\nid:0\ndestination:/queue/foo\nack:{ack}\n\n\0");
         let f = decode_one(input.as_bytes());
         assert_eq!(f.command, Command::Subscribe);
-        assert_eq!(headers_of(&f), [("id", "0"), ("destination", "/queue/foo"), ("ack", ack)]);
+        assert_eq!(
+            headers_of(&f),
+            [("id", "0"), ("destination", "/queue/foo"), ("ack", ack)]
+        );
     }
     let f = decode_one(b"SUBSCRIBE\nid:0\ndestination:/queue/foo\n\n\0");
     assert_eq!(f.headers.get("ack"), None);
@@ -105,12 +124,19 @@ fn ack_and_nack() {
     assert_eq!(headers_of(&f), [("id", "12345"), ("transaction", "tx1")]);
     // STOMP 1.1 ACK names the subscription and the message id.
     let f = decode_one_as(b"ACK\nsubscription:0\nmessage-id:007\n\n\0", Version::V1_1);
-    assert_eq!(headers_of(&f), [("subscription", "0"), ("message-id", "007")]);
+    assert_eq!(
+        headers_of(&f),
+        [("subscription", "0"), ("message-id", "007")]
+    );
 }
 
 #[test]
 fn begin_commit_abort() {
-    for (wire, command) in [("BEGIN", Command::Begin), ("COMMIT", Command::Commit), ("ABORT", Command::Abort)] {
+    for (wire, command) in [
+        ("BEGIN", Command::Begin),
+        ("COMMIT", Command::Commit),
+        ("ABORT", Command::Abort),
+    ] {
         let f = decode_one(format!("{wire}\ntransaction:tx1\n\n\0").as_bytes());
         assert_eq!(f.command, command);
         assert_eq!(headers_of(&f), [("transaction", "tx1")]);
@@ -135,14 +161,21 @@ fn message() {
     assert_eq!(f.command, Command::Message);
     assert_eq!(
         headers_of(&f),
-        [("subscription", "0"), ("message-id", "007"), ("destination", "/queue/a"), ("content-type", "text/plain")]
+        [
+            ("subscription", "0"),
+            ("message-id", "007"),
+            ("destination", "/queue/a"),
+            ("content-type", "text/plain")
+        ]
     );
     assert_eq!(&f.body[..], b"hello queue a");
 }
 
 #[test]
 fn message_with_ack_header() {
-    let f = decode_one(b"MESSAGE\nsubscription:0\nmessage-id:007\ndestination:/queue/a\nack:a-1\n\nhi\0");
+    let f = decode_one(
+        b"MESSAGE\nsubscription:0\nmessage-id:007\ndestination:/queue/a\nack:a-1\n\nhi\0",
+    );
     assert_eq!(f.headers.get("ack"), Some("a-1"));
 }
 
@@ -175,7 +208,10 @@ fn error_for_version_negotiation() {
 fn repeated_headers_keep_order_and_first_wins() {
     let f = decode_one(b"MESSAGE\nfoo:World\nfoo:Hello\n\n\0");
     assert_eq!(f.headers.get("foo"), Some("World"));
-    assert_eq!(f.headers.get_all("foo").collect::<Vec<_>>(), ["World", "Hello"]);
+    assert_eq!(
+        f.headers.get_all("foo").collect::<Vec<_>>(),
+        ["World", "Hello"]
+    );
     assert_eq!(f.headers.len(), 2);
 }
 
@@ -187,8 +223,12 @@ fn repeated_content_length_first_wins() {
 
 #[test]
 fn crlf_line_endings() {
-    let f = decode_one(b"SEND\r\ndestination:/queue/a\r\ncontent-type:text/plain\r\n\r\nhello\r\n\0");
-    assert_eq!(headers_of(&f), [("destination", "/queue/a"), ("content-type", "text/plain")]);
+    let f =
+        decode_one(b"SEND\r\ndestination:/queue/a\r\ncontent-type:text/plain\r\n\r\nhello\r\n\0");
+    assert_eq!(
+        headers_of(&f),
+        [("destination", "/queue/a"), ("content-type", "text/plain")]
+    );
     assert_eq!(&f.body[..], b"hello\r\n");
 }
 
@@ -196,7 +236,10 @@ fn crlf_line_endings() {
 fn header_values_keep_spaces_and_colons() {
     // No trimming; only the first colon separates name from value.
     let f = decode_one(b"CONNECT\nhost: stomp.github.org \nlogin:a:b\n\n\0");
-    assert_eq!(headers_of(&f), [("host", " stomp.github.org "), ("login", "a:b")]);
+    assert_eq!(
+        headers_of(&f),
+        [("host", " stomp.github.org "), ("login", "a:b")]
+    );
     let f = decode_one(b"SEND\nempty:\n:no-name\n\n\0");
     assert_eq!(headers_of(&f), [("empty", ""), ("", "no-name")]);
 }
@@ -279,7 +322,11 @@ fn partial_frame_is_not_consumed_and_completes_later() {
     for at in 0..input.len() {
         let outcome = decode_whole(&input[..at], Limits::default(), Version::V1_2);
         assert_eq!(outcome.items, []);
-        assert_eq!(outcome.end, Ok(at), "a partial frame of {at} bytes stays in the buffer");
+        assert_eq!(
+            outcome.end,
+            Ok(at),
+            "a partial frame of {at} bytes stays in the buffer"
+        );
     }
 }
 
@@ -287,15 +334,21 @@ fn partial_frame_is_not_consumed_and_completes_later() {
 fn body_is_not_copied() {
     use bytes::BytesMut;
     use stompede_protocol::Decoder;
-    let mut buf = BytesMut::from(&b"SEND\ndestination:/a\ncontent-length:5\n\nhello\0SEND\n\nworld\0"[..]);
+    let mut buf =
+        BytesMut::from(&b"SEND\ndestination:/a\ncontent-length:5\n\nhello\0SEND\n\nworld\0"[..]);
     let start = buf.as_ptr() as usize;
     let end = start + buf.len();
     let mut decoder = Decoder::new(Limits::default());
     for expected in [&b"hello"[..], b"world"] {
-        let Some(Item::Frame(f)) = decoder.decode(&mut buf).unwrap() else { panic!("expected a frame") };
+        let Some(Item::Frame(f)) = decoder.decode(&mut buf).unwrap() else {
+            panic!("expected a frame")
+        };
         assert_eq!(&f.body[..], expected);
         let p = f.body.as_ptr() as usize;
-        assert!(start <= p && p + f.body.len() <= end, "the body must point into the read buffer");
+        assert!(
+            start <= p && p + f.body.len() <= end,
+            "the body must point into the read buffer"
+        );
     }
 }
 
@@ -312,7 +365,9 @@ mod escaping {
 
     #[test]
     fn v1_1_has_no_cr_escape() {
-        let err = decode_every_way(ESCAPED, Limits::default(), Version::V1_1).end.unwrap_err();
+        let err = decode_every_way(ESCAPED, Limits::default(), Version::V1_1)
+            .end
+            .unwrap_err();
         assert_eq!(err, stompede_protocol::DecodeError::UndefinedEscape('r'));
         let f = decode_one_as(b"MESSAGE\nfoo\\cbar:a\\nb\\\\c\n\n\0", Version::V1_1);
         assert_eq!(headers_of(&f), [("foo:bar", "a\nb\\c")]);
@@ -333,7 +388,10 @@ mod escaping {
             let input = format!("{command}\nlogin:a\\cb\\t\\\npasscode:x\\ny\n\n\0");
             for version in [Version::V1_0, Version::V1_1, Version::V1_2] {
                 let f = decode_one_as(input.as_bytes(), version);
-                assert_eq!(headers_of(&f), [("login", "a\\cb\\t\\"), ("passcode", "x\\ny")]);
+                assert_eq!(
+                    headers_of(&f),
+                    [("login", "a\\cb\\t\\"), ("passcode", "x\\ny")]
+                );
             }
         }
     }
@@ -348,8 +406,14 @@ mod escaping {
             encode(&f, v, &mut out);
             out
         };
-        assert_eq!(&enc(Version::V1_2)[..], b"MESSAGE\nk\\c\\\\:a\\cb\\nc\\\\d\\re\n\n\0");
-        assert_eq!(&enc(Version::V1_1)[..], b"MESSAGE\nk\\c\\\\:a\\cb\\nc\\\\d\re\n\n\0");
+        assert_eq!(
+            &enc(Version::V1_2)[..],
+            b"MESSAGE\nk\\c\\\\:a\\cb\\nc\\\\d\\re\n\n\0"
+        );
+        assert_eq!(
+            &enc(Version::V1_1)[..],
+            b"MESSAGE\nk\\c\\\\:a\\cb\\nc\\\\d\re\n\n\0"
+        );
         assert_eq!(&enc(Version::V1_0)[..], b"MESSAGE\nk:\\:a:b\nc\\d\re\n\n\0");
     }
 
@@ -386,7 +450,15 @@ mod encoding {
         assert_eq!(&encoded(&f)[..], b"CONNECTED\nversion:1.2\n\n\0");
         let f = frame(Command::Receipt, &[("receipt-id", "77")], b"");
         assert_eq!(&encoded(&f)[..], b"RECEIPT\nreceipt-id:77\n\n\0");
-        let f = frame(Command::Message, &[("subscription", "0"), ("message-id", "007"), ("destination", "/queue/a")], b"hello queue a");
+        let f = frame(
+            Command::Message,
+            &[
+                ("subscription", "0"),
+                ("message-id", "007"),
+                ("destination", "/queue/a"),
+            ],
+            b"hello queue a",
+        );
         assert_eq!(
             &encoded(&f)[..],
             b"MESSAGE\nsubscription:0\nmessage-id:007\ndestination:/queue/a\ncontent-length:13\n\nhello queue a\0"
@@ -395,18 +467,35 @@ mod encoding {
 
     #[test]
     fn content_length_is_rewritten_not_trusted() {
-        let f = frame(Command::Send, &[("content-length", "999"), ("destination", "/a")], b"a\0b");
-        assert_eq!(&encoded(&f)[..], b"SEND\ndestination:/a\ncontent-length:3\n\na\0b\0");
+        let f = frame(
+            Command::Send,
+            &[("content-length", "999"), ("destination", "/a")],
+            b"a\0b",
+        );
+        assert_eq!(
+            &encoded(&f)[..],
+            b"SEND\ndestination:/a\ncontent-length:3\n\na\0b\0"
+        );
         let f = frame(Command::Send, &[("content-length", "999")], b"");
         assert_eq!(&encoded(&f)[..], b"SEND\n\n\0");
     }
 
     #[test]
     fn error_frame_round_trips() {
-        let f = frame(Command::Error, &[("message", "malformed frame received")], ERROR_BODY.as_bytes());
+        let f = frame(
+            Command::Error,
+            &[("message", "malformed frame received")],
+            ERROR_BODY.as_bytes(),
+        );
         let back = decode_one(&encoded(&f));
-        assert_eq!(back.headers.get("message"), Some("malformed frame received"));
-        assert_eq!(back.headers.get("content-length"), Some(&*ERROR_BODY.len().to_string()));
+        assert_eq!(
+            back.headers.get("message"),
+            Some("malformed frame received")
+        );
+        assert_eq!(
+            back.headers.get("content-length"),
+            Some(&*ERROR_BODY.len().to_string())
+        );
         assert_eq!(back.body, f.body);
     }
 
@@ -419,20 +508,32 @@ mod encoding {
 
     #[test]
     fn prepared_message_stamps_subscription_and_ack() {
-        let headers = [("destination", "/topic/comments.42"), ("message-id", "m-1"), ("subscription", "spoof"), ("content-length", "1")]
-            .into_iter()
-            .collect();
+        let headers = [
+            ("destination", "/topic/comments.42"),
+            ("message-id", "m-1"),
+            ("subscription", "spoof"),
+            ("content-length", "1"),
+        ]
+        .into_iter()
+        .collect();
         let msg = PreparedMessage::new(headers, bytes::Bytes::from_static(b"{\"text\":\"hi\"}"));
         assert!(msg.body_is_utf8());
         let mut out = BytesMut::new();
         msg.write_for(Version::V1_2, "sub:1", Some("ack-7"), &mut out);
-        assert_eq!(out.len(), msg.len_for(Version::V1_2, "sub:1", Some("ack-7")));
+        assert_eq!(
+            out.len(),
+            msg.len_for(Version::V1_2, "sub:1", Some("ack-7"))
+        );
         assert_eq!(
             &out[..],
             &b"MESSAGE\nsubscription:sub\\c1\nack:ack-7\ndestination:/topic/comments.42\nmessage-id:m-1\nsubscription:spoof\ncontent-length:13\n\n{\"text\":\"hi\"}\0"[..]
         );
         let f = decode_one(&out);
-        assert_eq!(f.headers.get("subscription"), Some("sub:1"), "the stamped subscription wins");
+        assert_eq!(
+            f.headers.get("subscription"),
+            Some("sub:1"),
+            "the stamped subscription wins"
+        );
         // Two subscribers in one buffer, one without ack, one on STOMP 1.0.
         let mut out = BytesMut::new();
         msg.write_for(Version::V1_2, "a", None, &mut out);
@@ -446,7 +547,10 @@ mod encoding {
 
     #[test]
     fn prepared_message_with_empty_and_binary_body() {
-        let msg = PreparedMessage::new([("destination", "/a")].into_iter().collect(), bytes::Bytes::from_static(b"\xff\0"));
+        let msg = PreparedMessage::new(
+            [("destination", "/a")].into_iter().collect(),
+            bytes::Bytes::from_static(b"\xff\0"),
+        );
         assert!(!msg.body_is_utf8());
         let mut out = BytesMut::new();
         msg.write_for(Version::V1_2, "0", None, &mut out);

@@ -32,7 +32,11 @@ struct PublishRequest {
     headers: BTreeMap<String, String>,
 }
 
-pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request<Incoming>) -> HttpResponse {
+pub async fn handle(
+    broker: Arc<Broker>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> HttpResponse {
     if let Err(response) = authorize(&broker, peer, &request) {
         return response;
     }
@@ -65,7 +69,11 @@ pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request<Inco
     }
 }
 
-fn authorize(broker: &Broker, peer: SocketAddr, request: &Request<Incoming>) -> Result<(), HttpResponse> {
+fn authorize(
+    broker: &Broker,
+    peer: SocketAddr,
+    request: &Request<Incoming>,
+) -> Result<(), HttpResponse> {
     let tokens = &broker.config.api_tokens;
     if tokens.is_empty() {
         if peer.ip().is_loopback() || peer.ip().to_canonical().is_loopback() {
@@ -83,15 +91,23 @@ fn authorize(broker: &Broker, peer: SocketAddr, request: &Request<Incoming>) -> 
         .and_then(|value| value.strip_prefix("Bearer "));
     match given {
         None => {
-            let mut response = error(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer token");
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "missing Authorization: Bearer token",
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
             Err(response)
         }
         Some(given) => {
             // Every configured token is compared in full (no early exit), so
             // the time taken says neither which token matched nor how much of one.
             let given = given.trim();
-            let known = tokens.iter().fold(false, |found, token| found | constant_time_eq(given, token));
+            let known = tokens
+                .iter()
+                .fold(false, |found, token| found | constant_time_eq(given, token));
             if known {
                 Ok(())
             } else {
@@ -103,7 +119,12 @@ fn authorize(broker: &Broker, peer: SocketAddr, request: &Request<Incoming>) -> 
 
 async fn read_body(broker: &Broker, request: Request<Incoming>) -> Result<Bytes, HttpResponse> {
     let limit = broker.config.max_request_bytes;
-    let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds {limit} bytes (max-request-bytes)"));
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds {limit} bytes (max-request-bytes)"),
+        )
+    };
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -115,14 +136,25 @@ async fn read_body(broker: &Broker, request: Request<Incoming>) -> Result<Bytes,
     match Limited::new(request.into_body(), limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(error(StatusCode::BAD_REQUEST, format!("cannot read request body: {e}"))),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read request body: {e}"),
+        )),
     }
 }
 
-fn publish(broker: &Broker, request: PublishRequest, broadcast: bool) -> Result<HttpResponse, String> {
+fn publish(
+    broker: &Broker,
+    request: PublishRequest,
+    broadcast: bool,
+) -> Result<HttpResponse, String> {
     let destinations: Vec<String> = match (broadcast, request.destination, request.destinations) {
         (false, Some(destination), None) => vec![destination],
-        (false, _, _) => return Err("publish needs \"destination\" (use /api/v1/broadcast for \"destinations\")".into()),
+        (false, _, _) => {
+            return Err(
+                "publish needs \"destination\" (use /api/v1/broadcast for \"destinations\")".into(),
+            )
+        }
         (true, None, Some(mut destinations)) => {
             destinations.sort();
             destinations.dedup();
@@ -131,13 +163,18 @@ fn publish(broker: &Broker, request: PublishRequest, broadcast: bool) -> Result<
             }
             destinations
         }
-        (true, _, _) => return Err("broadcast needs \"destinations\" (a list), not \"destination\"".into()),
+        (true, _, _) => {
+            return Err("broadcast needs \"destinations\" (a list), not \"destination\"".into())
+        }
     };
     for destination in &destinations {
-        destination::validate(destination).map_err(|reason| format!("{reason}: {destination:?}"))?;
+        destination::validate(destination)
+            .map_err(|reason| format!("{reason}: {destination:?}"))?;
     }
     let (body, default_content_type) = match (request.body, request.body_base64) {
-        (Some(serde_json::Value::String(text)), None) => (Bytes::from(text), "text/plain;charset=utf-8"),
+        (Some(serde_json::Value::String(text)), None) => {
+            (Bytes::from(text), "text/plain;charset=utf-8")
+        }
         (Some(value), None) => (Bytes::from(value.to_string()), "application/json"),
         (None, Some(encoded)) => (
             base64::engine::general_purpose::STANDARD
@@ -147,22 +184,32 @@ fn publish(broker: &Broker, request: PublishRequest, broadcast: bool) -> Result<
             "application/octet-stream",
         ),
         (None, None) => return Err("missing \"body\" (or \"body_base64\")".into()),
-        (Some(_), Some(_)) => return Err("give either \"body\" or \"body_base64\", not both".into()),
+        (Some(_), Some(_)) => {
+            return Err("give either \"body\" or \"body_base64\", not both".into())
+        }
     };
     let max_body = broker.config.max_frame_bytes;
     if body.len() > max_body {
-        return Err(format!("message body is {} bytes; the limit is {max_body} (max-frame-bytes)", body.len()));
+        return Err(format!(
+            "message body is {} bytes; the limit is {max_body} (max-frame-bytes)",
+            body.len()
+        ));
     }
     let mut headers = Headers::with_capacity(request.headers.len() + 1);
     if !request.headers.contains_key("content-type") {
         headers.push("content-type", default_content_type);
     }
     if request.headers.len() > broker.config.max_headers {
-        return Err(format!("too many headers: at most {}", broker.config.max_headers));
+        return Err(format!(
+            "too many headers: at most {}",
+            broker.config.max_headers
+        ));
     }
     for (name, value) in request.headers {
         if name.is_empty() || name.chars().chain(value.chars()).any(char::is_control) {
-            return Err(format!("header {name:?} must be non-empty and contain no control characters"));
+            return Err(format!(
+                "header {name:?} must be non-empty and contain no control characters"
+            ));
         }
         if !fanout::is_reserved(&name) {
             headers.push(name, value);
@@ -179,7 +226,12 @@ fn publish(broker: &Broker, request: PublishRequest, broadcast: bool) -> Result<
 fn destination_info(broker: &Broker, encoded: &str) -> HttpResponse {
     let destination = match percent_encoding::percent_decode_str(encoded).decode_utf8() {
         Ok(destination) => destination,
-        Err(_) => return error(StatusCode::BAD_REQUEST, "destination is not valid UTF-8 once percent-decoded"),
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "destination is not valid UTF-8 once percent-decoded",
+            )
+        }
     };
     if let Err(reason) = destination::validate(&destination) {
         return error(StatusCode::BAD_REQUEST, reason);

@@ -14,13 +14,23 @@ use std::sync::Arc;
 pub type HttpResponse = Response<Full<Bytes>>;
 
 /// Routes one request and counts it in the HTTP metrics.
-pub async fn route(broker: Arc<Broker>, peer: SocketAddr, request: Request<Incoming>) -> HttpResponse {
+pub async fn route(
+    broker: Arc<Broker>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> HttpResponse {
     let started = std::time::Instant::now();
     let label = route_label(&broker, request.uri().path());
     let response = dispatch(broker.clone(), peer, request).await;
     let metrics = &broker.metrics;
-    metrics.http_requests.with_label_values(&[label, response.status().as_str()]).inc();
-    metrics.http_duration.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
+    metrics
+        .http_requests
+        .with_label_values(&[label, response.status().as_str()])
+        .inc();
+    metrics
+        .http_duration
+        .with_label_values(&[label])
+        .observe(started.elapsed().as_secs_f64());
     response
 }
 
@@ -38,13 +48,19 @@ fn route_label(broker: &Broker, path: &str) -> &'static str {
     }
 }
 
-async fn dispatch(broker: Arc<Broker>, peer: SocketAddr, request: Request<Incoming>) -> HttpResponse {
+async fn dispatch(
+    broker: Arc<Broker>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> HttpResponse {
     let path = request.uri().path();
     if path == broker.config.ws_path {
         return upgrade::handle(broker, peer, request);
     }
     match (request.method(), path) {
-        (&Method::GET | &Method::HEAD, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+        (&Method::GET | &Method::HEAD, "/healthz") => {
+            json(StatusCode::OK, serde_json::json!({"status": "ok"}))
+        }
         (&Method::GET | &Method::HEAD, "/readyz") => readiness(&broker),
         (&Method::GET, "/metrics") => metrics(&broker),
         (_, "/healthz" | "/readyz" | "/metrics") => method_not_allowed("GET"),
@@ -54,7 +70,10 @@ async fn dispatch(broker: Arc<Broker>, peer: SocketAddr, request: Request<Incomi
 }
 
 fn metrics(broker: &Broker) -> HttpResponse {
-    broker.metrics.destinations.set(broker.registry.destination_count() as i64);
+    broker
+        .metrics
+        .destinations
+        .set(broker.registry.destination_count() as i64);
     Response::builder()
         .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
         .body(Full::new(Bytes::from(broker.metrics.render())))
@@ -85,7 +104,12 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
 }
 
 pub fn method_not_allowed(allow: &'static str) -> HttpResponse {
-    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, format!("method not allowed; use {allow}"));
-    response.headers_mut().insert("allow", hyper::header::HeaderValue::from_static(allow));
+    let mut response = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed; use {allow}"),
+    );
+    response
+        .headers_mut()
+        .insert("allow", hyper::header::HeaderValue::from_static(allow));
     response
 }

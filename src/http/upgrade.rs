@@ -18,17 +18,36 @@ use tracing::Instrument;
 /// STOMP subprotocols, best first.
 const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
 
-pub fn handle(broker: Arc<Broker>, peer: std::net::SocketAddr, request: Request<Incoming>) -> HttpResponse {
+pub fn handle(
+    broker: Arc<Broker>,
+    peer: std::net::SocketAddr,
+    request: Request<Incoming>,
+) -> HttpResponse {
     if request.method() != Method::GET {
         return super::method_not_allowed("GET");
     }
     let headers = request.headers();
-    if !header_has_token(headers, header::UPGRADE, "websocket") || !header_has_token(headers, header::CONNECTION, "upgrade") {
-        return error(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade request (Upgrade: websocket)");
+    if !header_has_token(headers, header::UPGRADE, "websocket")
+        || !header_has_token(headers, header::CONNECTION, "upgrade")
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade request (Upgrade: websocket)",
+        );
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
-        let mut response = error(StatusCode::UPGRADE_REQUIRED, "unsupported WebSocket version; use 13");
-        response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        let mut response = error(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported WebSocket version; use 13",
+        );
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         return response;
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
@@ -54,7 +73,10 @@ pub fn handle(broker: Arc<Broker>, peer: std::net::SocketAddr, request: Request<
     let ip_slot = if config.max_connections_per_ip == 0 || exempt {
         None
     } else {
-        match broker.sessions_per_ip.try_acquire(peer.ip(), config.max_connections_per_ip) {
+        match broker
+            .sessions_per_ip
+            .try_acquire(peer.ip(), config.max_connections_per_ip)
+        {
             Some(ip_slot) => Some(ip_slot),
             None => {
                 return error(
@@ -69,7 +91,10 @@ pub fn handle(broker: Arc<Broker>, peer: std::net::SocketAddr, request: Request<
         }
     };
     let Some(slot) = broker.try_open_session() else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "connection limit reached; try again later");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection limit reached; try again later",
+        );
     };
 
     let accept = derive_accept_key(key.as_bytes());
@@ -89,7 +114,12 @@ pub fn handle(broker: Arc<Broker>, peer: std::net::SocketAddr, request: Request<
         async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+                    let ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(ws_config),
+                    )
+                    .await;
                     connection::serve(slot, ws, connection_id).await;
                     drop(ip_slot);
                 }
@@ -107,7 +137,9 @@ pub fn handle(broker: Arc<Broker>, peer: std::net::SocketAddr, request: Request<
     if let Some(subprotocol) = subprotocol {
         response = response.header(header::SEC_WEBSOCKET_PROTOCOL, subprotocol);
     }
-    response.body(Full::default()).expect("static response parts are valid")
+    response
+        .body(Full::default())
+        .expect("static response parts are valid")
 }
 
 /// Whether a comma-separated header contains `token` (case-insensitive).
@@ -136,7 +168,11 @@ fn choose_subprotocol(headers: &HeaderMap) -> Result<Option<&'static str>, Strin
     }
     SUBPROTOCOLS
         .iter()
-        .find(|supported| offered.iter().any(|protocol| protocol.eq_ignore_ascii_case(supported)))
+        .find(|supported| {
+            offered
+                .iter()
+                .any(|protocol| protocol.eq_ignore_ascii_case(supported))
+        })
         .map(|supported| Some(*supported))
         .ok_or_else(|| offered.join(", "))
 }
@@ -149,15 +185,23 @@ fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), String> {
         return Ok(());
     };
     let origin = origin.to_str().unwrap_or_default();
-    if allowed.iter().any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(origin)) {
+    if allowed
+        .iter()
+        .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(origin))
+    {
         return Ok(());
     }
     if allowed.is_empty() {
-        let host = headers.get(header::HOST).and_then(|host| host.to_str().ok()).unwrap_or_default();
+        let host = headers
+            .get(header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .unwrap_or_default();
         let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
         if !host.is_empty() && origin_host.eq_ignore_ascii_case(host) {
             return Ok(());
         }
     }
-    Err(format!("origin {origin:?} is not allowed (see the allowed-origin setting)"))
+    Err(format!(
+        "origin {origin:?} is not allowed (see the allowed-origin setting)"
+    ))
 }

@@ -44,7 +44,10 @@ where
     let broker = slot.broker().clone();
     let config = &broker.config;
     let metrics = &broker.metrics;
-    let outbox = Arc::new(Outbox::new(config.outbound_queue_frames, config.outbound_queue_bytes));
+    let outbox = Arc::new(Outbox::new(
+        config.outbound_queue_frames,
+        config.outbound_queue_bytes,
+    ));
     let mut session = Session::new(broker.clone(), connection_id, outbox.clone());
     let limits = Limits {
         max_headers: config.max_headers,
@@ -53,9 +56,14 @@ where
         max_frame_bytes: config.max_frame_bytes,
     };
     // Until CONNECT succeeds, frames get the smaller `max-frame-bytes-before-connect` budget.
-    let before_connect = config.max_frame_bytes_before_connect.min(config.max_frame_bytes);
-    let mut decoder =
-        Decoder::new(Limits { max_body_bytes: before_connect, max_frame_bytes: before_connect, ..limits });
+    let before_connect = config
+        .max_frame_bytes_before_connect
+        .min(config.max_frame_bytes);
+    let mut decoder = Decoder::new(Limits {
+        max_body_bytes: before_connect,
+        max_frame_bytes: before_connect,
+        ..limits
+    });
     let mut writer = Writer::new(config.ws_write_buffer_bytes);
     let mut inbound = BytesMut::new();
     let mut replies = Vec::new();
@@ -184,10 +192,15 @@ where
     outbox.drain_into(&mut undelivered);
     metrics.outbound_queued.sub(undelivered.len() as i64);
     drop(undelivered);
-    metrics.subscriptions.sub(session.subscription_count() as i64);
+    metrics
+        .subscriptions
+        .sub(session.subscription_count() as i64);
     session.close();
     if let Some(version) = session.version() {
-        metrics.sessions.with_label_values(&[version.as_str()]).dec();
+        metrics
+            .sessions
+            .with_label_values(&[version.as_str()])
+            .dec();
     }
     let goodbye = match ending {
         Ending::Quiet => None,
@@ -209,14 +222,25 @@ where
 }
 
 /// Writes the ERROR frame (if any) and the close frame, each within `CLOSE_TIMEOUT`.
-async fn say_goodbye<S>(writer: &mut Writer, ws: &mut WebSocketStream<S>, error: Option<Frame>, code: CloseCode)
-where
+async fn say_goodbye<S>(
+    writer: &mut Writer,
+    ws: &mut WebSocketStream<S>,
+    error: Option<Frame>,
+    code: CloseCode,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     if let Some(frame) = error {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.write_frames(std::iter::once(frame), ws)).await;
+        let _ = tokio::time::timeout(
+            CLOSE_TIMEOUT,
+            writer.write_frames(std::iter::once(frame), ws),
+        )
+        .await;
     }
-    let close = CloseFrame { code, reason: Utf8Bytes::from_static("") };
+    let close = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(""),
+    };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(close))).await;
 }
 
@@ -224,13 +248,21 @@ where
 fn read_failed(error: &tokio_tungstenite::tungstenite::Error) -> Ending {
     use tokio_tungstenite::tungstenite::Error;
     let (message, code, reason) = match error {
-        Error::Utf8(_) => ("text WebSocket message is not valid UTF-8".to_owned(), CloseCode::Invalid, "invalid_utf8"),
-        Error::Capacity(capacity) => {
-            (format!("WebSocket message too large: {capacity} (ws-max-message-bytes)"), CloseCode::Size, "too_large")
-        }
-        Error::Protocol(protocol) => {
-            (format!("WebSocket protocol error: {protocol}"), CloseCode::Protocol, "websocket")
-        }
+        Error::Utf8(_) => (
+            "text WebSocket message is not valid UTF-8".to_owned(),
+            CloseCode::Invalid,
+            "invalid_utf8",
+        ),
+        Error::Capacity(capacity) => (
+            format!("WebSocket message too large: {capacity} (ws-max-message-bytes)"),
+            CloseCode::Size,
+            "too_large",
+        ),
+        Error::Protocol(protocol) => (
+            format!("WebSocket protocol error: {protocol}"),
+            CloseCode::Protocol,
+            "websocket",
+        ),
         _ => return Ending::Quiet,
     };
     Ending::Error(Session::error(message), code, reason)

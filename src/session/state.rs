@@ -57,7 +57,11 @@ struct Refusal {
 impl Refusal {
     /// A frame that breaks the protocol (the most common refusal).
     fn new(message: impl Into<String>) -> Refusal {
-        Refusal { message: message.into(), headers: Vec::new(), reason: "invalid_frame" }
+        Refusal {
+            message: message.into(),
+            headers: Vec::new(),
+            reason: "invalid_frame",
+        }
     }
 
     fn because(self, reason: &'static str) -> Refusal {
@@ -98,7 +102,12 @@ struct TokenBucket {
 impl TokenBucket {
     fn new(rate: f64, burst: u32) -> TokenBucket {
         let burst = f64::from(burst.max(1));
-        TokenBucket { rate, burst, tokens: burst, refilled: Instant::now() }
+        TokenBucket {
+            rate,
+            burst,
+            tokens: burst,
+            refilled: Instant::now(),
+        }
     }
 
     fn take(&mut self, now: Instant) -> bool {
@@ -116,7 +125,8 @@ impl TokenBucket {
 
 impl Session {
     pub fn new(broker: Arc<Broker>, connection_id: u64, outbox: Arc<Outbox>) -> Session {
-        let send_budget = TokenBucket::new(broker.config.max_sends_per_second, broker.config.send_burst);
+        let send_budget =
+            TokenBucket::new(broker.config.max_sends_per_second, broker.config.send_burst);
         Session {
             identity: Identity::Anonymous,
             send_budget,
@@ -182,16 +192,25 @@ impl Session {
 
     fn handle_connect(&mut self, frame: Frame, out: &mut Vec<Frame>) -> Outcome {
         if !matches!(frame.command, Command::Connect | Command::Stomp) {
-            return Err(Refusal::new(format!("expected a CONNECT or STOMP frame, got {}", frame.command)));
+            return Err(Refusal::new(format!(
+                "expected a CONNECT or STOMP frame, got {}",
+                frame.command
+            )));
         }
         let headers = &frame.headers;
         let version = match headers.get("accept-version") {
             None => Version::V1_0,
-            Some(list) => list.split(',').filter_map(Version::parse).max().ok_or_else(|| Refusal {
-                message: format!("no common protocol version: this server supports {SUPPORTED_VERSIONS}"),
-                headers: vec![("version", SUPPORTED_VERSIONS.to_owned())],
-                reason: "version",
-            })?,
+            Some(list) => list
+                .split(',')
+                .filter_map(Version::parse)
+                .max()
+                .ok_or_else(|| Refusal {
+                    message: format!(
+                        "no common protocol version: this server supports {SUPPORTED_VERSIONS}"
+                    ),
+                    headers: vec![("version", SUPPORTED_VERSIONS.to_owned())],
+                    reason: "version",
+                })?,
         };
         let identity = auth::authenticate(&self.broker.config, headers)
             .map_err(|message| Refusal::new(message).because("auth"))?;
@@ -201,7 +220,9 @@ impl Session {
             let (client_send, client_receive) = match headers.get("heart-beat") {
                 None => (Duration::ZERO, Duration::ZERO),
                 Some(value) => crate::config::parse_heartbeat(value).ok_or_else(|| {
-                    Refusal::new(format!("invalid heart-beat header {value:?}: expected two numbers, cx,cy"))
+                    Refusal::new(format!(
+                        "invalid heart-beat header {value:?}: expected two numbers, cx,cy"
+                    ))
                 })?,
             };
             self.heart_beats = HeartBeats {
@@ -210,7 +231,11 @@ impl Session {
             };
             connected = connected.header("version", version.as_str()).header(
                 "heart-beat",
-                format!("{},{}", config.heartbeat_send.as_millis(), config.heartbeat_receive.as_millis()),
+                format!(
+                    "{},{}",
+                    config.heartbeat_send.as_millis(),
+                    config.heartbeat_receive.as_millis()
+                ),
             );
         }
         connected = connected
@@ -234,7 +259,10 @@ impl Session {
             Command::Abort => self.abort(&frame),
             Command::Disconnect => Ok(()),
             Command::Connected | Command::Message | Command::Receipt | Command::Error => {
-                Err(Refusal::new(format!("{} is a server frame; a client may not send it", frame.command)))
+                Err(Refusal::new(format!(
+                    "{} is a server frame; a client may not send it",
+                    frame.command
+                )))
             }
         }
     }
@@ -242,9 +270,12 @@ impl Session {
     fn subscribe(&mut self, frame: &Frame, version: Version) -> Outcome {
         let destination = required(frame, "destination")?;
         destination::validate(destination).map_err(Refusal::new)?;
-        destination::check_subscribe(destination, &self.broker.config.subscribe_prefixes).map_err(forbidden)?;
+        destination::check_subscribe(destination, &self.broker.config.subscribe_prefixes)
+            .map_err(forbidden)?;
         if !self.identity.may_subscribe(destination) {
-            return Err(forbidden(format!("not allowed to subscribe to {destination:?}: the token does not grant it")));
+            return Err(forbidden(format!(
+                "not allowed to subscribe to {destination:?}: the token does not grant it"
+            )));
         }
         let id = match frame.headers.get("id") {
             Some(id) => id,
@@ -253,12 +284,16 @@ impl Session {
             None => return Err(missing(frame, "id")),
         };
         if self.subscriptions.contains_key(id) {
-            return Err(Refusal::new(format!("subscription id {id:?} is already in use in this session")));
+            return Err(Refusal::new(format!(
+                "subscription id {id:?} is already in use in this session"
+            )));
         }
         let limit = self.broker.config.max_subscriptions_per_session;
         if self.subscriptions.len() >= limit {
-            return Err(Refusal::new(format!("too many subscriptions: this server allows {limit} per session"))
-                .because("limit"));
+            return Err(Refusal::new(format!(
+                "too many subscriptions: this server allows {limit} per session"
+            ))
+            .because("limit"));
         }
         let ack = match frame.headers.get("ack").unwrap_or("auto") {
             "auto" => false,
@@ -269,11 +304,25 @@ impl Session {
                 )))
             }
         };
-        let key = SubscriberKey { connection: self.connection_id, sequence: self.next_subscription_sequence };
+        let key = SubscriberKey {
+            connection: self.connection_id,
+            sequence: self.next_subscription_sequence,
+        };
         self.next_subscription_sequence = self.next_subscription_sequence.wrapping_add(1);
-        let subscriber = Subscriber { outbox: self.outbox.clone(), subscription: Arc::from(id), ack, version };
+        let subscriber = Subscriber {
+            outbox: self.outbox.clone(),
+            subscription: Arc::from(id),
+            ack,
+            version,
+        };
         self.broker.registry.subscribe(destination, key, subscriber);
-        self.subscriptions.insert(id.to_owned(), SubscriptionEntry { destination: Arc::from(destination), key });
+        self.subscriptions.insert(
+            id.to_owned(),
+            SubscriptionEntry {
+                destination: Arc::from(destination),
+                key,
+            },
+        );
         Ok(())
     }
 
@@ -283,11 +332,12 @@ impl Session {
             (None, Version::V1_0) => required(frame, "destination")?,
             (None, _) => return Err(missing(frame, "id")),
         };
-        let entry = self
-            .subscriptions
-            .remove(id)
-            .ok_or_else(|| Refusal::new(format!("no subscription with id {id:?} in this session")))?;
-        self.broker.registry.unsubscribe(&entry.destination, entry.key);
+        let entry = self.subscriptions.remove(id).ok_or_else(|| {
+            Refusal::new(format!("no subscription with id {id:?} in this session"))
+        })?;
+        self.broker
+            .registry
+            .unsubscribe(&entry.destination, entry.key);
         Ok(())
     }
 
@@ -319,7 +369,8 @@ impl Session {
 
     fn publish(&self, frame: Frame) {
         let destination = frame.headers.get("destination").unwrap_or_default();
-        self.broker.publish(&[destination], &frame.headers, frame.body);
+        self.broker
+            .publish(&[destination], &frame.headers, frame.body);
     }
 
     fn acknowledge(&mut self, frame: Frame, version: Version) -> Outcome {
@@ -331,7 +382,9 @@ impl Session {
                 required(&frame, "message-id")?;
                 let subscription = required(&frame, "subscription")?;
                 if !self.subscriptions.contains_key(subscription) {
-                    return Err(Refusal::new(format!("no subscription with id {subscription:?} in this session")));
+                    return Err(Refusal::new(format!(
+                        "no subscription with id {subscription:?} in this session"
+                    )));
                 }
             }
             Version::V1_0 => {
@@ -349,7 +402,9 @@ impl Session {
     fn begin(&mut self, frame: &Frame) -> Outcome {
         let transaction = required(frame, "transaction")?;
         if self.transactions.contains_key(transaction) {
-            return Err(Refusal::new(format!("transaction {transaction:?} is already open")));
+            return Err(Refusal::new(format!(
+                "transaction {transaction:?} is already open"
+            )));
         }
         self.reserve_transaction_frame()?;
         self.transactions.insert(transaction.to_owned(), Vec::new());
@@ -385,7 +440,10 @@ impl Session {
             return Err(Refusal::new(format!("no open transaction {transaction:?}")));
         }
         self.reserve_transaction_frame()?;
-        self.transactions.get_mut(&transaction).expect("checked above").push(frame);
+        self.transactions
+            .get_mut(&transaction)
+            .expect("checked above")
+            .push(frame);
         Ok(())
     }
 
@@ -404,7 +462,9 @@ impl Session {
     /// Removes every subscription of this session from the registry.
     pub fn close(&mut self) {
         for (_, entry) in self.subscriptions.drain() {
-            self.broker.registry.unsubscribe(&entry.destination, entry.key);
+            self.broker
+                .registry
+                .unsubscribe(&entry.destination, entry.key);
         }
         self.transactions.clear();
         self.transaction_frames = 0;
@@ -447,7 +507,9 @@ fn error_frame(refusal: Refusal, receipt: Option<&str>) -> Frame {
     if let Some(receipt) = receipt {
         frame = frame.header("receipt-id", receipt);
     }
-    frame.header("content-type", "text/plain").body(refusal.message.into_bytes())
+    frame
+        .header("content-type", "text/plain")
+        .body(refusal.message.into_bytes())
 }
 
 /// Compares two secrets in time that depends only on their lengths.

@@ -87,7 +87,9 @@ impl Writer {
             metrics.outbound_batch_frames.observe(frames as f64);
             // One latency sample per batch: its oldest delivery, the worst case.
             if let Some(oldest) = oldest {
-                metrics.delivery_latency.observe(oldest.elapsed().as_secs_f64());
+                metrics
+                    .delivery_latency
+                    .observe(oldest.elapsed().as_secs_f64());
             }
         }
     }
@@ -140,13 +142,19 @@ impl Writer {
 
     fn put_delivery(&mut self, delivery: &Delivery) {
         let message: &PreparedMessage = &delivery.message;
-        let ack = delivery.ack.then(|| message.headers().get("message-id").unwrap_or_default());
+        let ack = delivery
+            .ack
+            .then(|| message.headers().get("message-id").unwrap_or_default());
         let len = message.len_for(self.version, &delivery.subscription, ack);
         // Headers are always UTF-8, so the frame is text exactly when its body is.
         put_header(&mut self.pending, message.body_is_utf8(), len);
         let start = self.pending.len();
         message.write_for(self.version, &delivery.subscription, ack, &mut self.pending);
-        debug_assert_eq!(self.pending.len() - start, len, "len_for and write_for disagree");
+        debug_assert_eq!(
+            self.pending.len() - start,
+            len,
+            "len_for and write_for disagree"
+        );
     }
 
     /// Writes all pending bytes, after whatever tungstenite itself has queued
@@ -203,13 +211,22 @@ mod tests {
                 let mut out = BytesMut::new();
                 put_header(&mut out, text, len);
                 let mut cursor = io::Cursor::new(&out[..]);
-                let (header, parsed_len) = FrameHeader::parse(&mut cursor).unwrap().expect("a whole header");
+                let (header, parsed_len) = FrameHeader::parse(&mut cursor)
+                    .unwrap()
+                    .expect("a whole header");
                 assert_eq!(parsed_len, len as u64, "length {len}");
-                assert_eq!(cursor.position() as usize, out.len(), "header size for {len}");
+                assert_eq!(
+                    cursor.position() as usize,
+                    out.len(),
+                    "header size for {len}"
+                );
                 assert!(header.is_final);
                 assert!(header.mask.is_none());
                 let expected = if text { "TEXT" } else { "BINARY" };
-                assert_eq!(format!("{:?}", header.opcode).to_uppercase(), format!("DATA({expected})"));
+                assert_eq!(
+                    format!("{:?}", header.opcode).to_uppercase(),
+                    format!("DATA({expected})")
+                );
             }
         }
     }

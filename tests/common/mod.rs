@@ -28,7 +28,10 @@ pub struct TestBroker {
 }
 
 pub fn config() -> Config {
-    Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() }
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    }
 }
 
 pub async fn start(config: Config) -> TestBroker {
@@ -39,7 +42,12 @@ pub async fn start(config: Config) -> TestBroker {
     let task = tokio::spawn(stompede::serve(broker.clone(), listener, async move {
         let _ = stopped.await;
     }));
-    TestBroker { addr, broker, stop: Some(stop), task: Some(task) }
+    TestBroker {
+        addr,
+        broker,
+        stop: Some(stop),
+        task: Some(task),
+    }
 }
 
 impl TestBroker {
@@ -53,24 +61,40 @@ impl TestBroker {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(15), task).await.expect("broker stops").unwrap();
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("broker stops")
+                .unwrap();
         }
     }
 
     pub async fn client(&self) -> Client {
-        Client::open(&self.ws_url(), &["v12.stomp", "v11.stomp", "v10.stomp"]).await.expect("websocket opens")
+        Client::open(&self.ws_url(), &["v12.stomp", "v11.stomp", "v10.stomp"])
+            .await
+            .expect("websocket opens")
     }
 
     /// A client that has sent CONNECT (STOMP 1.2) and read CONNECTED.
     pub async fn connected(&self) -> Client {
         let mut client = self.client().await;
-        client.send("CONNECT\naccept-version:1.2\nhost:localhost\n\n\0").await;
+        client
+            .send("CONNECT\naccept-version:1.2\nhost:localhost\n\n\0")
+            .await;
         let connected = client.frame().await;
-        assert_eq!(connected.command, stompede_protocol::Command::Connected, "{connected:?}");
+        assert_eq!(
+            connected.command,
+            stompede_protocol::Command::Connected,
+            "{connected:?}"
+        );
         client
     }
 
-    pub async fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
         http(self.addr, method, path, body, &[]).await
     }
 
@@ -85,7 +109,10 @@ impl TestBroker {
     pub async fn wait_for_subscribers(&self, destination: &str, count: usize) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         while self.broker.registry.subscriber_count(destination) != count {
-            assert!(tokio::time::Instant::now() < deadline, "{destination} never reached {count} subscribers");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{destination} never reached {count} subscribers"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -100,20 +127,33 @@ pub struct Client {
 }
 
 impl Client {
-    pub async fn open(url: &str, subprotocols: &[&str]) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+    pub async fn open(
+        url: &str,
+        subprotocols: &[&str],
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
         let mut request = url.into_client_request()?;
         if !subprotocols.is_empty() {
-            request
-                .headers_mut()
-                .insert("sec-websocket-protocol", HeaderValue::from_str(&subprotocols.join(", ")).unwrap());
+            request.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_str(&subprotocols.join(", ")).unwrap(),
+            );
         }
         let (ws, response) = tokio_tungstenite::connect_async(request).await?;
         let subprotocol = response
             .headers()
             .get("sec-websocket-protocol")
             .map(|value| value.to_str().unwrap().to_owned());
-        let limits = Limits { max_body_bytes: 64 << 20, max_frame_bytes: 65 << 20, ..Limits::default() };
-        Ok(Client { ws, subprotocol, buffer: BytesMut::new(), decoder: Decoder::new(limits) })
+        let limits = Limits {
+            max_body_bytes: 64 << 20,
+            max_frame_bytes: 65 << 20,
+            ..Limits::default()
+        };
+        Ok(Client {
+            ws,
+            subprotocol,
+            buffer: BytesMut::new(),
+            decoder: Decoder::new(limits),
+        })
     }
 
     /// Sends one text WebSocket message.
@@ -123,7 +163,10 @@ impl Client {
 
     /// The next WebSocket message, as received (None when closed).
     pub async fn message(&mut self) -> Option<Message> {
-        match tokio::time::timeout(PATIENCE, self.ws.next()).await.expect("a message within the patience time") {
+        match tokio::time::timeout(PATIENCE, self.ws.next())
+            .await
+            .expect("a message within the patience time")
+        {
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => None,
             Some(Ok(message)) => Some(message),
         }
@@ -143,13 +186,19 @@ impl Client {
 
     /// The next STOMP frame.
     pub async fn frame(&mut self) -> Frame {
-        self.next_frame().await.expect("a frame before the connection closed")
+        self.next_frame()
+            .await
+            .expect("a frame before the connection closed")
     }
 
     /// The next STOMP frame, or None once the connection is closed.
     pub async fn next_frame(&mut self) -> Option<Frame> {
         loop {
-            match self.decoder.decode(&mut self.buffer).expect("server frames decode") {
+            match self
+                .decoder
+                .decode(&mut self.buffer)
+                .expect("server frames decode")
+            {
                 Some(Item::Frame(frame)) => return Some(frame),
                 Some(Item::HeartBeat) => continue,
                 None => {}
@@ -172,9 +221,17 @@ impl Client {
     /// An ERROR frame followed by the close; returns the ERROR's message.
     pub async fn expect_error(&mut self) -> String {
         let frame = self.frame().await;
-        assert_eq!(frame.command, stompede_protocol::Command::Error, "{frame:?}");
+        assert_eq!(
+            frame.command,
+            stompede_protocol::Command::Error,
+            "{frame:?}"
+        );
         self.expect_closed().await;
-        frame.headers.get("message").expect("ERROR has a message").to_owned()
+        frame
+            .headers
+            .get("message")
+            .expect("ERROR has a message")
+            .to_owned()
     }
 }
 
@@ -209,9 +266,20 @@ pub async fn http_raw(
     bytes.extend_from_slice(body);
     stream.write_all(&bytes).await.unwrap();
     let mut response = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response)).await.expect("response in time").unwrap();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .unwrap();
     let text = String::from_utf8_lossy(&response);
-    let status = text.split(' ').nth(1).and_then(|code| code.parse().ok()).expect("status line");
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("end of headers") + 4;
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("status line");
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of headers")
+        + 4;
     (status, response[split..].to_vec())
 }

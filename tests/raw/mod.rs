@@ -30,11 +30,17 @@ impl RawWs {
     /// Opens a WebSocket (no subprotocol) and reads the 101 response.
     pub async fn open(addr: SocketAddr) -> RawWs {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(upgrade_request(addr, "").as_bytes()).await.unwrap();
+        stream
+            .write_all(upgrade_request(addr, "").as_bytes())
+            .await
+            .unwrap();
         // Byte by byte up to the blank line, so no frame byte is swallowed.
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
-            let byte = tokio::time::timeout(PATIENCE, stream.read_u8()).await.expect("handshake answer").unwrap();
+            let byte = tokio::time::timeout(PATIENCE, stream.read_u8())
+                .await
+                .expect("handshake answer")
+                .unwrap();
             head.push(byte);
         }
         let head = String::from_utf8(head).unwrap();
@@ -58,7 +64,12 @@ impl RawWs {
         }
         let mask = [0x12, 0x34, 0x56, 0x78];
         frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, byte)| byte ^ mask[i % 4]));
+        frame.extend(
+            payload
+                .iter()
+                .enumerate()
+                .map(|(i, byte)| byte ^ mask[i % 4]),
+        );
         self.stream.write_all(&frame).await.unwrap();
     }
 
@@ -80,7 +91,9 @@ impl RawWs {
             self.stream.read_exact(&mut payload).await.ok()?;
             Some((head[0] & 0x0f, payload))
         };
-        tokio::time::timeout(PATIENCE, read).await.expect("a frame or EOF in time")
+        tokio::time::timeout(PATIENCE, read)
+            .await
+            .expect("a frame or EOF in time")
     }
 
     /// Reads frames up to the server's close frame; returns the data frames'
@@ -89,7 +102,8 @@ impl RawWs {
         let mut data = Vec::new();
         while let Some((opcode, payload)) = self.read_frame().await {
             if opcode == OP_CLOSE {
-                let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                let code =
+                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
                 return (data, code);
             }
             data.push(payload);

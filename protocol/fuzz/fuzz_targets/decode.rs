@@ -10,17 +10,27 @@ use libfuzzer_sys::fuzz_target;
 use stompede_protocol::{encode, Decoder, Frame, Item, Limits, Version};
 
 /// Small limits so that the fuzzer reaches every limit check.
-const LIMITS: Limits = Limits { max_headers: 8, max_header_line: 64, max_body_bytes: 256, max_frame_bytes: 512 };
+const LIMITS: Limits = Limits {
+    max_headers: 8,
+    max_header_line: 64,
+    max_body_bytes: 256,
+    max_frame_bytes: 512,
+};
 
 fuzz_target!(|data: &[u8]| {
     // First byte: version and chunk size; the rest is the stream.
-    let Some((&control, input)) = data.split_first() else { return };
+    let Some((&control, input)) = data.split_first() else {
+        return;
+    };
     let version = [Version::V1_0, Version::V1_1, Version::V1_2][usize::from(control % 3)];
     let chunk = usize::from(control / 3) % 17 + 1;
 
     let whole = run(version, [input]);
     let chunked = run(version, input.chunks(chunk));
-    assert_eq!(whole, chunked, "chunks of {chunk} bytes differ from the whole input");
+    assert_eq!(
+        whole, chunked,
+        "chunks of {chunk} bytes differ from the whole input"
+    );
 
     for item in &whole.0 {
         if let Item::Frame(frame) = item {
@@ -78,7 +88,10 @@ fn round_trip(frame: &Frame, version: Version) {
         other => panic!("re-encoded {frame:?} decodes to {other:?}"),
     };
     assert!(out.is_empty(), "re-encoded frame left {} bytes", out.len());
-    assert_eq!(without_content_length(frame), without_content_length(&again));
+    assert_eq!(
+        without_content_length(frame),
+        without_content_length(&again)
+    );
 }
 
 fn without_content_length(frame: &Frame) -> Frame {

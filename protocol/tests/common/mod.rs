@@ -39,7 +39,10 @@ pub fn decode_chunks<'a>(
             }
         }
     }
-    Outcome { items, end: Ok(buf.len()) }
+    Outcome {
+        items,
+        end: Ok(buf.len()),
+    }
 }
 
 pub fn decode_whole(input: &[u8], limits: Limits, version: Version) -> Outcome {
@@ -67,7 +70,11 @@ pub fn decode_every_way(input: &[u8], limits: Limits, version: Version) -> Outco
             String::from_utf8_lossy(input)
         );
     }
-    assert_eq!(decode_bytewise(input, limits, version), whole, "byte by byte differs from whole");
+    assert_eq!(
+        decode_bytewise(input, limits, version),
+        whole,
+        "byte by byte differs from whole"
+    );
     whole
 }
 
@@ -78,7 +85,11 @@ pub fn decode_one(input: &[u8]) -> Frame {
 
 pub fn decode_one_as(input: &[u8], version: Version) -> Frame {
     let outcome = decode_every_way(input, Limits::default(), version);
-    assert_eq!(outcome.end, Ok(0), "expected the input to be consumed exactly");
+    assert_eq!(
+        outcome.end,
+        Ok(0),
+        "expected the input to be consumed exactly"
+    );
     match <[Item; 1]>::try_from(outcome.items) {
         Ok([Item::Frame(frame)]) => frame,
         other => panic!("expected one frame, got {other:?}"),
