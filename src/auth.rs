@@ -4,13 +4,170 @@
 //!
 //! A token is given as the CONNECT `passcode` (what browser STOMP clients can
 //! always send) or as an `Authorization: Bearer TOKEN` CONNECT header.
+//!
+//! Every credential check lives here: CONNECT logins and tokens, and the
+//! bearer token of the HTTP API, all from one [`AuthPolicy`] that the
+//! configuration builds.
 
-use crate::config::Config;
-use crate::session::state::constant_time_eq;
+use crate::ip_limit::is_loopback;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use std::net::IpAddr;
 use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
 use stompede_protocol::Headers;
+use subtle::ConstantTimeEq;
+
+/// The default `jwt-destinations-claim`.
+pub const DEFAULT_DESTINATIONS_CLAIM: &str = "destinations";
+/// The default `jwt-leeway`, in seconds.
+pub const DEFAULT_JWT_LEEWAY_SECONDS: u64 = 30;
+
+/// A configured `login:passcode`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub login: String,
+    pub passcode: String,
+}
+
+impl FromStr for User {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<User, String> {
+        let (login, passcode) = text
+            .split_once(':')
+            .ok_or_else(|| format!("{text:?} is not login:passcode"))?;
+        Ok(User {
+            login: login.into(),
+            passcode: passcode.into(),
+        })
+    }
+}
+
+/// Who may connect and who may call the HTTP API.
+#[derive(Debug, Clone)]
+pub struct AuthPolicy {
+    /// Static `login:passcode` pairs CONNECT may give.
+    pub users: Vec<User>,
+    /// The key subscriber JWTs are checked with, if any.
+    pub jwt: Option<Arc<JwtVerifier>>,
+    /// Whether a CONNECT without credentials is accepted.
+    pub allow_anonymous: bool,
+    /// Accepted API bearer tokens (empty: loopback peers only).
+    pub api_tokens: Vec<String>,
+}
+
+/// Why an HTTP API request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiRefusal {
+    /// No `api-token` is configured and the peer is not on loopback.
+    NotLoopback,
+    /// No `Authorization: Bearer` header.
+    MissingToken,
+    /// A bearer token that is not one of `api-token`.
+    InvalidToken,
+}
+
+impl ApiRefusal {
+    pub fn message(self) -> &'static str {
+        match self {
+            ApiRefusal::NotLoopback => {
+                "the API only accepts loopback clients unless an api-token is configured"
+            }
+            ApiRefusal::MissingToken => "missing Authorization: Bearer token",
+            ApiRefusal::InvalidToken => "invalid API token",
+        }
+    }
+}
+
+impl AuthPolicy {
+    /// Whether an HTTP API request from `peer` with this `Authorization`
+    /// header value may go on.
+    pub fn check_api_request(
+        &self,
+        peer: IpAddr,
+        authorization: Option<&str>,
+    ) -> Result<(), ApiRefusal> {
+        if self.api_tokens.is_empty() {
+            return if is_loopback(peer) {
+                Ok(())
+            } else {
+                Err(ApiRefusal::NotLoopback)
+            };
+        }
+        let given = authorization
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or(ApiRefusal::MissingToken)?
+            .trim();
+        // Every configured token is compared in full (no early exit), so the
+        // time taken says neither which token matched nor how much of one.
+        let known = self
+            .api_tokens
+            .iter()
+            .fold(false, |found, token| found | constant_time_eq(given, token));
+        if known {
+            Ok(())
+        } else {
+            Err(ApiRefusal::InvalidToken)
+        }
+    }
+
+    /// Decides who a CONNECT frame is, or why it is refused.
+    pub fn authenticate(&self, headers: &Headers) -> Result<Identity, String> {
+        let bearer = headers
+            .get("Authorization")
+            .or_else(|| headers.get("authorization"))
+            .map(|value| value.strip_prefix("Bearer ").unwrap_or(value).trim());
+        let login = headers.get("login");
+        let passcode = headers.get("passcode");
+
+        if let Some(token) = bearer {
+            let Some(jwt) = &self.jwt else {
+                return Err(
+                    "bearer tokens are not accepted by this server (no JWT key is configured)"
+                        .into(),
+                );
+            };
+            return jwt.verify(token).map(Identity::Token);
+        }
+        if login.is_none() && passcode.is_none() {
+            return if self.allow_anonymous {
+                Ok(Identity::Anonymous)
+            } else {
+                Err("authentication required: send login and passcode, or a token".into())
+            };
+        }
+        if !self.users.is_empty() {
+            let (login, passcode) = (login.unwrap_or_default(), passcode.unwrap_or_default());
+            // Every user is compared, so the time taken does not say which matched.
+            let known = self.users.iter().fold(None, |found, user| {
+                let matches = constant_time_eq(&user.login, login)
+                    & constant_time_eq(&user.passcode, passcode);
+                found.or(matches.then(|| user.login.clone()))
+            });
+            if let Some(login) = known {
+                return Ok(Identity::User(login));
+            }
+        }
+        if let (Some(jwt), Some(passcode)) = (&self.jwt, passcode) {
+            if looks_like_jwt(passcode) {
+                return jwt.verify(passcode).map(Identity::Token);
+            }
+        }
+        if self.users.is_empty() && self.jwt.is_none() && self.allow_anonymous {
+            // Nothing to check credentials against: they are ignored, as STOMP
+            // brokers without authentication do.
+            return Ok(Identity::Anonymous);
+        }
+        Err("bad credentials".into())
+    }
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
 
 /// What a session proved in CONNECT.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,11 +307,11 @@ impl JwtVerifier {
         let mut validation = Validation::new(algorithm);
         validation.validate_nbf = true;
         validation.validate_aud = false;
-        validation.leeway = crate::config::DEFAULT_JWT_LEEWAY_SECONDS;
+        validation.leeway = DEFAULT_JWT_LEEWAY_SECONDS;
         JwtVerifier {
             key,
             validation,
-            destinations_claim: crate::config::DEFAULT_DESTINATIONS_CLAIM.to_owned(),
+            destinations_claim: DEFAULT_DESTINATIONS_CLAIM.to_owned(),
         }
     }
 
@@ -225,55 +382,6 @@ fn looks_like_jwt(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'='))
 }
 
-/// Decides who a CONNECT frame is, or why it is refused.
-pub fn authenticate(config: &Config, headers: &Headers) -> Result<Identity, String> {
-    let bearer = headers
-        .get("Authorization")
-        .or_else(|| headers.get("authorization"))
-        .map(|value| value.strip_prefix("Bearer ").unwrap_or(value).trim());
-    let login = headers.get("login");
-    let passcode = headers.get("passcode");
-
-    if let Some(token) = bearer {
-        let Some(jwt) = &config.jwt else {
-            return Err(
-                "bearer tokens are not accepted by this server (no JWT key is configured)".into(),
-            );
-        };
-        return jwt.verify(token).map(Identity::Token);
-    }
-    if login.is_none() && passcode.is_none() {
-        return if config.anonymous_allowed() {
-            Ok(Identity::Anonymous)
-        } else {
-            Err("authentication required: send login and passcode, or a token".into())
-        };
-    }
-    if !config.users.is_empty() {
-        let (login, passcode) = (login.unwrap_or_default(), passcode.unwrap_or_default());
-        // Every user is compared, so the time taken does not say which matched.
-        let known = config.users.iter().fold(None, |found, user| {
-            let matches =
-                constant_time_eq(&user.login, login) & constant_time_eq(&user.passcode, passcode);
-            found.or(matches.then(|| user.login.clone()))
-        });
-        if let Some(login) = known {
-            return Ok(Identity::User(login));
-        }
-    }
-    if let (Some(jwt), Some(passcode)) = (&config.jwt, passcode) {
-        if looks_like_jwt(passcode) {
-            return jwt.verify(passcode).map(Identity::Token);
-        }
-    }
-    if config.users.is_empty() && config.jwt.is_none() && config.anonymous_allowed() {
-        // Nothing to check credentials against: they are ignored, as STOMP
-        // brokers without authentication do.
-        return Ok(Identity::Anonymous);
-    }
-    Err("bad credentials".into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +404,57 @@ mod tests {
             destinations: None
         }
         .allows("/topic/anything"));
+    }
+
+    #[test]
+    fn the_api_takes_loopback_peers_without_a_token_and_only_bearer_tokens_with_one() {
+        let mut policy = AuthPolicy {
+            users: Vec::new(),
+            jwt: None,
+            allow_anonymous: true,
+            api_tokens: Vec::new(),
+        };
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let mapped_loopback: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let remote: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(policy.check_api_request(loopback, None), Ok(()));
+        assert_eq!(policy.check_api_request(mapped_loopback, None), Ok(()));
+        assert_eq!(
+            policy.check_api_request("::1".parse().unwrap(), None),
+            Ok(())
+        );
+        assert_eq!(
+            policy.check_api_request(remote, None),
+            Err(ApiRefusal::NotLoopback)
+        );
+        assert_eq!(
+            policy.check_api_request(remote, Some("Bearer anything")),
+            Err(ApiRefusal::NotLoopback)
+        );
+
+        policy.api_tokens = vec!["old".into(), "new".into()];
+        assert_eq!(policy.check_api_request(remote, Some("Bearer new")), Ok(()));
+        assert_eq!(policy.check_api_request(remote, Some("Bearer old")), Ok(()));
+        assert_eq!(
+            policy.check_api_request(loopback, None),
+            Err(ApiRefusal::MissingToken)
+        );
+        assert_eq!(
+            policy.check_api_request(remote, Some("new")),
+            Err(ApiRefusal::MissingToken)
+        );
+        assert_eq!(
+            policy.check_api_request(remote, Some("Bearer ne")),
+            Err(ApiRefusal::InvalidToken)
+        );
+    }
+
+    #[test]
+    fn constant_time_eq_compares_whole_strings() {
+        assert!(constant_time_eq("s3cret", "s3cret"));
+        assert!(!constant_time_eq("s3cret", "s3cre"));
+        assert!(!constant_time_eq("s3cret", "s3creT"));
+        assert!(constant_time_eq("", ""));
     }
 
     #[test]

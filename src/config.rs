@@ -1,29 +1,29 @@
-//! Every setting: a `--flag`, a `STOMPEDE_*` env var and a key in the TOML
-//! file given by `--config`. Flags beat env beat file beat defaults.
+//! Every setting, declared once: each field of [`Config`] is a `--flag`, an
+//! environment variable `STOMPEDE_<NAME>` (added to every flag by
+//! [`Config::load_from`]) and a key of the TOML file given by `--config`.
+//! Its doc comment is the help text and its `default_value` the default, so
+//! `--help` and the README cannot drift from the code.
+//!
+//! Precedence: flags beat the environment, which beats the file, which beats
+//! the defaults. The file's values are installed as clap defaults before the
+//! command line is parsed, so clap itself applies that order.
 
-use clap::Parser;
-use serde::Deserialize;
+use crate::auth::{self, AuthPolicy, JwtSettings, JwtVerifier, User};
+use clap::{Arg, CommandFactory, FromArgMatches, Parser};
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use stompede_protocol::HeartBeat;
 use thiserror::Error;
-
-pub use crate::auth::{JwtSettings, JwtVerifier};
 
 /// Room for WebSocket framing around the largest STOMP frame (the default
 /// `ws-max-message-bytes` and `ws-max-frame-bytes` are `max-frame-bytes` plus this).
 pub const WS_FRAMING_SLACK: usize = 1024;
-/// The default `jwt-destinations-claim`.
-pub const DEFAULT_DESTINATIONS_CLAIM: &str = "destinations";
-/// The default `jwt-leeway`, in seconds.
-pub const DEFAULT_JWT_LEEWAY_SECONDS: u64 = 30;
 
-/// Settings as given (each optional); resolved into a [`Config`].
-///
-/// The same struct is parsed from the command line (with env fallbacks) and
-/// from the TOML file, so a setting cannot exist in one place and not the other.
-#[derive(Debug, Default, Clone, Parser, Deserialize)]
+/// The configuration the broker runs with.
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "stompede",
     version,
@@ -33,327 +33,233 @@ pub const DEFAULT_JWT_LEEWAY_SECONDS: u64 = 30;
                   TOML file given with --config (the flag name without --). Flags beat the environment, \
                   which beats the file, which beats the defaults shown here."
 )]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct Settings {
+pub struct Config {
     /// TOML file with settings (keys are the flag names without `--`).
-    #[arg(long, env = "STOMPEDE_CONFIG")]
-    #[serde(skip)]
-    pub config: Option<PathBuf>,
+    #[arg(long = "config", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
 
-    /// Address to listen on for WebSocket and HTTP. [default: 127.0.0.1:8080]
-    #[arg(long, env = "STOMPEDE_LISTEN")]
-    pub listen: Option<SocketAddr>,
+    /// Address to listen on for WebSocket and HTTP.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
 
-    /// Path of the WebSocket endpoint. [default: /ws]
-    #[arg(long, env = "STOMPEDE_WS_PATH")]
-    pub ws_path: Option<String>,
+    /// Path of the WebSocket endpoint.
+    #[arg(long, default_value = "/ws", value_parser = parse_ws_path)]
+    pub ws_path: String,
 
-    /// A bearer token accepted by /api/v1/* (repeatable, so a new token can be rolled out before the old
-    /// one is removed). Without one, only loopback peers may call the API. [default: none]
-    #[arg(long = "api-token", env = "STOMPEDE_API_TOKEN", value_delimiter = ',')]
-    #[serde(default, rename = "api-token", deserialize_with = "one_or_many")]
+    /// A bearer token accepted by /api/v1/* (repeatable, so a new token can be rolled out before
+    /// the old one is removed). Without one, only loopback peers may call the API.
+    #[arg(long = "api-token", value_delimiter = ',')]
     pub api_tokens: Vec<String>,
 
-    /// Whether STOMP clients may SEND: `deny` or `allow`. [default: deny]
-    #[arg(long, env = "STOMPEDE_CLIENT_SEND")]
-    pub client_send: Option<ClientSend>,
+    /// Whether STOMP clients may SEND.
+    #[arg(long, value_enum, default_value = "deny")]
+    pub client_send: ClientSend,
 
-    /// A `login:passcode` that CONNECT must match (repeatable). With none, anonymous sessions are accepted.
-    #[arg(long = "user", env = "STOMPEDE_USER", value_delimiter = ',')]
-    #[serde(default, rename = "user")]
-    pub users: Vec<String>,
+    /// A `login:passcode` that CONNECT must match (repeatable). With none, anonymous sessions are
+    /// accepted.
+    #[arg(long = "user", value_delimiter = ',')]
+    pub users: Vec<User>,
 
     /// Whether a CONNECT without credentials (no login/passcode, no bearer token) is accepted.
-    /// [default: true, unless a `user` or a JWT key is configured]
-    #[arg(long, env = "STOMPEDE_ALLOW_ANONYMOUS", num_args = 0..=1, default_missing_value = "true")]
+    /// Unset: yes, unless a `user` or a JWT key is configured.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub allow_anonymous: Option<bool>,
 
-    /// HS256 secret for subscriber JWTs (given as the CONNECT `passcode` or an `Authorization: Bearer` header). [default: none]
-    #[arg(long, env = "STOMPEDE_JWT_SECRET")]
+    /// HS256 secret for subscriber JWTs (given as the CONNECT `passcode` or an
+    /// `Authorization: Bearer` header).
+    #[arg(long)]
     pub jwt_secret: Option<String>,
 
-    /// PEM file with the RS256 (RSA) or ES256 (P-256) public key for subscriber JWTs. [default: none]
-    #[arg(long, env = "STOMPEDE_JWT_PUBLIC_KEY")]
+    /// PEM file with the RS256 (RSA) or ES256 (P-256) public key for subscriber JWTs.
+    #[arg(long, value_name = "FILE")]
     pub jwt_public_key: Option<PathBuf>,
 
-    /// Claim listing the destinations a JWT's session may subscribe to: exact strings, or prefixes ending in `*`.
-    /// A token without the claim may subscribe wherever `subscribe-prefix` allows. [default: destinations]
-    #[arg(long, env = "STOMPEDE_JWT_DESTINATIONS_CLAIM")]
-    pub jwt_destinations_claim: Option<String>,
+    /// Claim listing the destinations a JWT's session may subscribe to: exact strings, or
+    /// prefixes ending in `*`. A token without the claim may subscribe wherever
+    /// `subscribe-prefix` allows.
+    #[arg(long, default_value = auth::DEFAULT_DESTINATIONS_CLAIM)]
+    pub jwt_destinations_claim: String,
 
-    /// Required `aud` of subscriber JWTs. [default: none (not checked)]
-    #[arg(long, env = "STOMPEDE_JWT_AUDIENCE")]
+    /// Required `aud` of subscriber JWTs (not checked when unset).
+    #[arg(long)]
     pub jwt_audience: Option<String>,
 
-    /// Required `iss` of subscriber JWTs. [default: none (not checked)]
-    #[arg(long, env = "STOMPEDE_JWT_ISSUER")]
+    /// Required `iss` of subscriber JWTs (not checked when unset).
+    #[arg(long)]
     pub jwt_issuer: Option<String>,
 
-    /// Clock skew allowed when checking a JWT's `exp` and `nbf`, in seconds. [default: 30]
-    #[arg(long, env = "STOMPEDE_JWT_LEEWAY")]
-    pub jwt_leeway: Option<u64>,
+    /// Clock skew allowed when checking a JWT's `exp` and `nbf`, in seconds.
+    #[arg(long, default_value_t = auth::DEFAULT_JWT_LEEWAY_SECONDS)]
+    pub jwt_leeway: u64,
 
-    /// A destination prefix clients may SUBSCRIBE under (repeatable). [default: /topic/]
+    /// A destination prefix clients may SUBSCRIBE under (repeatable).
     #[arg(
         long = "subscribe-prefix",
-        env = "STOMPEDE_SUBSCRIBE_PREFIX",
-        value_delimiter = ','
+        value_delimiter = ',',
+        default_value = "/topic/",
+        value_parser = parse_prefix
     )]
-    #[serde(default, rename = "subscribe-prefix")]
     pub subscribe_prefixes: Vec<String>,
 
-    /// A destination prefix clients may SEND to when `client-send` is `allow` (repeatable). [default: /topic/]
+    /// A destination prefix clients may SEND to when `client-send` is `allow` (repeatable).
     #[arg(
         long = "send-prefix",
-        env = "STOMPEDE_SEND_PREFIX",
-        value_delimiter = ','
+        value_delimiter = ',',
+        default_value = "/topic/",
+        value_parser = parse_prefix
     )]
-    #[serde(default, rename = "send-prefix")]
     pub send_prefixes: Vec<String>,
 
-    /// SENDs one session may make per second, on average (a token bucket). [default: 20]
-    #[arg(long, env = "STOMPEDE_MAX_SENDS_PER_SECOND")]
-    pub max_sends_per_second: Option<f64>,
+    /// SENDs one session may make per second, on average (a token bucket).
+    #[arg(long, default_value_t = 20.0, value_parser = positive_rate)]
+    pub max_sends_per_second: f64,
 
-    /// SENDs one session may make in a burst above `max-sends-per-second`. [default: 20]
-    #[arg(long, env = "STOMPEDE_SEND_BURST")]
-    pub send_burst: Option<u32>,
+    /// SENDs one session may make in a burst above `max-sends-per-second`.
+    #[arg(long, default_value_t = 20, value_parser = at_least_one::<u32>)]
+    pub send_burst: u32,
 
     /// An allowed browser `Origin` for the WebSocket handshake (repeatable; `*` allows any).
     /// Without one, requests without `Origin` and same-host origins are accepted.
-    #[arg(
-        long = "allowed-origin",
-        env = "STOMPEDE_ALLOWED_ORIGIN",
-        value_delimiter = ','
-    )]
-    #[serde(default, rename = "allowed-origin")]
+    #[arg(long = "allowed-origin", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
-    /// Largest STOMP frame a client may send, and largest body the HTTP API accepts, in bytes. [default: 65536]
-    #[arg(long, env = "STOMPEDE_MAX_FRAME_BYTES")]
-    pub max_frame_bytes: Option<usize>,
+    /// Largest STOMP frame a client may send, and largest body the HTTP API accepts, in bytes.
+    #[arg(long, default_value_t = 64 * 1024, value_parser = at_least_one::<usize>)]
+    pub max_frame_bytes: usize,
 
-    /// Largest frame a client may send before its CONNECT succeeds, in bytes, so an unauthenticated
-    /// socket cannot make the broker buffer much. [default: 4096]
-    #[arg(long, env = "STOMPEDE_MAX_FRAME_BYTES_BEFORE_CONNECT")]
-    pub max_frame_bytes_before_connect: Option<usize>,
+    /// Largest frame a client may send before its CONNECT succeeds, in bytes, so an
+    /// unauthenticated socket cannot make the broker buffer much.
+    #[arg(long, default_value_t = 4096, value_parser = at_least_one::<usize>)]
+    pub max_frame_bytes_before_connect: usize,
 
-    /// Largest WebSocket message a client may send, in bytes (its fragments together). [default: max-frame-bytes + 1024]
-    #[arg(long, env = "STOMPEDE_WS_MAX_MESSAGE_BYTES")]
+    /// Largest WebSocket message a client may send, in bytes (its fragments together).
+    /// Unset: max-frame-bytes + 1024.
+    #[arg(long, value_parser = at_least_one::<usize>)]
     pub ws_max_message_bytes: Option<usize>,
 
-    /// Largest single WebSocket frame a client may send, in bytes. [default: max-frame-bytes + 1024]
-    #[arg(long, env = "STOMPEDE_WS_MAX_FRAME_BYTES")]
+    /// Largest single WebSocket frame a client may send, in bytes. Unset: max-frame-bytes + 1024.
+    #[arg(long, value_parser = at_least_one::<usize>)]
     pub ws_max_frame_bytes: Option<usize>,
 
-    /// Largest HTTP API request body, in bytes. [default: 262144]
-    #[arg(long, env = "STOMPEDE_MAX_REQUEST_BYTES")]
-    pub max_request_bytes: Option<usize>,
+    /// Largest HTTP API request body, in bytes.
+    #[arg(long, default_value_t = 256 * 1024, value_parser = at_least_one::<usize>)]
+    pub max_request_bytes: usize,
 
-    /// Most headers in one client frame (and in one HTTP publish). [default: 64]
-    #[arg(long, env = "STOMPEDE_MAX_HEADERS")]
-    pub max_headers: Option<usize>,
+    /// Most headers in one client frame (and in one HTTP publish).
+    #[arg(long, default_value_t = 64, value_parser = at_least_one::<usize>)]
+    pub max_headers: usize,
 
-    /// Longest header line in a client frame, in bytes. [default: 8192]
-    #[arg(long, env = "STOMPEDE_MAX_HEADER_LINE_BYTES")]
-    pub max_header_line_bytes: Option<usize>,
+    /// Longest header line in a client frame, in bytes.
+    #[arg(long, default_value_t = 8192, value_parser = at_least_one::<usize>)]
+    pub max_header_line_bytes: usize,
 
-    /// Most open WebSocket sessions; the next upgrade is refused with 503. [default: 16384]
-    #[arg(long, env = "STOMPEDE_MAX_CONNECTIONS")]
-    pub max_connections: Option<usize>,
+    /// Most open WebSocket sessions; the next upgrade is refused with 503.
+    #[arg(long, default_value_t = 16384, value_parser = at_least_one::<usize>)]
+    pub max_connections: usize,
 
-    /// Most open WebSocket sessions from one client IP address; the next upgrade is refused with 429 (0: no limit). [default: 1024]
-    #[arg(long, env = "STOMPEDE_MAX_CONNECTIONS_PER_IP")]
-    pub max_connections_per_ip: Option<usize>,
+    /// Most open WebSocket sessions from one client IP address; the next upgrade is refused with
+    /// 429 (0: no limit).
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections_per_ip: usize,
 
-    /// Whether loopback peers are exempt from `max-connections-per-ip` (behind a reverse proxy on the same
-    /// host every peer is loopback; limit per client in the proxy then). [default: true]
-    #[arg(long, env = "STOMPEDE_PER_IP_LIMIT_EXEMPTS_LOOPBACK", num_args = 0..=1, default_missing_value = "true")]
-    pub per_ip_limit_exempts_loopback: Option<bool>,
+    /// Whether loopback peers are exempt from `max-connections-per-ip` (behind a reverse proxy on
+    /// the same host every peer is loopback; limit per client in the proxy then).
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
+          default_value_t = true)]
+    pub per_ip_limit_exempts_loopback: bool,
 
-    /// Most connections still speaking HTTP (API calls, handshakes in progress); past it, new ones wait in the listen backlog. [default: 1024]
-    #[arg(long, env = "STOMPEDE_MAX_HTTP_CONNECTIONS")]
-    pub max_http_connections: Option<usize>,
+    /// Most connections still speaking HTTP (API calls, handshakes in progress); past it, new
+    /// ones wait in the listen backlog.
+    #[arg(long, default_value_t = 1024, value_parser = at_least_one::<usize>)]
+    pub max_http_connections: usize,
 
-    /// Most subscriptions one session may hold. [default: 64]
-    #[arg(long, env = "STOMPEDE_MAX_SUBSCRIPTIONS_PER_SESSION")]
-    pub max_subscriptions_per_session: Option<usize>,
+    /// Most subscriptions one session may hold.
+    #[arg(long, default_value_t = 64, value_parser = at_least_one::<usize>)]
+    pub max_subscriptions_per_session: usize,
 
-    /// Most SEND/ACK/NACK frames buffered by a session's open transactions. [default: 256]
-    #[arg(long, env = "STOMPEDE_MAX_TRANSACTION_FRAMES")]
-    pub max_transaction_frames: Option<usize>,
+    /// Most BEGINs plus SEND/ACK/NACK frames buffered by a session's open transactions.
+    #[arg(long, default_value_t = 256)]
+    pub max_transaction_frames: usize,
 
-    /// The server's heart-beat `cx,cy` in milliseconds: how often it can send, how often it wants to hear. [default: 10000,10000]
-    #[arg(long, env = "STOMPEDE_HEARTBEAT")]
-    pub heartbeat: Option<String>,
+    /// The server's heart-beat `cx,cy` in milliseconds: how often it can send, how often it wants
+    /// to hear from clients (a client silent for twice the negotiated interval is disconnected).
+    #[arg(long, default_value = "10000,10000", value_parser = parse_heartbeat)]
+    pub heartbeat: HeartBeat,
 
-    /// Seconds a new WebSocket may take to send CONNECT. [default: 10]
-    #[arg(long, env = "STOMPEDE_CONNECT_TIMEOUT")]
-    pub connect_timeout: Option<f64>,
+    /// Seconds a new WebSocket may take to send CONNECT.
+    #[arg(long, default_value = "10", value_parser = positive_seconds)]
+    pub connect_timeout: Duration,
 
-    /// Seconds a client may take to send its HTTP request headers (handshake included). [default: 10]
-    #[arg(long, env = "STOMPEDE_HANDSHAKE_TIMEOUT")]
-    pub handshake_timeout: Option<f64>,
+    /// Seconds a client may take to send its HTTP request headers (handshake included).
+    #[arg(long, default_value = "10", value_parser = positive_seconds)]
+    pub handshake_timeout: Duration,
 
-    /// Most frames waiting in one connection's outbound queue. [default: 1024]
-    #[arg(long, env = "STOMPEDE_OUTBOUND_QUEUE_FRAMES")]
-    pub outbound_queue_frames: Option<usize>,
+    /// Most frames waiting in one connection's outbound queue.
+    #[arg(long, default_value_t = 1024, value_parser = at_least_one::<usize>)]
+    pub outbound_queue_frames: usize,
 
-    /// Most bytes waiting in one connection's outbound queue. [default: 1048576]
-    #[arg(long, env = "STOMPEDE_OUTBOUND_QUEUE_BYTES")]
-    pub outbound_queue_bytes: Option<usize>,
+    /// Most bytes waiting in one connection's outbound queue.
+    #[arg(long, default_value_t = 1024 * 1024, value_parser = at_least_one::<usize>)]
+    pub outbound_queue_bytes: usize,
 
-    /// What happens to a subscriber whose outbound queue is full: `disconnect` (ERROR "slow consumer", then close) or `drop` (the message is dropped for it and counted). [default: disconnect]
-    #[arg(long, env = "STOMPEDE_SLOW_CONSUMER")]
-    pub slow_consumer: Option<SlowConsumerPolicy>,
+    /// What happens to a subscriber whose outbound queue is full: `disconnect` (ERROR "slow
+    /// consumer", then close) or `drop` (the message is dropped for it and counted).
+    #[arg(long, value_enum, default_value = "disconnect")]
+    pub slow_consumer: SlowConsumerPolicy,
 
-    /// WebSocket read buffer per connection, in bytes: allocated for every connection and the most read per syscall; browsers send small frames. [default: 2048]
-    #[arg(long, env = "STOMPEDE_WS_READ_BUFFER_BYTES")]
-    pub ws_read_buffer_bytes: Option<usize>,
+    /// WebSocket read buffer per connection, in bytes: allocated for every connection and the
+    /// most read per syscall; browsers send small frames.
+    #[arg(long, default_value_t = 2048, value_parser = at_least_one::<usize>)]
+    pub ws_read_buffer_bytes: usize,
 
-    /// Most bytes of queued frames gathered into one socket write; the buffer is given back once the connection's queue is empty. [default: 16384]
-    #[arg(long, env = "STOMPEDE_WS_WRITE_BUFFER_BYTES")]
-    pub ws_write_buffer_bytes: Option<usize>,
+    /// Most bytes of queued frames gathered into one socket write; the buffer is given back once
+    /// the connection's queue is empty.
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub ws_write_buffer_bytes: usize,
 
-    /// Seconds to wait for sessions to close on SIGINT/SIGTERM before exiting. [default: 5]
-    #[arg(long, env = "STOMPEDE_SHUTDOWN_GRACE")]
-    pub shutdown_grace: Option<f64>,
+    /// Seconds to wait for sessions to close on SIGINT/SIGTERM before exiting.
+    #[arg(long, default_value = "5", value_parser = parse_seconds)]
+    pub shutdown_grace: Duration,
 
-    /// Log format: `text` or `json`. [default: text]
-    #[arg(long, env = "STOMPEDE_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
+    /// Log format (filter with RUST_LOG, default `info`).
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// The key subscriber JWTs are checked with, built from `jwt-*` by [`Config::finish`].
+    #[arg(skip)]
+    pub jwt: Option<Arc<JwtVerifier>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ClientSend {
     Deny,
     Allow,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SlowConsumerPolicy {
     Disconnect,
     Drop,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-/// A configured `login:passcode`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    pub login: String,
-    pub passcode: String,
-}
-
-/// The resolved configuration the broker runs with.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub listen: SocketAddr,
-    pub ws_path: String,
-    /// Accepted API bearer tokens (empty: loopback peers only).
-    pub api_tokens: Vec<String>,
-    pub client_send: ClientSend,
-    pub users: Vec<User>,
-    /// `None`: anonymous unless `users` or `jwt` is configured (see [`Config::anonymous_allowed`]).
-    pub allow_anonymous: Option<bool>,
-    /// The key subscriber JWTs are checked with, if any.
-    pub jwt: Option<Arc<JwtVerifier>>,
-    pub subscribe_prefixes: Vec<String>,
-    pub send_prefixes: Vec<String>,
-    pub max_sends_per_second: f64,
-    pub send_burst: u32,
-    pub allowed_origins: Vec<String>,
-    pub max_frame_bytes: usize,
-    pub max_frame_bytes_before_connect: usize,
-    pub ws_max_message_bytes: usize,
-    pub ws_max_frame_bytes: usize,
-    pub max_request_bytes: usize,
-    pub max_headers: usize,
-    pub max_header_line_bytes: usize,
-    pub max_connections: usize,
-    /// 0: no limit.
-    pub max_connections_per_ip: usize,
-    pub per_ip_limit_exempts_loopback: bool,
-    pub max_http_connections: usize,
-    pub max_subscriptions_per_session: usize,
-    pub max_transaction_frames: usize,
-    /// How often the server can send heart-beats (0: never).
-    pub heartbeat_send: Duration,
-    /// How often the server wants to hear from clients (0: no check).
-    pub heartbeat_receive: Duration,
-    pub connect_timeout: Duration,
-    pub handshake_timeout: Duration,
-    pub outbound_queue_frames: usize,
-    pub outbound_queue_bytes: usize,
-    pub slow_consumer: SlowConsumerPolicy,
-    pub ws_read_buffer_bytes: usize,
-    pub ws_write_buffer_bytes: usize,
-    pub shutdown_grace: Duration,
-    pub log_format: LogFormat,
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            ws_path: "/ws".into(),
-            api_tokens: Vec::new(),
-            client_send: ClientSend::Deny,
-            users: Vec::new(),
-            allow_anonymous: None,
-            jwt: None,
-            subscribe_prefixes: vec!["/topic/".into()],
-            send_prefixes: vec!["/topic/".into()],
-            max_sends_per_second: 20.0,
-            send_burst: 20,
-            allowed_origins: Vec::new(),
-            max_frame_bytes: 64 * 1024,
-            max_frame_bytes_before_connect: 4096,
-            ws_max_message_bytes: 64 * 1024 + WS_FRAMING_SLACK,
-            ws_max_frame_bytes: 64 * 1024 + WS_FRAMING_SLACK,
-            max_request_bytes: 256 * 1024,
-            max_headers: 64,
-            max_header_line_bytes: 8192,
-            max_connections: 16384,
-            max_connections_per_ip: 1024,
-            per_ip_limit_exempts_loopback: true,
-            max_http_connections: 1024,
-            max_subscriptions_per_session: 64,
-            max_transaction_frames: 256,
-            heartbeat_send: Duration::from_secs(10),
-            heartbeat_receive: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(10),
-            handshake_timeout: Duration::from_secs(10),
-            outbound_queue_frames: 1024,
-            outbound_queue_bytes: 1024 * 1024,
-            slow_consumer: SlowConsumerPolicy::Disconnect,
-            ws_read_buffer_bytes: 2048,
-            ws_write_buffer_bytes: 16 * 1024,
-            shutdown_grace: Duration::from_secs(5),
-            log_format: LogFormat::Text,
-        }
-    }
-}
-
 #[derive(Debug, Error)]
 pub enum ConfigError {
+    /// A bad flag or value, or `--help`/`--version` (see [`clap::Error::exit`]).
+    #[error("{0}")]
+    Args(#[from] clap::Error),
     #[error("cannot read config file {path}: {source}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid config file {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    #[error("invalid config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
     #[error("invalid {setting}: {reason}")]
     Invalid {
         setting: &'static str,
@@ -361,207 +267,54 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        setting,
-        reason: reason.into(),
-    }
-}
-
-impl Settings {
-    /// Fills every setting not given here from `lower`.
-    fn or(self, lower: Settings) -> Settings {
-        fn list<T>(high: Vec<T>, low: Vec<T>) -> Vec<T> {
-            if high.is_empty() {
-                low
-            } else {
-                high
-            }
-        }
-        Settings {
-            config: self.config.or(lower.config),
-            listen: self.listen.or(lower.listen),
-            ws_path: self.ws_path.or(lower.ws_path),
-            api_tokens: list(self.api_tokens, lower.api_tokens),
-            client_send: self.client_send.or(lower.client_send),
-            users: list(self.users, lower.users),
-            allow_anonymous: self.allow_anonymous.or(lower.allow_anonymous),
-            jwt_secret: self.jwt_secret.or(lower.jwt_secret),
-            jwt_public_key: self.jwt_public_key.or(lower.jwt_public_key),
-            jwt_destinations_claim: self.jwt_destinations_claim.or(lower.jwt_destinations_claim),
-            jwt_audience: self.jwt_audience.or(lower.jwt_audience),
-            jwt_issuer: self.jwt_issuer.or(lower.jwt_issuer),
-            jwt_leeway: self.jwt_leeway.or(lower.jwt_leeway),
-            subscribe_prefixes: list(self.subscribe_prefixes, lower.subscribe_prefixes),
-            send_prefixes: list(self.send_prefixes, lower.send_prefixes),
-            max_sends_per_second: self.max_sends_per_second.or(lower.max_sends_per_second),
-            send_burst: self.send_burst.or(lower.send_burst),
-            allowed_origins: list(self.allowed_origins, lower.allowed_origins),
-            max_frame_bytes: self.max_frame_bytes.or(lower.max_frame_bytes),
-            max_frame_bytes_before_connect: self
-                .max_frame_bytes_before_connect
-                .or(lower.max_frame_bytes_before_connect),
-            ws_max_message_bytes: self.ws_max_message_bytes.or(lower.ws_max_message_bytes),
-            ws_max_frame_bytes: self.ws_max_frame_bytes.or(lower.ws_max_frame_bytes),
-            max_request_bytes: self.max_request_bytes.or(lower.max_request_bytes),
-            max_headers: self.max_headers.or(lower.max_headers),
-            max_header_line_bytes: self.max_header_line_bytes.or(lower.max_header_line_bytes),
-            max_connections: self.max_connections.or(lower.max_connections),
-            max_connections_per_ip: self.max_connections_per_ip.or(lower.max_connections_per_ip),
-            per_ip_limit_exempts_loopback: self
-                .per_ip_limit_exempts_loopback
-                .or(lower.per_ip_limit_exempts_loopback),
-            max_http_connections: self.max_http_connections.or(lower.max_http_connections),
-            max_subscriptions_per_session: self
-                .max_subscriptions_per_session
-                .or(lower.max_subscriptions_per_session),
-            max_transaction_frames: self.max_transaction_frames.or(lower.max_transaction_frames),
-            heartbeat: self.heartbeat.or(lower.heartbeat),
-            connect_timeout: self.connect_timeout.or(lower.connect_timeout),
-            handshake_timeout: self.handshake_timeout.or(lower.handshake_timeout),
-            outbound_queue_frames: self.outbound_queue_frames.or(lower.outbound_queue_frames),
-            outbound_queue_bytes: self.outbound_queue_bytes.or(lower.outbound_queue_bytes),
-            slow_consumer: self.slow_consumer.or(lower.slow_consumer),
-            ws_read_buffer_bytes: self.ws_read_buffer_bytes.or(lower.ws_read_buffer_bytes),
-            ws_write_buffer_bytes: self.ws_write_buffer_bytes.or(lower.ws_write_buffer_bytes),
-            shutdown_grace: self.shutdown_grace.or(lower.shutdown_grace),
-            log_format: self.log_format.or(lower.log_format),
-        }
-    }
-
-    /// Flags and env (already in `self`) over the TOML file over defaults.
-    pub fn load(self) -> Result<Config, ConfigError> {
-        let settings = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                let file: Settings =
-                    toml::from_str(&text).map_err(|source| ConfigError::Parse {
-                        path: path.clone(),
-                        source,
-                    })?;
-                self.or(file)
-            }
-            None => self,
-        };
-        settings.resolve()
-    }
-
-    /// Resolves these settings over the defaults, without reading any file.
-    pub fn resolve(self) -> Result<Config, ConfigError> {
-        let d = Config::default();
-        let (heartbeat_send, heartbeat_receive) = match &self.heartbeat {
-            Some(text) => parse_heartbeat(text).ok_or_else(|| {
-                invalid(
-                    "heartbeat",
-                    format!("{text:?} is not `cx,cy` in milliseconds"),
-                )
-            })?,
-            None => (d.heartbeat_send, d.heartbeat_receive),
-        };
-        let users = self
-            .users
-            .iter()
-            .map(|user| {
-                user.split_once(':')
-                    .map(|(login, passcode)| User {
-                        login: login.into(),
-                        passcode: passcode.into(),
-                    })
-                    .ok_or_else(|| invalid("user", format!("{user:?} is not login:passcode")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let jwt = JwtVerifier::from_settings(&JwtSettings {
-            secret: self
-                .jwt_secret
-                .as_deref()
-                .filter(|secret| !secret.is_empty()),
-            public_key: self.jwt_public_key.as_deref(),
-            destinations_claim: self
-                .jwt_destinations_claim
-                .as_deref()
-                .unwrap_or(DEFAULT_DESTINATIONS_CLAIM),
-            audience: self.jwt_audience.as_deref(),
-            issuer: self.jwt_issuer.as_deref(),
-            leeway_seconds: self.jwt_leeway.unwrap_or(DEFAULT_JWT_LEEWAY_SECONDS),
-        })
-        .map_err(|reason| invalid("jwt-secret/jwt-public-key", reason))?
-        .map(Arc::new);
-        let max_frame_bytes = self.max_frame_bytes.unwrap_or(d.max_frame_bytes);
-        let config = Config {
-            listen: self.listen.unwrap_or(d.listen),
-            ws_path: self.ws_path.unwrap_or(d.ws_path),
-            api_tokens: self
-                .api_tokens
-                .into_iter()
-                .filter(|token| !token.is_empty())
-                .collect(),
-            client_send: self.client_send.unwrap_or(d.client_send),
-            users,
-            allow_anonymous: self.allow_anonymous,
-            jwt,
-            subscribe_prefixes: non_empty_or(self.subscribe_prefixes, d.subscribe_prefixes),
-            send_prefixes: non_empty_or(self.send_prefixes, d.send_prefixes),
-            max_sends_per_second: self.max_sends_per_second.unwrap_or(d.max_sends_per_second),
-            send_burst: self.send_burst.unwrap_or(d.send_burst),
-            allowed_origins: self.allowed_origins,
-            max_frame_bytes,
-            max_frame_bytes_before_connect: self
-                .max_frame_bytes_before_connect
-                .unwrap_or(d.max_frame_bytes_before_connect),
-            ws_max_message_bytes: self
-                .ws_max_message_bytes
-                .unwrap_or(max_frame_bytes + WS_FRAMING_SLACK),
-            ws_max_frame_bytes: self
-                .ws_max_frame_bytes
-                .unwrap_or(max_frame_bytes + WS_FRAMING_SLACK),
-            max_request_bytes: self.max_request_bytes.unwrap_or(d.max_request_bytes),
-            max_headers: self.max_headers.unwrap_or(d.max_headers),
-            max_header_line_bytes: self
-                .max_header_line_bytes
-                .unwrap_or(d.max_header_line_bytes),
-            max_connections: self.max_connections.unwrap_or(d.max_connections),
-            max_connections_per_ip: self
-                .max_connections_per_ip
-                .unwrap_or(d.max_connections_per_ip),
-            per_ip_limit_exempts_loopback: self
-                .per_ip_limit_exempts_loopback
-                .unwrap_or(d.per_ip_limit_exempts_loopback),
-            max_http_connections: self.max_http_connections.unwrap_or(d.max_http_connections),
-            max_subscriptions_per_session: self
-                .max_subscriptions_per_session
-                .unwrap_or(d.max_subscriptions_per_session),
-            max_transaction_frames: self
-                .max_transaction_frames
-                .unwrap_or(d.max_transaction_frames),
-            heartbeat_send,
-            heartbeat_receive,
-            connect_timeout: seconds("connect-timeout", self.connect_timeout, d.connect_timeout)?,
-            handshake_timeout: seconds(
-                "handshake-timeout",
-                self.handshake_timeout,
-                d.handshake_timeout,
-            )?,
-            outbound_queue_frames: self
-                .outbound_queue_frames
-                .unwrap_or(d.outbound_queue_frames),
-            outbound_queue_bytes: self.outbound_queue_bytes.unwrap_or(d.outbound_queue_bytes),
-            slow_consumer: self.slow_consumer.unwrap_or(d.slow_consumer),
-            ws_read_buffer_bytes: self.ws_read_buffer_bytes.unwrap_or(d.ws_read_buffer_bytes),
-            ws_write_buffer_bytes: self
-                .ws_write_buffer_bytes
-                .unwrap_or(d.ws_write_buffer_bytes),
-            shutdown_grace: seconds("shutdown-grace", self.shutdown_grace, d.shutdown_grace)?,
-            log_format: self.log_format.unwrap_or(d.log_format),
-        };
-        config.validate()?;
-        Ok(config)
+impl Default for Config {
+    /// Every default, with no flag, environment variable or file.
+    fn default() -> Config {
+        Config::try_parse_from(["stompede"]).expect("the defaults parse")
     }
 }
 
 impl Config {
+    /// Reads `args` (the first is the program name), the `STOMPEDE_*`
+    /// environment and the TOML file named by `--config` or `STOMPEDE_CONFIG`.
+    pub fn load_from<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let mut command = Config::command().mut_args(with_env_var);
+        if let Some(path) = config_file_named(&args) {
+            command = with_file_defaults(command, &path)?;
+        }
+        let matches = command.try_get_matches_from(args)?;
+        Config::from_arg_matches(&matches)?.finish()
+    }
+
+    /// Builds what needs code: the JWT key (each value was checked by its parser).
+    pub fn finish(mut self) -> Result<Config, ConfigError> {
+        if self.jwt.is_none() {
+            self.jwt = JwtVerifier::from_settings(&JwtSettings {
+                secret: self
+                    .jwt_secret
+                    .as_deref()
+                    .filter(|secret| !secret.is_empty()),
+                public_key: self.jwt_public_key.as_deref(),
+                destinations_claim: &self.jwt_destinations_claim,
+                audience: self.jwt_audience.as_deref(),
+                issuer: self.jwt_issuer.as_deref(),
+                leeway_seconds: self.jwt_leeway,
+            })
+            .map_err(|reason| ConfigError::Invalid {
+                setting: "jwt-secret/jwt-public-key",
+                reason,
+            })?
+            .map(Arc::new);
+        }
+        self.api_tokens.retain(|token| !token.is_empty());
+        Ok(self)
+    }
+
     /// Whether a CONNECT without credentials is accepted: as configured, else
     /// only when neither static users nor a JWT key are configured.
     pub fn anonymous_allowed(&self) -> bool {
@@ -569,102 +322,202 @@ impl Config {
             .unwrap_or(self.users.is_empty() && self.jwt.is_none())
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        if !self.ws_path.starts_with('/') || self.ws_path.starts_with("/api/") {
-            return Err(invalid(
-                "ws-path",
-                "must start with / and not be under /api/",
-            ));
+    /// Who may connect and call the API.
+    pub fn auth_policy(&self) -> AuthPolicy {
+        AuthPolicy {
+            users: self.users.clone(),
+            jwt: self.jwt.clone(),
+            allow_anonymous: self.anonymous_allowed(),
+            api_tokens: self.api_tokens.clone(),
         }
-        for (setting, value) in [
-            ("max-frame-bytes", self.max_frame_bytes),
-            (
-                "max-frame-bytes-before-connect",
-                self.max_frame_bytes_before_connect,
-            ),
-            ("ws-max-message-bytes", self.ws_max_message_bytes),
-            ("ws-max-frame-bytes", self.ws_max_frame_bytes),
-            ("send-burst", self.send_burst as usize),
-            ("max-request-bytes", self.max_request_bytes),
-            ("max-headers", self.max_headers),
-            ("max-header-line-bytes", self.max_header_line_bytes),
-            ("max-connections", self.max_connections),
-            ("max-http-connections", self.max_http_connections),
-            (
-                "max-subscriptions-per-session",
-                self.max_subscriptions_per_session,
-            ),
-            ("outbound-queue-frames", self.outbound_queue_frames),
-            ("outbound-queue-bytes", self.outbound_queue_bytes),
-            ("ws-read-buffer-bytes", self.ws_read_buffer_bytes),
-        ] {
-            if value == 0 {
-                return Err(invalid(setting, "must be greater than 0"));
-            }
-        }
-        if !(self.max_sends_per_second.is_finite() && self.max_sends_per_second > 0.0) {
-            return Err(invalid(
-                "max-sends-per-second",
-                "must be a number greater than 0",
-            ));
-        }
-        for (setting, prefixes) in [
-            ("subscribe-prefix", &self.subscribe_prefixes),
-            ("send-prefix", &self.send_prefixes),
-        ] {
-            for prefix in prefixes.iter() {
-                crate::destination::validate(prefix)
-                    .map_err(|reason| invalid(setting, format!("{prefix:?}: {reason}")))?;
-            }
-        }
-        if self.connect_timeout.is_zero() || self.handshake_timeout.is_zero() {
-            return Err(invalid(
-                "connect-timeout/handshake-timeout",
-                "must be greater than 0",
-            ));
-        }
-        Ok(())
+    }
+
+    /// `ws-max-message-bytes`, or its default.
+    pub fn ws_max_message_bytes(&self) -> usize {
+        self.ws_max_message_bytes
+            .unwrap_or(self.max_frame_bytes + WS_FRAMING_SLACK)
+    }
+
+    /// `ws-max-frame-bytes`, or its default.
+    pub fn ws_max_frame_bytes(&self) -> usize {
+        self.ws_max_frame_bytes
+            .unwrap_or(self.max_frame_bytes + WS_FRAMING_SLACK)
     }
 }
 
-fn non_empty_or(given: Vec<String>, default: Vec<String>) -> Vec<String> {
-    if given.is_empty() {
-        default
-    } else {
-        given
+/// Gives a flag its environment variable: `--max-connections` reads
+/// `STOMPEDE_MAX_CONNECTIONS`.
+fn with_env_var(arg: Arg) -> Arg {
+    match arg.get_long() {
+        Some(long) => {
+            let name = format!("STOMPEDE_{}", long.to_ascii_uppercase().replace('-', "_"));
+            arg.env(name)
+        }
+        None => arg,
     }
 }
 
-/// A TOML value that may be one string or a list of them.
-fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
+/// The `--config FILE` (or `--config=FILE`) in `args`, else `STOMPEDE_CONFIG`.
+fn config_file_named(args: &[OsString]) -> Option<PathBuf> {
+    let mut args = args.iter().skip(1);
+    while let Some(arg) = args.next() {
+        let arg = arg.to_string_lossy();
+        if arg == "--config" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(path) = arg.strip_prefix("--config=") {
+            return Some(PathBuf::from(path));
+        }
     }
-    Ok(match OneOrMany::deserialize(deserializer)? {
-        OneOrMany::One(one) => vec![one],
-        OneOrMany::Many(many) => many,
-    })
+    std::env::var_os("STOMPEDE_CONFIG").map(PathBuf::from)
 }
 
-fn seconds(
-    setting: &'static str,
-    value: Option<f64>,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
+/// Installs the file's values as the defaults of their flags, so that flags
+/// and the environment still beat them.
+fn with_file_defaults(
+    mut command: clap::Command,
+    path: &Path,
+) -> Result<clap::Command, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let file_error = |reason: String| ConfigError::File {
+        path: path.to_owned(),
+        reason,
+    };
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| file_error(e.to_string()))?;
+    for (key, value) in table {
+        let id = command
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(key.as_str()) && key != "config")
+            .map(|arg| arg.get_id().clone())
+            .ok_or_else(|| file_error(format!("unknown setting {key:?}")))?;
+        let values = match value {
+            toml::Value::Array(items) => items.into_iter().map(toml_scalar).collect(),
+            scalar => toml_scalar(scalar).map(|value| vec![value]),
+        }
+        .ok_or_else(|| {
+            file_error(format!(
+                "{key} must be a string, number, boolean or a list of them"
+            ))
+        })?;
+        if !values.is_empty() {
+            command = command.mut_arg(id, |arg| arg.default_values(values));
+        }
+    }
+    Ok(command)
+}
+
+/// A TOML scalar as the text a flag would be given.
+fn toml_scalar(value: toml::Value) -> Option<String> {
     match value {
-        None => Ok(default),
-        Some(s) => Duration::try_from_secs_f64(s)
-            .map_err(|_| invalid(setting, format!("{s} is not a number of seconds"))),
+        toml::Value::String(text) => Some(text),
+        toml::Value::Integer(number) => Some(number.to_string()),
+        toml::Value::Float(number) => Some(number.to_string()),
+        toml::Value::Boolean(flag) => Some(flag.to_string()),
+        _ => None,
     }
 }
 
-/// Parses `cx,cy` in milliseconds.
-pub fn parse_heartbeat(text: &str) -> Option<(Duration, Duration)> {
-    let (cx, cy) = text.split_once(',')?;
-    let cx: u64 = cx.trim().parse().ok()?;
-    let cy: u64 = cy.trim().parse().ok()?;
-    Some((Duration::from_millis(cx), Duration::from_millis(cy)))
+// Value parsers: each setting's check lives beside its declaration.
+
+fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> Result<T, String> {
+    match text.trim().parse::<T>() {
+        Ok(number) if number >= T::from(1) => Ok(number),
+        _ => Err(format!("{text:?} is not a whole number greater than 0")),
+    }
+}
+
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!("{text:?} is not a number greater than 0")),
+    }
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+        .ok_or_else(|| format!("{text:?} is not a number of seconds"))
+}
+
+fn positive_seconds(text: &str) -> Result<Duration, String> {
+    match parse_seconds(text)? {
+        seconds if seconds.is_zero() => Err("must be greater than 0".into()),
+        seconds => Ok(seconds),
+    }
+}
+
+fn parse_heartbeat(text: &str) -> Result<HeartBeat, String> {
+    HeartBeat::parse(text).ok_or_else(|| format!("{text:?} is not `cx,cy` in milliseconds"))
+}
+
+fn parse_ws_path(text: &str) -> Result<String, String> {
+    if text.starts_with('/') && !text.starts_with("/api/") {
+        Ok(text.to_owned())
+    } else {
+        Err("must start with / and not be under /api/".into())
+    }
+}
+
+fn parse_prefix(text: &str) -> Result<String, String> {
+    crate::destination::validate(text)?;
+    Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's settings table lists every setting with the default clap
+    /// shows in `--help`, so the two cannot drift apart silently.
+    #[test]
+    fn the_readme_lists_every_setting() {
+        let readme = include_str!("../README.md");
+        for arg in Config::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "config" {
+                continue;
+            }
+            let row = readme
+                .lines()
+                .find(|line| line.starts_with(&format!("| `{long}` |")))
+                .unwrap_or_else(|| panic!("README's settings table has no row for `{long}`"));
+            for default in arg.get_default_values() {
+                let default = default.to_string_lossy();
+                assert!(
+                    row.contains(&format!("`{default}`")),
+                    "README row for {long} does not say `{default}`: {row}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn each_value_is_checked_by_its_parser() {
+        let refused = |args: &[&str]| {
+            let args = std::iter::once("stompede").chain(args.iter().copied());
+            Config::try_parse_from(args).unwrap_err().to_string()
+        };
+        assert!(refused(&["--max-connections", "0"]).contains("greater than 0"));
+        assert!(refused(&["--max-sends-per-second", "NaN"]).contains("greater than 0"));
+        assert!(refused(&["--connect-timeout", "0"]).contains("greater than 0"));
+        assert!(refused(&["--ws-path", "/api/v1/ws"]).contains("not be under /api/"));
+        assert!(refused(&["--heartbeat", "10"]).contains("cx,cy"));
+        assert!(refused(&["--subscribe-prefix", "/topic/\u{7}"]).contains("control character"));
+        assert!(refused(&["--user", "nocolon"]).contains("login:passcode"));
+        let config =
+            Config::try_parse_from(["stompede", "--shutdown-grace", "0", "--heartbeat", "0,500"])
+                .unwrap();
+        assert_eq!(config.shutdown_grace, Duration::ZERO);
+        assert_eq!(
+            config.heartbeat.wants_to_receive,
+            Duration::from_millis(500)
+        );
+    }
 }

@@ -59,10 +59,12 @@ pub fn deliver(
     let published_at = Instant::now();
     let mut delivered = 0i64;
     let subscribers = registry.for_each_subscriber(destination, |subscriber| {
-        match subscriber
-            .outbox
-            .push(Delivery::new(message.clone(), subscriber, published_at))
-        {
+        match subscriber.outbox.push(Delivery::new(
+            message.clone(),
+            subscriber.subscription.clone(),
+            subscriber.ack,
+            published_at,
+        )) {
             Ok(()) => delivered += 1,
             Err(PushError::Closed) => {}
             Err(PushError::Full) => match policy {

@@ -5,6 +5,12 @@ use dashmap::DashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+/// Whether `ip` is a loopback address, IPv4-mapped IPv6 ones included. The
+/// one loopback rule, for the API without a token and the per-IP exemption.
+pub fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
 /// Sessions per client IP. An address is in the map only while it has at
 /// least one session, so the map is bounded by `max-connections`.
 #[derive(Debug, Default)]

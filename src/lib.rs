@@ -18,7 +18,7 @@ pub mod server;
 pub mod session;
 
 pub use broker::Broker;
-pub use config::{Config, Settings};
+pub use config::Config;
 pub use server::bind;
 
 use std::future::Future;
@@ -37,12 +37,11 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: impl Fu
     let accept = tokio::spawn(server::accept_loop(broker.clone(), listener));
     shutdown.await;
     tracing::info!(sessions = broker.open_sessions(), "shutting down");
-    broker.shutdown.cancel();
+    broker.begin_shutdown();
     let _ = accept.await;
-    broker.tasks.close();
-    if tokio::time::timeout(broker.config.shutdown_grace, broker.tasks.wait())
+    if !broker
+        .wait_for_connections(broker.config().shutdown_grace)
         .await
-        .is_err()
     {
         tracing::warn!(
             sessions = broker.open_sessions(),

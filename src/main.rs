@@ -1,13 +1,14 @@
-use clap::Parser;
 use std::io::IsTerminal;
-use stompede::config::LogFormat;
-use stompede::Settings;
+use stompede::config::{ConfigError, LogFormat};
+use stompede::Config;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let config = match Settings::parse().load() {
+    let config = match Config::load_from(std::env::args_os()) {
         Ok(config) => config,
+        // --help, --version, or a bad flag: clap prints it and picks the exit code.
+        Err(ConfigError::Args(error)) => error.exit(),
         Err(error) => {
             eprintln!("stompede: {error}");
             return std::process::ExitCode::from(2);

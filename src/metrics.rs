@@ -37,26 +37,67 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
 }
 
-/// Every `reason` label of `errors_total`, exported at zero from the start so
-/// dashboards and alerts see each series before it first moves.
-pub const ERROR_REASONS: &[&str] = &[
+/// Why a session was sent an ERROR frame: the `reason` label of `errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorReason {
     // A frame the session refused (see session/state.rs).
-    "invalid_frame",
-    "version",
-    "auth",
-    "forbidden",
-    "limit",
-    "send_disabled",
+    InvalidFrame,
+    Version,
+    Auth,
+    Forbidden,
+    Limit,
+    SendDisabled,
     // Outside any one frame (see session/connection.rs).
-    "decode",
-    "invalid_utf8",
-    "too_large",
-    "websocket",
-    "connect_timeout",
-    "heartbeat_timeout",
-    "slow_consumer",
-    "shutdown",
-];
+    Decode,
+    InvalidUtf8,
+    TooLarge,
+    WebSocket,
+    ConnectTimeout,
+    HeartbeatTimeout,
+    SlowConsumer,
+    Shutdown,
+}
+
+impl ErrorReason {
+    /// Every reason, exported at zero from the start so dashboards and alerts
+    /// see each series before it first moves.
+    pub const ALL: [ErrorReason; 14] = [
+        ErrorReason::InvalidFrame,
+        ErrorReason::Version,
+        ErrorReason::Auth,
+        ErrorReason::Forbidden,
+        ErrorReason::Limit,
+        ErrorReason::SendDisabled,
+        ErrorReason::Decode,
+        ErrorReason::InvalidUtf8,
+        ErrorReason::TooLarge,
+        ErrorReason::WebSocket,
+        ErrorReason::ConnectTimeout,
+        ErrorReason::HeartbeatTimeout,
+        ErrorReason::SlowConsumer,
+        ErrorReason::Shutdown,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorReason::InvalidFrame => "invalid_frame",
+            ErrorReason::Version => "version",
+            ErrorReason::Auth => "auth",
+            ErrorReason::Forbidden => "forbidden",
+            ErrorReason::Limit => "limit",
+            ErrorReason::SendDisabled => "send_disabled",
+            ErrorReason::Decode => "decode",
+            ErrorReason::InvalidUtf8 => "invalid_utf8",
+            ErrorReason::TooLarge => "too_large",
+            ErrorReason::WebSocket => "websocket",
+            ErrorReason::ConnectTimeout => "connect_timeout",
+            ErrorReason::HeartbeatTimeout => "heartbeat_timeout",
+            ErrorReason::SlowConsumer => "slow_consumer",
+            ErrorReason::Shutdown => "shutdown",
+        }
+    }
+}
 
 impl Metrics {
     pub fn new() -> Metrics {
@@ -142,8 +183,8 @@ impl Metrics {
                 .register(collector)
                 .expect("metric names are unique");
         }
-        for reason in ERROR_REASONS {
-            metrics.errors.with_label_values(&[reason]);
+        for reason in ErrorReason::ALL {
+            metrics.errors.with_label_values(&[reason.label()]);
         }
         for version in [Version::V1_0, Version::V1_1, Version::V1_2] {
             metrics.sessions.with_label_values(&[version.as_str()]);
@@ -152,12 +193,8 @@ impl Metrics {
     }
 
     /// Counts one ERROR frame sent, by reason.
-    pub fn count_error(&self, reason: &'static str) {
-        debug_assert!(
-            ERROR_REASONS.contains(&reason),
-            "error reason {reason:?} missing from ERROR_REASONS"
-        );
-        self.errors.with_label_values(&[reason]).inc();
+    pub fn count_error(&self, reason: ErrorReason) {
+        self.errors.with_label_values(&[reason.label()]).inc();
     }
 
     /// The Prometheus text exposition of every metric.
@@ -173,5 +210,23 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Metrics {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_reason_has_its_own_label_and_is_exported_at_zero() {
+        let labels: std::collections::HashSet<_> = ErrorReason::ALL.map(ErrorReason::label).into();
+        assert_eq!(labels.len(), ErrorReason::ALL.len(), "labels are unique");
+        let text = Metrics::new().render();
+        for label in labels {
+            assert!(
+                text.contains(&format!("stompede_errors_total{{reason=\"{label}\"}} 0")),
+                "{label} missing from /metrics"
+            );
+        }
     }
 }

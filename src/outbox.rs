@@ -5,7 +5,6 @@
 //! both in frames and in bytes; a push that does not fit is refused, and the
 //! caller applies the slow-consumer policy.
 
-use crate::registry::Subscriber;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use stompede_protocol::PreparedMessage;
@@ -27,14 +26,15 @@ pub struct Delivery {
 impl Delivery {
     pub fn new(
         message: Arc<PreparedMessage>,
-        subscriber: &Subscriber,
+        subscription: Arc<str>,
+        ack: bool,
         published_at: std::time::Instant,
     ) -> Delivery {
-        let cost = message.body().len() + subscriber.subscription.len() + 128;
+        let cost = message.body().len() + subscription.len() + 128;
         Delivery {
             message,
-            subscription: subscriber.subscription.clone(),
-            ack: subscriber.ack,
+            subscription,
+            ack,
             published_at,
             cost,
         }

@@ -33,15 +33,15 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn accept_loop(broker: Arc<Broker>, listener: TcpListener) {
     // Connections still speaking HTTP (not yet upgraded) are bounded by
     // `max-http-connections`: past it, new ones wait in the listen backlog.
-    let http_connections = Arc::new(Semaphore::new(broker.config.max_http_connections));
+    let http_connections = Arc::new(Semaphore::new(broker.config().max_http_connections));
     loop {
         // Cancel safety: `acquire_owned` and `accept` lose nothing when dropped.
         let permit = tokio::select! {
-            _ = broker.shutdown.cancelled() => return,
+            _ = broker.shutting_down() => return,
             permit = http_connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
         };
         let (stream, peer) = tokio::select! {
-            _ = broker.shutdown.cancelled() => return,
+            _ = broker.shutting_down() => return,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -54,7 +54,7 @@ pub async fn accept_loop(broker: Arc<Broker>, listener: TcpListener) {
         };
         let _ = stream.set_nodelay(true);
         let broker = broker.clone();
-        broker.clone().tasks.spawn(async move {
+        broker.clone().spawn(async move {
             serve_http(broker, stream, peer).await;
             drop(permit);
         });
@@ -71,7 +71,7 @@ async fn serve_http(broker: Arc<Broker>, stream: tokio::net::TcpStream, peer: So
     };
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(broker.config.handshake_timeout)
+        .header_read_timeout(broker.config().handshake_timeout)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
@@ -83,9 +83,9 @@ async fn serve_http(broker: Arc<Broker>, stream: tokio::net::TcpStream, peer: So
                 tracing::debug!(%error, %peer, "http connection ended with an error");
             }
         }
-        _ = broker.shutdown.cancelled() => {
+        _ = broker.shutting_down() => {
             connection.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(broker.config.shutdown_grace, connection).await;
+            let _ = tokio::time::timeout(broker.config().shutdown_grace, connection).await;
         }
     }
 }

@@ -257,7 +257,7 @@ async fn metrics_move_with_traffic() {
     assert_eq!(sample(&before, "stompede_connections"), 0.0);
     // Labelled series exist at zero before they first move.
     assert_eq!(sample(&before, "stompede_sessions{version=\"1.0\"}"), 0.0);
-    for reason in stompede::metrics::ERROR_REASONS {
+    for reason in stompede::metrics::ErrorReason::ALL.map(|reason| reason.label()) {
         assert_eq!(
             sample(
                 &before,

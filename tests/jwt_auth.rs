@@ -8,7 +8,7 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
-use stompede::config::JwtVerifier;
+use stompede::auth::JwtVerifier;
 use stompede_protocol::Command;
 
 const SECRET: &[u8] = b"a test secret of reasonable length";
@@ -171,12 +171,11 @@ async fn rs256_and_es256_tokens_are_checked_with_a_public_key_file() {
             Algorithm::ES256,
         ),
     ] {
-        let settings = stompede::Settings {
+        let config = stompede::Config {
             jwt_public_key: Some(fixture(public)),
-            listen: Some("127.0.0.1:0".parse().unwrap()),
-            ..Default::default()
+            ..config()
         };
-        let broker = start(settings.resolve().unwrap()).await;
+        let broker = start(config.finish().unwrap()).await;
         let pem = std::fs::read(fixture(private)).unwrap();
         let key = match algorithm {
             Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem).unwrap(),
@@ -215,19 +214,19 @@ async fn rs256_and_es256_tokens_are_checked_with_a_public_key_file() {
 
 #[test]
 fn a_bad_key_file_is_a_config_error() {
-    let settings = stompede::Settings {
+    let settings = stompede::Config {
         jwt_public_key: Some(fixture("README.md")),
         ..Default::default()
     };
-    let error = settings.resolve().unwrap_err().to_string();
+    let error = settings.finish().unwrap_err().to_string();
     assert!(error.contains("not an RSA or EC public key"), "{error}");
-    let settings = stompede::Settings {
+    let settings = stompede::Config {
         jwt_public_key: Some(fixture("jwt-rs256-public.pem")),
         jwt_secret: Some("s".into()),
         ..Default::default()
     };
     assert!(settings
-        .resolve()
+        .finish()
         .unwrap_err()
         .to_string()
         .contains("not both"));
@@ -237,7 +236,7 @@ fn a_bad_key_file_is_a_config_error() {
 async fn static_users_still_work_beside_tokens() {
     let mut config = config();
     config.jwt = Some(Arc::new(JwtVerifier::hs256(SECRET)));
-    config.users = vec![stompede::config::User {
+    config.users = vec![stompede::auth::User {
         login: "ops".into(),
         passcode: "pw".into(),
     }];

@@ -41,7 +41,7 @@ fn rss_bytes() -> usize {
 async fn a_subscriber_that_never_reads_is_cut_off_and_memory_stays_bounded() {
     let mut config = config();
     config.outbound_queue_bytes = QUEUE_BYTES;
-    config.heartbeat_send = Duration::ZERO;
+    config.heartbeat.can_send = Duration::ZERO;
     let broker = start(config).await;
 
     // The slow one: subscribes, then never reads another byte.

@@ -70,7 +70,7 @@ async fn no_common_version_is_an_error_with_the_supported_versions() {
 #[tokio::test]
 async fn credentials_are_checked_when_users_are_configured() {
     let mut config = config();
-    config.users = vec![stompede::config::User {
+    config.users = vec![stompede::auth::User {
         login: "reader".into(),
         passcode: "s3cret".into(),
     }];
@@ -186,10 +186,10 @@ async fn unsubscribe_stops_delivery_and_empties_the_destination() {
         .send("SUBSCRIBE\nid:a\ndestination:/topic/x\n\n\0")
         .await;
     broker.wait_for_subscribers("/topic/x", 1).await;
-    assert_eq!(broker.broker.registry.destination_count(), 1);
+    assert_eq!(broker.broker.destination_count(), 1);
     client.send("UNSUBSCRIBE\nid:a\nreceipt:done\n\n\0").await;
     assert_eq!(client.raw().await, b"RECEIPT\nreceipt-id:done\n\n\0");
-    assert_eq!(broker.broker.registry.destination_count(), 0);
+    assert_eq!(broker.broker.destination_count(), 0);
     assert_eq!(broker.publish("/topic/x", "nobody").await["subscribers"], 0);
 }
 
@@ -202,7 +202,7 @@ async fn a_dropped_socket_removes_its_subscriptions() {
     drop(client);
     broker.wait_for_subscribers("/topic/x", 0).await;
     broker.wait_for_subscribers("/topic/y", 0).await;
-    assert_eq!(broker.broker.registry.destination_count(), 0);
+    assert_eq!(broker.broker.destination_count(), 0);
 }
 
 #[tokio::test]
@@ -353,7 +353,7 @@ async fn a_socket_that_never_sends_connect_is_closed() {
 #[tokio::test]
 async fn the_server_sends_heart_beats_when_asked() {
     let mut config = config();
-    config.heartbeat_send = Duration::from_millis(50);
+    config.heartbeat.can_send = Duration::from_millis(50);
     let broker = start(config).await;
     let mut client = broker.client().await;
     client
@@ -374,7 +374,7 @@ async fn the_server_sends_heart_beats_when_asked() {
 #[tokio::test]
 async fn a_silent_client_is_disconnected_after_its_heart_beat_interval() {
     let mut config = config();
-    config.heartbeat_receive = Duration::from_millis(100);
+    config.heartbeat.wants_to_receive = Duration::from_millis(100);
     let broker = start(config).await;
     let mut client = broker.client().await;
     client
@@ -470,7 +470,7 @@ async fn a_slow_consumer_is_disconnected_and_the_others_get_everything() {
         broker.publish("/topic/flood", &body).await;
     }
     assert_eq!(reader.await.unwrap(), messages);
-    assert_eq!(broker.broker.metrics.slow_consumer_disconnects.get(), 1);
+    assert_eq!(broker.broker.metrics().slow_consumer_disconnects.get(), 1);
     // The slow one gets what its socket already held, then the connection
     // closes. The ERROR frame reaches it only if it read again within the
     // broker's close timeout, which this one did not try to.
@@ -506,7 +506,7 @@ async fn shutdown_tells_every_session_and_returns() {
 #[tokio::test]
 async fn frames_without_replies_do_not_silence_the_servers_heart_beats() {
     let mut config = config();
-    config.heartbeat_send = Duration::from_millis(50);
+    config.heartbeat.can_send = Duration::from_millis(50);
     let broker = start(config).await;
     let mut client = broker.client().await;
     client

@@ -11,7 +11,8 @@
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Arc, OnceLock};
-use stompede::config::{ClientSend, JwtVerifier, User};
+use stompede::auth::{JwtVerifier, User};
+use stompede::config::ClientSend;
 use stompede::outbox::Outbox;
 use stompede::session::{Flow, Session};
 use stompede::{Broker, Config};
@@ -114,7 +115,7 @@ fuzz_target!(|data: &[u8]| {
                     panic!("ERROR without closing: {flow:?}")
                 };
                 assert!(
-                    stompede::metrics::ERROR_REASONS.contains(&reason),
+                    stompede::metrics::ErrorReason::ALL.contains(&reason),
                     "unlisted error reason {reason:?}"
                 );
                 assert!(
@@ -136,7 +137,7 @@ fuzz_target!(|data: &[u8]| {
     drop(session);
     for destination in &destinations {
         assert_eq!(
-            broker.registry.subscriber_count(destination),
+            broker.subscriber_count(destination),
             0,
             "{destination:?} kept a subscriber"
         );

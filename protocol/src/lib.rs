@@ -26,12 +26,14 @@ mod encode;
 mod error;
 mod escape;
 mod frame;
+mod heart_beat;
 mod prepared;
 
 pub use decode::{Decoder, Item, Limits};
 pub use encode::{encode, encode_heartbeat, encoded_len};
 pub use error::DecodeError;
 pub use frame::{Command, Frame, Headers, Version};
+pub use heart_beat::HeartBeat;
 pub use prepared::PreparedMessage;
 
 /// Runs the README's example as a doctest, so it stays true.

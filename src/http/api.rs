@@ -1,10 +1,10 @@
 //! `/api/v1/*`: how the comment API publishes, and how anyone reads counts.
 
 use super::{error, json, method_not_allowed, HttpResponse};
+use crate::auth::ApiRefusal;
 use crate::broker::Broker;
 use crate::destination;
 use crate::fanout;
-use crate::session::state::constant_time_eq;
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -38,7 +38,7 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> HttpResponse {
     if let Err(response) = authorize(&broker, peer, &request) {
-        return response;
+        return *response;
     }
     let path = request.uri().path();
     if let Some(encoded) = path.strip_prefix("/api/v1/destinations/") {
@@ -69,56 +69,38 @@ pub async fn handle(
     }
 }
 
+/// The API's credential check (see [`crate::auth::AuthPolicy::check_api_request`]),
+/// as an HTTP answer.
 fn authorize(
     broker: &Broker,
     peer: SocketAddr,
     request: &Request<Incoming>,
-) -> Result<(), HttpResponse> {
-    let tokens = &broker.config.api_tokens;
-    if tokens.is_empty() {
-        if peer.ip().is_loopback() || peer.ip().to_canonical().is_loopback() {
-            return Ok(());
-        }
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "the API only accepts loopback clients unless an api-token is configured",
-        ));
-    }
-    let given = request
+) -> Result<(), Box<HttpResponse>> {
+    let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    match given {
-        None => {
-            let mut response = error(
-                StatusCode::UNAUTHORIZED,
-                "missing Authorization: Bearer token",
-            );
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            Err(response)
-        }
-        Some(given) => {
-            // Every configured token is compared in full (no early exit), so
-            // the time taken says neither which token matched nor how much of one.
-            let given = given.trim();
-            let known = tokens
-                .iter()
-                .fold(false, |found, token| found | constant_time_eq(given, token));
-            if known {
-                Ok(())
-            } else {
-                Err(error(StatusCode::FORBIDDEN, "invalid API token"))
+        .and_then(|value| value.to_str().ok());
+    broker
+        .auth()
+        .check_api_request(peer.ip(), authorization)
+        .map_err(|refusal| {
+            let status = match refusal {
+                ApiRefusal::NotLoopback | ApiRefusal::InvalidToken => StatusCode::FORBIDDEN,
+                ApiRefusal::MissingToken => StatusCode::UNAUTHORIZED,
+            };
+            let mut response = error(status, refusal.message());
+            if refusal == ApiRefusal::MissingToken {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
             }
-        }
-    }
+            Box::new(response)
+        })
 }
 
 async fn read_body(broker: &Broker, request: Request<Incoming>) -> Result<Bytes, HttpResponse> {
-    let limit = broker.config.max_request_bytes;
+    let limit = broker.config().max_request_bytes;
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -188,7 +170,7 @@ fn publish(
             return Err("give either \"body\" or \"body_base64\", not both".into())
         }
     };
-    let max_body = broker.config.max_frame_bytes;
+    let max_body = broker.config().max_frame_bytes;
     if body.len() > max_body {
         return Err(format!(
             "message body is {} bytes; the limit is {max_body} (max-frame-bytes)",
@@ -199,10 +181,10 @@ fn publish(
     if !request.headers.contains_key("content-type") {
         headers.push("content-type", default_content_type);
     }
-    if request.headers.len() > broker.config.max_headers {
+    if request.headers.len() > broker.config().max_headers {
         return Err(format!(
             "too many headers: at most {}",
-            broker.config.max_headers
+            broker.config().max_headers
         ));
     }
     for (name, value) in request.headers {
@@ -240,7 +222,7 @@ fn destination_info(broker: &Broker, encoded: &str) -> HttpResponse {
         StatusCode::OK,
         serde_json::json!({
             "destination": destination,
-            "subscribers": broker.registry.subscriber_count(&destination),
+            "subscribers": broker.subscriber_count(&destination),
         }),
     )
 }

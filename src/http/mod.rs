@@ -22,7 +22,7 @@ pub async fn route(
     let started = std::time::Instant::now();
     let label = route_label(&broker, request.uri().path());
     let response = dispatch(broker.clone(), peer, request).await;
-    let metrics = &broker.metrics;
+    let metrics = broker.metrics();
     metrics
         .http_requests
         .with_label_values(&[label, response.status().as_str()])
@@ -37,7 +37,7 @@ pub async fn route(
 /// The route as a metric label: a fixed set, whatever paths clients try.
 fn route_label(broker: &Broker, path: &str) -> &'static str {
     match path {
-        _ if path == broker.config.ws_path => "websocket",
+        _ if path == broker.config().ws_path => "websocket",
         "/api/v1/publish" => "/api/v1/publish",
         "/api/v1/broadcast" => "/api/v1/broadcast",
         _ if path.starts_with("/api/v1/destinations/") => "/api/v1/destinations",
@@ -54,7 +54,7 @@ async fn dispatch(
     request: Request<Incoming>,
 ) -> HttpResponse {
     let path = request.uri().path();
-    if path == broker.config.ws_path {
+    if path == broker.config().ws_path {
         return upgrade::handle(broker, peer, request);
     }
     match (request.method(), path) {
@@ -71,17 +71,17 @@ async fn dispatch(
 
 fn metrics(broker: &Broker) -> HttpResponse {
     broker
-        .metrics
+        .metrics()
         .destinations
-        .set(broker.registry.destination_count() as i64);
+        .set(broker.destination_count() as i64);
     Response::builder()
         .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-        .body(Full::new(Bytes::from(broker.metrics.render())))
+        .body(Full::new(Bytes::from(broker.metrics().render())))
         .expect("static response parts are valid")
 }
 
 fn readiness(broker: &Broker) -> HttpResponse {
-    if broker.shutdown.is_cancelled() {
+    if broker.is_shutting_down() {
         error(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
     } else if broker.is_at_capacity() {
         error(StatusCode::SERVICE_UNAVAILABLE, "connection limit reached")

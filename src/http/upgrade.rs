@@ -2,7 +2,7 @@
 //! answers 101 and hands the upgraded connection to a session.
 
 use super::{error, HttpResponse};
-use crate::broker::Broker;
+use crate::broker::{AdmissionRefusal, Broker};
 use crate::session::connection;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -53,7 +53,7 @@ pub fn handle(
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return error(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
     };
-    if let Err(refusal) = check_origin(&broker.config.allowed_origins, headers) {
+    if let Err(refusal) = check_origin(&broker.config().allowed_origins, headers) {
         return error(StatusCode::FORBIDDEN, refusal);
     }
     let subprotocol = match choose_subprotocol(headers) {
@@ -65,52 +65,33 @@ pub fn handle(
             )
         }
     };
-    if broker.shutdown.is_cancelled() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
-    }
-    let config = &broker.config;
-    let exempt = config.per_ip_limit_exempts_loopback && peer.ip().to_canonical().is_loopback();
-    let ip_slot = if config.max_connections_per_ip == 0 || exempt {
-        None
-    } else {
-        match broker
-            .sessions_per_ip
-            .try_acquire(peer.ip(), config.max_connections_per_ip)
-        {
-            Some(ip_slot) => Some(ip_slot),
-            None => {
-                return error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!(
-                        "too many connections from {}: at most {} (max-connections-per-ip)",
-                        peer.ip().to_canonical(),
-                        config.max_connections_per_ip
-                    ),
-                )
-            }
+    let slot = match broker.admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let status = match refusal {
+                AdmissionRefusal::ShuttingDown | AdmissionRefusal::AtCapacity => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                AdmissionRefusal::TooManyFromIp { .. } => StatusCode::TOO_MANY_REQUESTS,
+            };
+            return error(status, refusal.to_string());
         }
-    };
-    let Some(slot) = broker.try_open_session() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "connection limit reached; try again later",
-        );
     };
 
     let accept = derive_accept_key(key.as_bytes());
-    let config = &broker.config;
+    let config = broker.config();
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.ws_read_buffer_bytes)
         // tungstenite writes only control frames (pongs, close): the writer
         // in `session::writer` writes everything else itself.
         .write_buffer_size(0)
-        .max_message_size(Some(config.ws_max_message_bytes))
-        .max_frame_size(Some(config.ws_max_frame_bytes));
+        .max_message_size(Some(config.ws_max_message_bytes()))
+        .max_frame_size(Some(config.ws_max_frame_bytes()));
     let connection_id = broker.next_connection_id();
     let span = tracing::info_span!("session", id = connection_id, %peer);
     let on_upgrade = hyper::upgrade::on(request);
     // One task per connection, bounded by `max-connections` (the slot).
-    broker.tasks.spawn(
+    broker.spawn(
         async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
@@ -121,7 +102,6 @@ pub fn handle(
                     )
                     .await;
                     connection::serve(slot, ws, connection_id).await;
-                    drop(ip_slot);
                 }
                 Err(error) => tracing::debug!(%error, "upgrade failed"),
             }

@@ -3,6 +3,7 @@
 //! keeps heart-beats, and closes with an ERROR frame when something is wrong.
 
 use crate::broker::SessionSlot;
+use crate::metrics::ErrorReason;
 use crate::outbox::{Outbox, OutboxState};
 use crate::session::writer::Writer;
 use crate::session::{Flow, Session};
@@ -32,7 +33,7 @@ enum Ending {
     Quiet,
     /// Tell the client why (an ERROR frame), then close. The reason labels
     /// the `errors_total` metric.
-    Error(Frame, CloseCode, &'static str),
+    Error(Frame, CloseCode, ErrorReason),
     /// The replies (ending in a RECEIPT or an ERROR) are written; close.
     Closed(CloseCode),
 }
@@ -42,8 +43,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let broker = slot.broker().clone();
-    let config = &broker.config;
-    let metrics = &broker.metrics;
+    let config = broker.config();
+    let metrics = broker.metrics();
     let outbox = Arc::new(Outbox::new(
         config.outbound_queue_frames,
         config.outbound_queue_bytes,
@@ -78,8 +79,8 @@ where
         // Not `biased`: under a steady stream of messages the writer branch is
         // always ready, and reads (heart-beats included) must still get turns.
         tokio::select! {
-            _ = broker.shutdown.cancelled() => {
-                break Ending::Error(Session::error("server is shutting down"), CloseCode::Away, "shutdown");
+            _ = broker.shutting_down() => {
+                break Ending::Error(Session::error("server is shutting down"), CloseCode::Away, ErrorReason::Shutdown);
             }
             _ = outbox.ready.notified() => {
                 // Cancel safety: the write is raced only against closing, and
@@ -143,7 +144,7 @@ where
                         Ok(Some(Item::HeartBeat)) => {}
                         Ok(None) => break,
                         Err(error) => {
-                            break 'session Ending::Error(Session::error(error.to_string()), CloseCode::Policy, "decode")
+                            break 'session Ending::Error(Session::error(error.to_string()), CloseCode::Policy, ErrorReason::Decode)
                         }
                     }
                 }
@@ -157,7 +158,7 @@ where
                     break Ending::Error(
                         Session::error(format!("no CONNECT frame within {:?}", config.connect_timeout)),
                         CloseCode::Policy,
-                        "connect_timeout",
+                        ErrorReason::ConnectTimeout,
                     );
                 }
                 let beats = session.heart_beats();
@@ -166,7 +167,7 @@ where
                     break Ending::Error(
                         Session::error(format!("heart-beat timeout: nothing received for {silence_limit:?}")),
                         CloseCode::Policy,
-                        "heartbeat_timeout",
+                        ErrorReason::HeartbeatTimeout,
                     );
                 }
                 if !beats.send.is_zero() && now >= last_write + beats.send {
@@ -251,17 +252,17 @@ fn read_failed(error: &tokio_tungstenite::tungstenite::Error) -> Ending {
         Error::Utf8(_) => (
             "text WebSocket message is not valid UTF-8".to_owned(),
             CloseCode::Invalid,
-            "invalid_utf8",
+            ErrorReason::InvalidUtf8,
         ),
         Error::Capacity(capacity) => (
             format!("WebSocket message too large: {capacity} (ws-max-message-bytes)"),
             CloseCode::Size,
-            "too_large",
+            ErrorReason::TooLarge,
         ),
         Error::Protocol(protocol) => (
             format!("WebSocket protocol error: {protocol}"),
             CloseCode::Protocol,
-            "websocket",
+            ErrorReason::WebSocket,
         ),
         _ => return Ending::Quiet,
     };
@@ -272,6 +273,6 @@ fn slow_consumer() -> Ending {
     Ending::Error(
         Session::error("slow consumer: this connection did not read its messages fast enough"),
         CloseCode::Policy,
-        "slow_consumer",
+        ErrorReason::SlowConsumer,
     )
 }

@@ -3,16 +3,17 @@
 //! publishes through the broker, but owns no socket, so it can be tested
 //! frame by frame.
 
-use crate::auth::{self, Identity};
+use crate::auth::Identity;
 use crate::broker::Broker;
 use crate::config::ClientSend;
 use crate::destination;
+use crate::metrics::ErrorReason;
 use crate::outbox::Outbox;
 use crate::registry::{Subscriber, SubscriberKey};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stompede_protocol::{Command, Frame, Version};
+use stompede_protocol::{Command, Frame, HeartBeat, Version};
 
 const SUPPORTED_VERSIONS: &str = "1.0,1.1,1.2";
 const SERVER_NAME: &str = concat!("stompede/", env!("CARGO_PKG_VERSION"));
@@ -24,9 +25,8 @@ pub enum Flow {
     /// Write what was produced, then close.
     Close,
     /// The frame was refused: write the replies, which end in an ERROR, then
-    /// close. The reason labels the `errors_total` metric (one of
-    /// [`crate::metrics::ERROR_REASONS`]).
-    Refused(&'static str),
+    /// close. The reason labels the `errors_total` metric.
+    Refused(ErrorReason),
 }
 
 /// Heart-beat intervals agreed in CONNECT/CONNECTED (zero: none).
@@ -51,7 +51,7 @@ struct Refusal {
     /// Extra headers (for example `version` on a failed negotiation).
     headers: Vec<(&'static str, String)>,
     /// Becomes [`Flow::Refused`]'s metric label.
-    reason: &'static str,
+    reason: ErrorReason,
 }
 
 impl Refusal {
@@ -60,11 +60,11 @@ impl Refusal {
         Refusal {
             message: message.into(),
             headers: Vec::new(),
-            reason: "invalid_frame",
+            reason: ErrorReason::InvalidFrame,
         }
     }
 
-    fn because(self, reason: &'static str) -> Refusal {
+    fn because(self, reason: ErrorReason) -> Refusal {
         Refusal { reason, ..self }
     }
 }
@@ -125,8 +125,10 @@ impl TokenBucket {
 
 impl Session {
     pub fn new(broker: Arc<Broker>, connection_id: u64, outbox: Arc<Outbox>) -> Session {
-        let send_budget =
-            TokenBucket::new(broker.config.max_sends_per_second, broker.config.send_burst);
+        let send_budget = TokenBucket::new(
+            broker.config().max_sends_per_second,
+            broker.config().send_burst,
+        );
         Session {
             identity: Identity::Anonymous,
             send_budget,
@@ -209,34 +211,32 @@ impl Session {
                         "no common protocol version: this server supports {SUPPORTED_VERSIONS}"
                     ),
                     headers: vec![("version", SUPPORTED_VERSIONS.to_owned())],
-                    reason: "version",
+                    reason: ErrorReason::Version,
                 })?,
         };
-        let identity = auth::authenticate(&self.broker.config, headers)
-            .map_err(|message| Refusal::new(message).because("auth"))?;
-        let config = &self.broker.config;
+        let identity = self
+            .broker
+            .auth()
+            .authenticate(headers)
+            .map_err(|message| Refusal::new(message).because(ErrorReason::Auth))?;
+        let server = self.broker.config().heartbeat;
         let mut connected = Frame::new(Command::Connected);
         if version >= Version::V1_1 {
-            let (client_send, client_receive) = match headers.get("heart-beat") {
-                None => (Duration::ZERO, Duration::ZERO),
-                Some(value) => crate::config::parse_heartbeat(value).ok_or_else(|| {
+            let client = match headers.get("heart-beat") {
+                None => HeartBeat::default(),
+                Some(value) => HeartBeat::parse(value).ok_or_else(|| {
                     Refusal::new(format!(
                         "invalid heart-beat header {value:?}: expected two numbers, cx,cy"
                     ))
                 })?,
             };
             self.heart_beats = HeartBeats {
-                send: negotiate(config.heartbeat_send, client_receive),
-                receive: negotiate(client_send, config.heartbeat_receive),
+                send: negotiate(server.can_send, client.wants_to_receive),
+                receive: negotiate(client.can_send, server.wants_to_receive),
             };
-            connected = connected.header("version", version.as_str()).header(
-                "heart-beat",
-                format!(
-                    "{},{}",
-                    config.heartbeat_send.as_millis(),
-                    config.heartbeat_receive.as_millis()
-                ),
-            );
+            connected = connected
+                .header("version", version.as_str())
+                .header("heart-beat", server.to_string());
         }
         connected = connected
             .header("session", format!("session-{}", self.connection_id))
@@ -270,7 +270,7 @@ impl Session {
     fn subscribe(&mut self, frame: &Frame, version: Version) -> Outcome {
         let destination = required(frame, "destination")?;
         destination::validate(destination).map_err(Refusal::new)?;
-        destination::check_subscribe(destination, &self.broker.config.subscribe_prefixes)
+        destination::check_subscribe(destination, &self.broker.config().subscribe_prefixes)
             .map_err(forbidden)?;
         if !self.identity.may_subscribe(destination) {
             return Err(forbidden(format!(
@@ -288,12 +288,12 @@ impl Session {
                 "subscription id {id:?} is already in use in this session"
             )));
         }
-        let limit = self.broker.config.max_subscriptions_per_session;
+        let limit = self.broker.config().max_subscriptions_per_session;
         if self.subscriptions.len() >= limit {
             return Err(Refusal::new(format!(
                 "too many subscriptions: this server allows {limit} per session"
             ))
-            .because("limit"));
+            .because(ErrorReason::Limit));
         }
         let ack = match frame.headers.get("ack").unwrap_or("auto") {
             "auto" => false,
@@ -315,7 +315,7 @@ impl Session {
             ack,
             version,
         };
-        self.broker.registry.subscribe(destination, key, subscriber);
+        self.broker.subscribe(destination, key, subscriber);
         self.subscriptions.insert(
             id.to_owned(),
             SubscriptionEntry {
@@ -335,30 +335,28 @@ impl Session {
         let entry = self.subscriptions.remove(id).ok_or_else(|| {
             Refusal::new(format!("no subscription with id {id:?} in this session"))
         })?;
-        self.broker
-            .registry
-            .unsubscribe(&entry.destination, entry.key);
+        self.broker.unsubscribe(&entry.destination, entry.key);
         Ok(())
     }
 
     fn send(&mut self, frame: Frame) -> Outcome {
-        if self.broker.config.client_send == ClientSend::Deny {
+        if self.broker.config().client_send == ClientSend::Deny {
             return Err(Refusal::new(
                 "SEND is disabled on this server: messages are published through the HTTP API \
                  (start stompede with --client-send allow to let clients SEND)",
             )
-            .because("send_disabled"));
+            .because(ErrorReason::SendDisabled));
         }
         let destination = required(&frame, "destination")?;
         destination::validate(destination).map_err(Refusal::new)?;
-        let config = &self.broker.config;
+        let config = self.broker.config();
         destination::check_send(destination, &config.send_prefixes).map_err(forbidden)?;
         if !self.send_budget.take(Instant::now()) {
             return Err(Refusal::new(format!(
                 "too many SENDs: this server allows {} per second per session (burst {})",
                 config.max_sends_per_second, config.send_burst
             ))
-            .because("limit"));
+            .because(ErrorReason::Limit));
         }
         if let Some(transaction) = frame.headers.get("transaction") {
             return self.hold_in_transaction(transaction.to_owned(), frame);
@@ -448,12 +446,12 @@ impl Session {
     }
 
     fn reserve_transaction_frame(&mut self) -> Outcome {
-        let limit = self.broker.config.max_transaction_frames;
+        let limit = self.broker.config().max_transaction_frames;
         if self.transaction_frames >= limit {
             return Err(Refusal::new(format!(
                 "too many frames in open transactions: this server holds at most {limit} per session"
             ))
-            .because("limit"));
+            .because(ErrorReason::Limit));
         }
         self.transaction_frames += 1;
         Ok(())
@@ -462,9 +460,7 @@ impl Session {
     /// Removes every subscription of this session from the registry.
     pub fn close(&mut self) {
         for (_, entry) in self.subscriptions.drain() {
-            self.broker
-                .registry
-                .unsubscribe(&entry.destination, entry.key);
+            self.broker.unsubscribe(&entry.destination, entry.key);
         }
         self.transactions.clear();
         self.transaction_frames = 0;
@@ -492,7 +488,7 @@ fn required<'a>(frame: &'a Frame, name: &str) -> Result<&'a str, Refusal> {
 }
 
 fn forbidden(message: impl Into<String>) -> Refusal {
-    Refusal::new(message).because("forbidden")
+    Refusal::new(message).because(ErrorReason::Forbidden)
 }
 
 fn missing(frame: &Frame, name: &str) -> Refusal {
@@ -510,13 +506,4 @@ fn error_frame(refusal: Refusal, receipt: Option<&str>) -> Frame {
     frame
         .header("content-type", "text/plain")
         .body(refusal.message.into_bytes())
-}
-
-/// Compares two secrets in time that depends only on their lengths.
-pub fn constant_time_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

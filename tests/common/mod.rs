@@ -108,7 +108,7 @@ impl TestBroker {
     /// Waits until `destination` has `count` subscribers.
     pub async fn wait_for_subscribers(&self, destination: &str, count: usize) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
-        while self.broker.registry.subscriber_count(destination) != count {
+        while self.broker.subscriber_count(destination) != count {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "{destination} never reached {count} subscribers"
