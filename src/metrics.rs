@@ -102,87 +102,106 @@ impl ErrorReason {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new_custom(Some("stompede".into()), None).expect("a valid prefix");
-        let opts = |name: &str, help: &str| Opts::new(name, help);
         let metrics = Metrics {
-            connections: IntGauge::with_opts(opts("connections", "Open WebSocket connections")).unwrap(),
-            sessions: IntGaugeVec::new(opts("sessions", "Connected STOMP sessions by protocol version"), &["version"])
-                .unwrap(),
-            subscriptions: IntGauge::with_opts(opts("subscriptions", "Active subscriptions")).unwrap(),
-            destinations: IntGauge::with_opts(opts("destinations", "Destinations with at least one subscriber"))
-                .unwrap(),
-            messages_published: IntCounter::with_opts(opts(
-                "messages_published_total",
-                "Messages published (HTTP API and client SEND)",
-            ))
-            .unwrap(),
-            messages_delivered: IntCounter::with_opts(opts(
-                "messages_delivered_total",
-                "MESSAGE frames written to subscriber sockets",
-            ))
-            .unwrap(),
-            slow_consumer_disconnects: IntCounter::with_opts(opts(
-                "slow_consumer_disconnects_total",
-                "Subscribers disconnected because their outbound queue was full",
-            ))
-            .unwrap(),
-            slow_consumer_drops: IntCounter::with_opts(opts(
-                "slow_consumer_drops_total",
-                "Messages dropped for a subscriber whose outbound queue was full (slow-consumer = drop)",
-            ))
-            .unwrap(),
-            errors: IntCounterVec::new(opts("errors_total", "ERROR frames sent, by reason"), &["reason"]).unwrap(),
-            outbound_queued: IntGauge::with_opts(opts(
-                "outbound_queued_frames",
-                "Deliveries waiting in outbound queues across all connections",
-            ))
-            .unwrap(),
-            outbound_batch_frames: Histogram::with_opts(
-                HistogramOpts::new("outbound_batch_frames", "Frames written per socket flush")
-                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
-            )
-            .unwrap(),
-            delivery_latency: Histogram::with_opts(
-                HistogramOpts::new(
-                    "delivery_latency_seconds",
-                    "Time from publish to the MESSAGE being handed to the subscriber's socket",
-                )
-                .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
-            )
-            .unwrap(),
-            http_requests: IntCounterVec::new(
-                opts("http_requests_total", "HTTP requests by route and status"),
-                &["route", "status"],
-            )
-            .unwrap(),
-            http_duration: HistogramVec::new(
-                HistogramOpts::new("http_request_duration_seconds", "HTTP request handling time by route")
-                    .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
-                &["route"],
-            )
-            .unwrap(),
+            connections: register(
+                &registry,
+                IntGauge::new("connections", "Open WebSocket connections"),
+            ),
+            sessions: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("sessions", "Connected STOMP sessions by protocol version"),
+                    &["version"],
+                ),
+            ),
+            subscriptions: register(
+                &registry,
+                IntGauge::new("subscriptions", "Active subscriptions"),
+            ),
+            destinations: register(
+                &registry,
+                IntGauge::new("destinations", "Destinations with at least one subscriber"),
+            ),
+            messages_published: register(
+                &registry,
+                IntCounter::new(
+                    "messages_published_total",
+                    "Messages published (HTTP API and client SEND)",
+                ),
+            ),
+            messages_delivered: register(
+                &registry,
+                IntCounter::new(
+                    "messages_delivered_total",
+                    "MESSAGE frames written to subscriber sockets",
+                ),
+            ),
+            slow_consumer_disconnects: register(
+                &registry,
+                IntCounter::new(
+                    "slow_consumer_disconnects_total",
+                    "Subscribers disconnected because their outbound queue was full",
+                ),
+            ),
+            slow_consumer_drops: register(
+                &registry,
+                IntCounter::new(
+                    "slow_consumer_drops_total",
+                    "Messages dropped for a subscriber whose outbound queue was full \
+                     (slow-consumer = drop)",
+                ),
+            ),
+            errors: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("errors_total", "ERROR frames sent, by reason"),
+                    &["reason"],
+                ),
+            ),
+            outbound_queued: register(
+                &registry,
+                IntGauge::new(
+                    "outbound_queued_frames",
+                    "Deliveries waiting in outbound queues across all connections",
+                ),
+            ),
+            outbound_batch_frames: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("outbound_batch_frames", "Frames written per socket flush")
+                        .buckets(prometheus::exponential_buckets(1.0, 2.0, 11).expect("valid")),
+                ),
+            ),
+            delivery_latency: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "delivery_latency_seconds",
+                        "Time from publish to the MESSAGE being handed to the subscriber's socket",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                ),
+            ),
+            http_requests: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("http_requests_total", "HTTP requests by route and status"),
+                    &["route", "status"],
+                ),
+            ),
+            http_duration: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "http_request_duration_seconds",
+                        "HTTP request handling time by route",
+                    )
+                    .buckets(HTTP_BUCKETS.to_vec()),
+                    &["route"],
+                ),
+            ),
             registry,
         };
-        for collector in [
-            Box::new(metrics.connections.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(metrics.sessions.clone()),
-            Box::new(metrics.subscriptions.clone()),
-            Box::new(metrics.destinations.clone()),
-            Box::new(metrics.messages_published.clone()),
-            Box::new(metrics.messages_delivered.clone()),
-            Box::new(metrics.slow_consumer_disconnects.clone()),
-            Box::new(metrics.slow_consumer_drops.clone()),
-            Box::new(metrics.errors.clone()),
-            Box::new(metrics.outbound_queued.clone()),
-            Box::new(metrics.outbound_batch_frames.clone()),
-            Box::new(metrics.delivery_latency.clone()),
-            Box::new(metrics.http_requests.clone()),
-            Box::new(metrics.http_duration.clone()),
-        ] {
-            metrics
-                .registry
-                .register(collector)
-                .expect("metric names are unique");
-        }
         for reason in ErrorReason::ALL {
             metrics.errors.with_label_values(&[reason.label()]);
         }
@@ -205,6 +224,28 @@ impl Metrics {
             .expect("text encoding cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
+}
+
+/// Latency buckets, in seconds: 100 us to 2.5 s.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// HTTP handling time buckets, in seconds: 100 us to 1 s.
+const HTTP_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Registers a new metric (the names are fixed, so neither step can fail).
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("a valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
 }
 
 impl Default for Metrics {

@@ -80,7 +80,8 @@ where
         // always ready, and reads (heart-beats included) must still get turns.
         tokio::select! {
             _ = broker.shutting_down() => {
-                break Ending::Error(Session::error("server is shutting down"), CloseCode::Away, ErrorReason::Shutdown);
+                let goodbye = Session::error("server is shutting down");
+                break Ending::Error(goodbye, CloseCode::Away, ErrorReason::Shutdown);
             }
             _ = outbox.ready.notified() => {
                 // Cancel safety: the write is raced only against closing, and
@@ -113,7 +114,8 @@ where
                             let was_connected = session.version().is_some();
                             let subscriptions_before = session.subscription_count();
                             let flow = session.handle(frame, &mut replies);
-                            metrics.subscriptions.add(session.subscription_count() as i64 - subscriptions_before as i64);
+                            let added = session.subscription_count() as i64 - subscriptions_before as i64;
+                            metrics.subscriptions.add(added);
                             if let (false, Some(version)) = (was_connected, session.version()) {
                                 metrics.sessions.with_label_values(&[version.as_str()]).inc();
                                 decoder.set_version(version);
@@ -129,7 +131,8 @@ where
                                 }
                                 // Boxed: replies are rare next to deliveries, and their
                                 // future need not make every idle connection bigger.
-                                match Box::pin(writer.write_replies(&mut replies, &outbox, &mut ws, metrics)).await {
+                                let written = writer.write_replies(&mut replies, &outbox, &mut ws, metrics);
+                                match Box::pin(written).await {
                                     Ok(OutboxState::Open) => {}
                                     Ok(OutboxState::SlowConsumer) => break 'session slow_consumer(),
                                     Ok(OutboxState::Closed) | Err(_) => break 'session Ending::Quiet,
@@ -138,13 +141,15 @@ where
                             }
                             if flow != Flow::Continue {
                                 let refused = matches!(flow, Flow::Refused(_));
-                                break 'session Ending::Closed(if refused { CloseCode::Policy } else { CloseCode::Normal });
+                                let code = if refused { CloseCode::Policy } else { CloseCode::Normal };
+                                break 'session Ending::Closed(code);
                             }
                         }
                         Ok(Some(Item::HeartBeat)) => {}
                         Ok(None) => break,
                         Err(error) => {
-                            break 'session Ending::Error(Session::error(error.to_string()), CloseCode::Policy, ErrorReason::Decode)
+                            let error = Session::error(error.to_string());
+                            break 'session Ending::Error(error, CloseCode::Policy, ErrorReason::Decode)
                         }
                     }
                 }
@@ -156,7 +161,10 @@ where
                 let now = Instant::now();
                 if session.version().is_none() {
                     break Ending::Error(
-                        Session::error(format!("no CONNECT frame within {:?}", config.connect_timeout)),
+                        Session::error(format!(
+                            "no CONNECT frame within {:?}",
+                            config.connect_timeout
+                        )),
                         CloseCode::Policy,
                         ErrorReason::ConnectTimeout,
                     );
@@ -165,7 +173,9 @@ where
                 let silence_limit = beats.receive * HEARTBEAT_TOLERANCE;
                 if !beats.receive.is_zero() && now >= last_read + silence_limit {
                     break Ending::Error(
-                        Session::error(format!("heart-beat timeout: nothing received for {silence_limit:?}")),
+                        Session::error(format!(
+                            "heart-beat timeout: nothing received for {silence_limit:?}"
+                        )),
                         CloseCode::Policy,
                         ErrorReason::HeartbeatTimeout,
                     );

@@ -507,3 +507,438 @@ fn error_frame(refusal: Refusal, receipt: Option<&str>) -> Frame {
         .header("content-type", "text/plain")
         .body(refusal.message.into_bytes())
 }
+
+/// The state machine frame by frame: frames in, frames out, no socket.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::User;
+    use crate::config::Config;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    struct Harness {
+        broker: Arc<Broker>,
+        session: Session,
+        outbox: Arc<Outbox>,
+    }
+
+    impl Harness {
+        fn new(config: Config) -> Harness {
+            let broker = Arc::new(Broker::new(config));
+            let outbox = Arc::new(Outbox::new(16, 1 << 20));
+            let session = Session::new(broker.clone(), 7, outbox.clone());
+            Harness {
+                broker,
+                session,
+                outbox,
+            }
+        }
+
+        /// A session that has CONNECTed with STOMP 1.2 and no heart-beats.
+        fn connected(config: Config) -> Harness {
+            let mut harness = Harness::new(config);
+            let (flow, replies) = harness.feed(connect("1.2"));
+            assert_eq!(flow, Flow::Continue);
+            assert_eq!(replies[0].command, Command::Connected);
+            harness
+        }
+
+        fn feed(&mut self, frame: Frame) -> (Flow, Vec<Frame>) {
+            let mut replies = Vec::new();
+            let flow = self.session.handle(frame, &mut replies);
+            (flow, replies)
+        }
+
+        /// Feeds a frame that must be refused; returns the ERROR's message and the reason.
+        fn refused(&mut self, frame: Frame) -> (String, ErrorReason) {
+            let (flow, replies) = self.feed(frame);
+            let Flow::Refused(reason) = flow else {
+                panic!("not refused: {flow:?} {replies:?}")
+            };
+            let error = replies.last().expect("an ERROR");
+            assert_eq!(error.command, Command::Error);
+            let message = error.headers.get("message").unwrap().to_owned();
+            assert_eq!(
+                &error.body[..],
+                message.as_bytes(),
+                "the body repeats the message"
+            );
+            (message, reason)
+        }
+    }
+
+    fn connect(version: &str) -> Frame {
+        Frame::new(Command::Connect).header("accept-version", version)
+    }
+
+    fn subscribe(id: &str, destination: &str) -> Frame {
+        Frame::new(Command::Subscribe)
+            .header("id", id)
+            .header("destination", destination)
+    }
+
+    fn send(destination: &str) -> Frame {
+        Frame::new(Command::Send)
+            .header("destination", destination)
+            .body("hi")
+    }
+
+    fn allowing_send() -> Config {
+        Config {
+            client_send: ClientSend::Allow,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn heart_beats_are_negotiated_per_direction() {
+        let server = |cx, cy| Config {
+            heartbeat: HeartBeat {
+                can_send: MS(cx),
+                wants_to_receive: MS(cy),
+            },
+            ..Config::default()
+        };
+        // (server cx,cy), client's header, expected (send, receive)
+        let cases = [
+            ((1000, 1000), Some("500,2000"), (2000, 1000)),
+            ((1000, 1000), Some("0,0"), (0, 0)),
+            ((1000, 0), Some("500,500"), (1000, 0)),
+            ((0, 1000), Some("500,500"), (0, 1000)),
+            ((1000, 1000), None, (0, 0)),
+            ((10000, 10000), Some(" 3000 , 20000 "), (20000, 10000)),
+        ];
+        for ((cx, cy), header, (send, receive)) in cases {
+            let mut harness = Harness::new(server(cx, cy));
+            let mut frame = connect("1.1,1.2");
+            if let Some(header) = header {
+                frame = frame.header("heart-beat", header);
+            }
+            let (_, replies) = harness.feed(frame);
+            assert_eq!(
+                replies[0].headers.get("heart-beat"),
+                Some(format!("{cx},{cy}").as_str())
+            );
+            assert_eq!(
+                harness.session.heart_beats(),
+                HeartBeats {
+                    send: MS(send),
+                    receive: MS(receive)
+                },
+                "server {cx},{cy}, client {header:?}"
+            );
+        }
+        // STOMP 1.0 has no heart-beats, whatever the client says.
+        let mut harness = Harness::new(server(1000, 1000));
+        let (_, replies) = harness.feed(Frame::new(Command::Connect).header("heart-beat", "10,10"));
+        assert_eq!(replies[0].headers.get("heart-beat"), None);
+        assert_eq!(harness.session.heart_beats(), HeartBeats::default());
+        // A header that is not cx,cy is refused.
+        let mut harness = Harness::new(Config::default());
+        let (message, reason) = harness.refused(connect("1.2").header("heart-beat", "often"));
+        assert_eq!(
+            message,
+            "invalid heart-beat header \"often\": expected two numbers, cx,cy"
+        );
+        assert_eq!(reason, ErrorReason::InvalidFrame);
+    }
+
+    #[test]
+    fn the_highest_common_version_is_chosen_or_the_connect_refused() {
+        for (offered, chosen) in [("1.0,1.1", "1.1"), ("1.2,1.0", "1.2"), ("1.0", "1.0")] {
+            let mut harness = Harness::new(Config::default());
+            let (_, replies) = harness.feed(connect(offered));
+            let expected = (chosen != "1.0").then_some(chosen);
+            assert_eq!(replies[0].headers.get("version"), expected, "{offered}");
+            assert_eq!(harness.session.version().unwrap().as_str(), chosen);
+        }
+        let mut harness = Harness::new(Config::default());
+        let (flow, replies) = harness.feed(connect("2.0,3.1"));
+        assert_eq!(flow, Flow::Refused(ErrorReason::Version));
+        assert_eq!(replies[0].headers.get("version"), Some("1.0,1.1,1.2"));
+        assert_eq!(harness.session.version(), None);
+    }
+
+    #[test]
+    fn transactions_hold_sends_until_commit_and_drop_them_on_abort() {
+        let mut harness = Harness::connected(allowing_send());
+        harness.feed(subscribe("0", "/topic/a"));
+        let begin = |tx: &str| Frame::new(Command::Begin).header("transaction", tx);
+        let end = |command, tx: &str| Frame::new(command).header("transaction", tx);
+        assert_eq!(harness.feed(begin("t1")).0, Flow::Continue);
+        assert_eq!(
+            harness.feed(send("/topic/a").header("transaction", "t1")).0,
+            Flow::Continue
+        );
+        assert_eq!(
+            harness.feed(send("/topic/a").header("transaction", "t1")).0,
+            Flow::Continue
+        );
+        assert!(
+            harness.outbox.is_empty(),
+            "nothing is published before COMMIT"
+        );
+        assert_eq!(harness.feed(end(Command::Commit, "t1")).0, Flow::Continue);
+        assert_eq!(
+            harness.outbox.len(),
+            2,
+            "COMMIT publishes what the transaction held"
+        );
+
+        harness.feed(begin("t2"));
+        harness.feed(send("/topic/a").header("transaction", "t2"));
+        assert_eq!(harness.feed(end(Command::Abort, "t2")).0, Flow::Continue);
+        assert_eq!(
+            harness.outbox.len(),
+            2,
+            "ABORT drops what the transaction held"
+        );
+        assert_eq!(harness.session.transaction_frames, 0);
+
+        let (message, _) = harness.refused(end(Command::Commit, "t2"));
+        assert_eq!(message, "no open transaction \"t2\"");
+    }
+
+    #[test]
+    fn transaction_refusals() {
+        let begin = |tx: &str| Frame::new(Command::Begin).header("transaction", tx);
+        let mut harness = Harness::connected(allowing_send());
+        harness.feed(begin("t"));
+        assert_eq!(
+            harness.refused(begin("t")).0,
+            "transaction \"t\" is already open"
+        );
+
+        let mut harness = Harness::connected(allowing_send());
+        let (message, _) = harness.refused(send("/topic/a").header("transaction", "nope"));
+        assert_eq!(message, "no open transaction \"nope\"");
+
+        let mut harness = Harness::connected(Config {
+            max_transaction_frames: 3,
+            ..allowing_send()
+        });
+        harness.feed(begin("t"));
+        harness.feed(send("/topic/a").header("transaction", "t"));
+        harness.feed(
+            Frame::new(Command::Ack)
+                .header("id", "1")
+                .header("transaction", "t"),
+        );
+        let (message, reason) = harness.refused(send("/topic/a").header("transaction", "t"));
+        assert_eq!(
+            message,
+            "too many frames in open transactions: this server holds at most 3 per session"
+        );
+        assert_eq!(reason, ErrorReason::Limit);
+
+        let mut harness = Harness::connected(Config::default());
+        let (message, _) = harness.refused(Frame::new(Command::Begin));
+        assert_eq!(message, "BEGIN frame has no transaction header");
+    }
+
+    #[test]
+    fn every_refusal_names_its_reason() {
+        let limits = || Config {
+            max_subscriptions_per_session: 1,
+            subscribe_prefixes: vec!["/topic/".into()],
+            ..Config::default()
+        };
+        let refused = |config: Config, frames: Vec<Frame>, reason: ErrorReason, expected: &str| {
+            let mut harness = Harness::connected(config);
+            let (last, before) = frames.split_last().unwrap();
+            for frame in before {
+                assert_eq!(harness.feed(frame.clone()).0, Flow::Continue, "{frame:?}");
+            }
+            let (message, refusal) = harness.refused(last.clone().header("receipt", "r-1"));
+            assert_eq!(message, expected);
+            assert_eq!(refusal, reason, "{expected}");
+        };
+        refused(
+            limits(),
+            vec![subscribe("0", "/queue/a")],
+            ErrorReason::Forbidden,
+            concat!(
+                "not allowed to subscribe to \"/queue/a\": destinations must ",
+                "start with \"/topic/\""
+            ),
+        );
+        refused(
+            limits(),
+            vec![Frame::new(Command::Subscribe).header("id", "0")],
+            ErrorReason::InvalidFrame,
+            "SUBSCRIBE frame has no destination header",
+        );
+        refused(
+            limits(),
+            vec![Frame::new(Command::Subscribe).header("destination", "/topic/a")],
+            ErrorReason::InvalidFrame,
+            "SUBSCRIBE frame has no id header",
+        );
+        refused(
+            limits(),
+            vec![subscribe("0", "/topic/\u{1}")],
+            ErrorReason::InvalidFrame,
+            "destination contains a control character",
+        );
+        refused(
+            limits(),
+            vec![subscribe("0", "/topic/a"), subscribe("0", "/topic/b")],
+            ErrorReason::InvalidFrame,
+            "subscription id \"0\" is already in use in this session",
+        );
+        refused(
+            limits(),
+            vec![subscribe("0", "/topic/a"), subscribe("1", "/topic/b")],
+            ErrorReason::Limit,
+            "too many subscriptions: this server allows 1 per session",
+        );
+        refused(
+            limits(),
+            vec![subscribe("0", "/topic/a").header("ack", "sometimes")],
+            ErrorReason::InvalidFrame,
+            concat!(
+                "invalid ack mode \"sometimes\": use auto, client or ",
+                "client-individual"
+            ),
+        );
+        refused(
+            limits(),
+            vec![Frame::new(Command::Unsubscribe).header("id", "9")],
+            ErrorReason::InvalidFrame,
+            "no subscription with id \"9\" in this session",
+        );
+        refused(
+            limits(),
+            vec![send("/topic/a")],
+            ErrorReason::SendDisabled,
+            concat!(
+                "SEND is disabled on this server: messages are published ",
+                "through the HTTP API (start stompede with --client-send ",
+                "allow to let clients SEND)"
+            ),
+        );
+        refused(
+            Config {
+                send_prefixes: vec!["/chat/".into()],
+                ..allowing_send()
+            },
+            vec![send("/topic/a")],
+            ErrorReason::Forbidden,
+            concat!(
+                "not allowed to send to \"/topic/a\": destinations must ",
+                "start with \"/chat/\""
+            ),
+        );
+        refused(
+            Config {
+                send_burst: 2,
+                max_sends_per_second: 0.001,
+                ..allowing_send()
+            },
+            vec![send("/topic/a"), send("/topic/a"), send("/topic/a")],
+            ErrorReason::Limit,
+            concat!(
+                "too many SENDs: this server allows 0.001 per second per ",
+                "session (burst 2)"
+            ),
+        );
+        refused(
+            limits(),
+            vec![Frame::new(Command::Ack)],
+            ErrorReason::InvalidFrame,
+            "ACK frame has no id header",
+        );
+        refused(
+            limits(),
+            vec![Frame::new(Command::Message)],
+            ErrorReason::InvalidFrame,
+            "MESSAGE is a server frame; a client may not send it",
+        );
+        refused(
+            limits(),
+            vec![connect("1.2")],
+            ErrorReason::InvalidFrame,
+            "already connected",
+        );
+    }
+
+    #[test]
+    fn refusals_before_connect() {
+        let mut harness = Harness::new(Config::default());
+        let (message, reason) = harness.refused(subscribe("0", "/topic/a"));
+        assert_eq!(message, "expected a CONNECT or STOMP frame, got SUBSCRIBE");
+        assert_eq!(reason, ErrorReason::InvalidFrame);
+
+        let users = Config {
+            users: vec![User {
+                login: "ann".into(),
+                passcode: "pw".into(),
+            }],
+            ..Config::default()
+        };
+        let mut harness = Harness::new(users.clone());
+        let (message, reason) = harness.refused(connect("1.2"));
+        assert_eq!(
+            message,
+            "authentication required: send login and passcode, or a token"
+        );
+        assert_eq!(reason, ErrorReason::Auth);
+        let mut harness = Harness::new(users);
+        let (flow, _) = harness.feed(
+            connect("1.2")
+                .header("login", "ann")
+                .header("passcode", "pw"),
+        );
+        assert_eq!(flow, Flow::Continue);
+    }
+
+    #[test]
+    fn receipts_and_an_error_carry_the_receipt_id() {
+        let mut harness = Harness::connected(Config::default());
+        let (flow, replies) = harness.feed(subscribe("0", "/topic/a").header("receipt", "77"));
+        assert_eq!(flow, Flow::Continue);
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0].command, Command::Receipt);
+        assert_eq!(replies[0].headers.get("receipt-id"), Some("77"));
+        assert_eq!(harness.broker.subscriber_count("/topic/a"), 1);
+
+        let (_, replies) = harness.feed(subscribe("0", "/topic/b").header("receipt", "78"));
+        assert_eq!(
+            replies.len(),
+            1,
+            "a refused frame gets no RECEIPT, only the ERROR"
+        );
+        assert_eq!(replies[0].headers.get("receipt-id"), Some("78"));
+
+        let (flow, replies) =
+            harness.feed(Frame::new(Command::Disconnect).header("receipt", "bye"));
+        assert_eq!(flow, Flow::Close);
+        assert_eq!(replies[0].headers.get("receipt-id"), Some("bye"));
+    }
+
+    #[test]
+    fn closing_the_session_leaves_nothing_in_the_registry() {
+        let mut harness = Harness::connected(Config::default());
+        harness.feed(subscribe("0", "/topic/a"));
+        harness.feed(subscribe("1", "/topic/b"));
+        assert_eq!(harness.broker.destination_count(), 2);
+        harness.feed(Frame::new(Command::Unsubscribe).header("id", "0"));
+        assert_eq!(harness.broker.destination_count(), 1);
+        drop(harness.session);
+        assert_eq!(harness.broker.destination_count(), 0);
+    }
+
+    #[test]
+    fn stomp_1_0_subscriptions_are_named_by_their_destination() {
+        let mut harness = Harness::new(Config::default());
+        harness.feed(Frame::new(Command::Connect));
+        let (flow, _) =
+            harness.feed(Frame::new(Command::Subscribe).header("destination", "/topic/a"));
+        assert_eq!(flow, Flow::Continue);
+        let (flow, _) =
+            harness.feed(Frame::new(Command::Unsubscribe).header("destination", "/topic/a"));
+        assert_eq!(flow, Flow::Continue);
+        assert_eq!(harness.broker.subscriber_count("/topic/a"), 0);
+    }
+}
