@@ -22,6 +22,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# The Rust components the checks below use (a minimal toolchain lacks them).
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+
+echo "== cargo fmt --check, cargo clippy"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+
 echo "== cargo test (workspace)"
 cargo build --workspace --bins
 cargo test --workspace
