@@ -3,11 +3,12 @@
 //! methods that say what they may do, not the fields.
 
 use crate::auth::AuthPolicy;
-use crate::config::Config;
-use crate::fanout;
+use crate::config::{Config, EngineKind};
+use crate::engine::{self, Confirmation, Engine, EngineError, EngineStatus, Publication};
+use crate::hub::Hub;
 use crate::ip_limit::{is_loopback, IpLimiter, IpSlot};
 use crate::metrics::Metrics;
-use crate::registry::{Registry, Subscriber, SubscriberKey};
+use crate::registry::{Subscriber, SubscriberKey};
 use bytes::Bytes;
 use std::future::Future;
 use std::net::IpAddr;
@@ -21,8 +22,10 @@ use tokio_util::task::TaskTracker;
 pub struct Broker {
     config: Config,
     auth: AuthPolicy,
-    registry: Registry,
-    metrics: Metrics,
+    /// This node's subscribers and the local fan-out.
+    hub: Arc<Hub>,
+    /// Where publishes go (memory or Redis).
+    engine: Engine,
     /// Cancelled when the broker starts shutting down.
     shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
@@ -33,16 +36,27 @@ pub struct Broker {
     sessions_per_ip: Arc<IpLimiter>,
     next_connection_id: AtomicU64,
     next_message_id: AtomicU64,
-    /// Distinguishes message ids across restarts.
+    /// Names this node in logs, in `/readyz` and in message ids.
+    node_id: String,
+    /// Distinguishes message ids across restarts of a node that keeps its `node-id`.
     boot_id: String,
 }
 
-/// What a publish did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Published {
-    pub message_id: String,
-    /// Subscribers of the destination(s) when the message was queued.
-    pub subscribers: usize,
+pub use engine::Published;
+
+/// What a session's frame left for its connection to finish before the
+/// frame's replies go out and the next frame is handled: subscriptions to
+/// confirm and messages to publish, in order.
+#[derive(Debug, Default)]
+pub struct Pending {
+    pub confirmations: Vec<Confirmation>,
+    pub publications: Vec<Publication>,
+}
+
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.confirmations.iter().all(Confirmation::is_ready) && self.publications.is_empty()
+    }
 }
 
 /// Why a new WebSocket session is not admitted.
@@ -77,19 +91,43 @@ impl Broker {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|since| since.as_millis())
             .unwrap_or_default();
+        let hub = Arc::new(Hub::new(config.slow_consumer));
+        let node_id = config.node_id.clone().unwrap_or_else(random_node_id);
+        let engine = match config.engine {
+            EngineKind::Memory => Engine::memory(
+                hub.clone(),
+                engine::memory::IdempotencySettings {
+                    window: config.idempotency_window,
+                    max_keys: config.idempotency_keys_max,
+                },
+            ),
+            EngineKind::Redis => Engine::Redis(engine::redis::RedisEngine::start(
+                hub.clone(),
+                engine::redis::RedisSettings::new(&config, &node_id),
+            )),
+        };
         Broker {
             auth: config.auth_policy(),
             config,
-            registry: Registry::new(),
-            metrics: Metrics::new(),
+            hub,
+            engine,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             sessions: AtomicUsize::new(0),
             sessions_per_ip: Arc::default(),
             next_connection_id: AtomicU64::new(1),
             next_message_id: AtomicU64::new(1),
+            node_id,
             boot_id: format!("{boot:x}"),
         }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn engine_status(&self) -> EngineStatus {
+        self.engine.status()
     }
 
     pub fn config(&self) -> &Config {
@@ -102,63 +140,87 @@ impl Broker {
     }
 
     pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+        self.hub.metrics()
     }
 
     pub fn next_connection_id(&self) -> u64 {
         self.next_connection_id.fetch_add(1, Relaxed)
     }
 
-    /// Publishes one message to each destination (already validated). The
-    /// body is shared, not copied; each destination gets its own encoding
-    /// because the `destination` header differs.
-    pub fn publish(&self, destinations: &[&str], headers: &Headers, body: Bytes) -> Published {
-        let message_id = format!(
-            "{}-{}",
-            self.boot_id,
-            self.next_message_id.fetch_add(1, Relaxed)
-        );
-        let mut subscribers = 0;
-        for destination in destinations {
-            let message = Arc::new(fanout::prepare(
-                destination,
-                &message_id,
-                headers,
-                body.clone(),
-            ));
-            subscribers += fanout::deliver(
-                &self.registry,
-                destination,
-                &message,
-                self.config.slow_consumer,
-                &self.metrics,
-            );
-        }
-        self.metrics.messages_published.inc();
-        Published {
-            message_id,
-            subscribers,
+    /// A message for `destinations` (validated, sorted, deduplicated), with a
+    /// new cluster-wide message id.
+    pub fn publication(
+        &self,
+        destinations: Vec<String>,
+        headers: Headers,
+        body: Bytes,
+        idempotency_key: Option<String>,
+    ) -> Publication {
+        let sequence = self.next_message_id.fetch_add(1, Relaxed);
+        Publication {
+            message_id: format!("{}-{}-{sequence}", self.node_id, self.boot_id),
+            destinations,
+            headers,
+            body,
+            idempotency_key,
         }
     }
 
-    /// Adds one subscription (the session has checked it may).
-    pub fn subscribe(&self, destination: &str, key: SubscriberKey, subscriber: Subscriber) {
-        self.registry.subscribe(destination, key, subscriber);
+    /// Publishes through the engine: to every subscriber on every node. The
+    /// body is shared, not copied; each destination gets its own encoding
+    /// because the `destination` header differs.
+    pub async fn publish(&self, publication: &Publication) -> Result<Published, EngineError> {
+        let published = self.engine.publish(publication).await?;
+        self.metrics().messages_published.inc();
+        Ok(published)
+    }
+
+    /// Finishes what a session's frame left pending, in order.
+    pub async fn complete(&self, pending: Pending) -> Result<(), EngineError> {
+        for confirmation in pending.confirmations {
+            confirmation.wait().await;
+        }
+        for publication in &pending.publications {
+            self.publish(publication).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds one subscription (the session has checked it may). The
+    /// confirmation resolves once every later publish, on any node, reaches it.
+    pub fn subscribe(
+        &self,
+        destination: &str,
+        key: SubscriberKey,
+        subscriber: Subscriber,
+    ) -> Confirmation {
+        self.hub.subscribe(destination, key, subscriber);
+        self.engine.count_changed(destination);
+        self.engine.interest(destination)
     }
 
     /// Removes one subscription.
     pub fn unsubscribe(&self, destination: &str, key: SubscriberKey) {
-        self.registry.unsubscribe(destination, key);
+        if self.hub.unsubscribe(destination, key) {
+            self.engine.interest_lost(destination);
+        }
+        self.engine.count_changed(destination);
     }
 
     /// Subscribers of `destination` on this node.
     pub fn subscriber_count(&self, destination: &str) -> usize {
-        self.registry.subscriber_count(destination)
+        self.hub.subscriber_count(destination)
+    }
+
+    /// Readers of `destination` on every node (for the Redis engine: as last
+    /// reported, see `reader-count-interval`).
+    pub async fn cluster_subscriber_count(&self, destination: &str) -> Result<usize, EngineError> {
+        self.engine.subscriber_count(destination).await
     }
 
     /// Destinations with at least one subscriber on this node.
     pub fn destination_count(&self) -> usize {
-        self.registry.destination_count()
+        self.hub.destination_count()
     }
 
     /// Reserves a session slot for a client at `peer`: one of
@@ -191,7 +253,7 @@ impl Broker {
                 .compare_exchange_weak(open, open + 1, Relaxed, Relaxed)
             {
                 Ok(_) => {
-                    self.metrics.connections.inc();
+                    self.metrics().connections.inc();
                     return Ok(SessionSlot {
                         broker: self.clone(),
                         _ip_slot: ip_slot,
@@ -234,10 +296,13 @@ impl Broker {
         self.shutdown.cancel();
     }
 
-    /// Waits up to `grace` for every connection task; returns whether all ended.
+    /// Waits up to `grace` for every connection task, then stops the
+    /// engine; returns whether all connections ended.
     pub async fn wait_for_connections(&self, grace: Duration) -> bool {
         self.tasks.close();
-        tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
+        let all_ended = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
+        self.engine.shutdown().await;
+        all_ended
     }
 }
 
@@ -257,6 +322,20 @@ impl SessionSlot {
 impl Drop for SessionSlot {
     fn drop(&mut self) {
         self.broker.sessions.fetch_sub(1, Relaxed);
-        self.broker.metrics.connections.dec();
+        self.broker.metrics().connections.dec();
     }
+}
+
+/// A node id for a node that was given none: 8 random hex digits (from the
+/// standard library's randomly seeded hasher, so no RNG dependency).
+fn random_node_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_nanos())
+            .unwrap_or_default(),
+    );
+    format!("{:08x}", hasher.finish() as u32)
 }

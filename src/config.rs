@@ -221,6 +221,60 @@ pub struct Config {
     #[arg(long, default_value = "5", value_parser = parse_seconds)]
     pub shutdown_grace: Duration,
 
+    /// Where publishes go: `memory` (one process, nothing external) or `redis` (several nodes
+    /// acting as one broker on Redis; see docs/cluster.md).
+    #[arg(long, value_enum, default_value = "memory")]
+    pub engine: EngineKind,
+
+    /// Redis for the `redis` engine: `redis://[user:password@]host:port[/db]`, or `rediss://`
+    /// for TLS.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// This node's name in logs, `/readyz`, message ids and Redis (unique per node).
+    /// Unset: 8 random hex digits at start.
+    #[arg(long, value_parser = parse_node_id)]
+    pub node_id: Option<String>,
+
+    /// Prefix of every Redis key and channel, so several stompede clusters can share one Redis
+    /// (no `{` or `}`: they would change the key's hash slot).
+    #[arg(long, default_value = "stompede:", value_parser = parse_key_prefix)]
+    pub redis_key_prefix: String,
+
+    /// Seconds a Redis command may take before the publish (or count) fails with 503.
+    #[arg(long, default_value = "2", value_parser = positive_seconds)]
+    pub redis_command_timeout: Duration,
+
+    /// Most seconds between two attempts to reconnect to Redis (the delay doubles from 100 ms up
+    /// to this, with jitter).
+    #[arg(long, default_value = "5", value_parser = positive_seconds)]
+    pub redis_reconnect_max_delay: Duration,
+
+    /// Messages from Redis waiting for the local fan-out; past it the node drops the oldest and
+    /// counts a gap (`engine_input_dropped_total`).
+    #[arg(long, default_value_t = 8192, value_parser = at_least_one::<usize>)]
+    pub redis_input_queue: usize,
+
+    /// Seconds between two reports of this node's reader counts to Redis; cluster-wide counts
+    /// are at most about this old, and a dead node's readers stop counting within 3 intervals.
+    #[arg(long, default_value = "1", value_parser = positive_seconds)]
+    pub reader_count_interval: Duration,
+
+    /// Seconds a node stays subscribed to a destination's Redis channel after its last local
+    /// reader left, so a destination that flaps does not hammer Redis.
+    #[arg(long, default_value = "5", value_parser = parse_seconds)]
+    pub interest_linger: Duration,
+
+    /// Seconds a publish's `Idempotency-Key` is remembered: a retry within it is answered like
+    /// the first and not delivered again.
+    #[arg(long, default_value = "600", value_parser = positive_seconds)]
+    pub idempotency_window: Duration,
+
+    /// Most idempotency keys the memory engine remembers; past it the oldest is forgotten early
+    /// (the Redis engine keeps them in Redis, each expiring with the window).
+    #[arg(long, default_value_t = 100_000, value_parser = at_least_one::<usize>)]
+    pub idempotency_keys_max: usize,
+
     /// Log format (filter with RUST_LOG, default `info`).
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -240,6 +294,12 @@ pub enum ClientSend {
 pub enum SlowConsumerPolicy {
     Disconnect,
     Drop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineKind {
+    Memory,
+    Redis,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -462,6 +522,27 @@ fn parse_ws_path(text: &str) -> Result<String, String> {
         Ok(text.to_owned())
     } else {
         Err("must start with / and not be under /api/".into())
+    }
+}
+
+fn parse_node_id(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err("use 1 to 64 letters, digits, '-', '_' or '.'".into())
+    }
+}
+
+fn parse_key_prefix(text: &str) -> Result<String, String> {
+    if text.contains(['{', '}']) || text.chars().any(char::is_control) {
+        Err("must not contain '{', '}' or control characters".into())
+    } else {
+        Ok(text.to_owned())
     }
 }
 

@@ -35,6 +35,27 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// HTTP request handling time by route.
     pub http_duration: HistogramVec,
+    /// 1 while the engine can publish (always for memory), 0 while Redis is unreachable.
+    pub engine_up: IntGauge,
+    /// Publishes this node sent to Redis.
+    pub engine_publishes: IntCounter,
+    /// Messages this node received from Redis (each fanned out locally once).
+    pub engine_received: IntCounter,
+    /// Destinations this node subscribed to / unsubscribed from in Redis.
+    pub engine_interest_subscribes: IntCounter,
+    pub engine_interest_unsubscribes: IntCounter,
+    /// Redis SUBSCRIBE commands sent (each covers many destinations when they arrive together).
+    pub engine_subscribe_commands: IntCounter,
+    /// Times the Redis links came back after being lost.
+    pub engine_reconnects: IntCounter,
+    /// Messages from Redis waiting for the local fan-out.
+    pub engine_input_queued: IntGauge,
+    /// Messages from Redis lost because the local fan-out fell behind (a gap).
+    pub engine_input_dropped: IntCounter,
+    /// Messages from Redis this node could not read (an unknown format version).
+    pub engine_input_invalid: IntCounter,
+    /// Redis round trip of a publish, of a count, of an interest change.
+    pub engine_roundtrip: HistogramVec,
 }
 
 /// Why a session was sent an ERROR frame: the `reason` label of `errors_total`.
@@ -56,12 +77,14 @@ pub enum ErrorReason {
     HeartbeatTimeout,
     SlowConsumer,
     Shutdown,
+    /// The engine could not carry out a frame (Redis unreachable).
+    Unavailable,
 }
 
 impl ErrorReason {
     /// Every reason, exported at zero from the start so dashboards and alerts
     /// see each series before it first moves.
-    pub const ALL: [ErrorReason; 14] = [
+    pub const ALL: [ErrorReason; 15] = [
         ErrorReason::InvalidFrame,
         ErrorReason::Version,
         ErrorReason::Auth,
@@ -76,6 +99,7 @@ impl ErrorReason {
         ErrorReason::HeartbeatTimeout,
         ErrorReason::SlowConsumer,
         ErrorReason::Shutdown,
+        ErrorReason::Unavailable,
     ];
 
     /// The metric label.
@@ -95,6 +119,7 @@ impl ErrorReason {
             ErrorReason::HeartbeatTimeout => "heartbeat_timeout",
             ErrorReason::SlowConsumer => "slow_consumer",
             ErrorReason::Shutdown => "shutdown",
+            ErrorReason::Unavailable => "unavailable",
         }
     }
 }
@@ -200,8 +225,81 @@ impl Metrics {
                     &["route"],
                 ),
             ),
+            engine_up: register(
+                &registry,
+                IntGauge::new("engine_up", "1 while the engine can publish, 0 while it cannot"),
+            ),
+            engine_publishes: register(
+                &registry,
+                IntCounter::new("engine_publishes_total", "Publishes this node sent to Redis"),
+            ),
+            engine_received: register(
+                &registry,
+                IntCounter::new(
+                    "engine_messages_received_total",
+                    "Messages this node received from Redis",
+                ),
+            ),
+            engine_interest_subscribes: register(
+                &registry,
+                IntCounter::new(
+                    "engine_interest_subscribes_total",
+                    "Destinations this node subscribed to in Redis",
+                ),
+            ),
+            engine_interest_unsubscribes: register(
+                &registry,
+                IntCounter::new(
+                    "engine_interest_unsubscribes_total",
+                    "Destinations this node unsubscribed from in Redis",
+                ),
+            ),
+            engine_subscribe_commands: register(
+                &registry,
+                IntCounter::new(
+                    "engine_subscribe_commands_total",
+                    "Redis SUBSCRIBE commands sent (one covers every destination waiting)",
+                ),
+            ),
+            engine_reconnects: register(
+                &registry,
+                IntCounter::new("engine_reconnects_total", "Times the Redis links came back"),
+            ),
+            engine_input_queued: register(
+                &registry,
+                IntGauge::new(
+                    "engine_input_queued",
+                    "Messages from Redis waiting for the local fan-out",
+                ),
+            ),
+            engine_input_dropped: register(
+                &registry,
+                IntCounter::new(
+                    "engine_input_dropped_total",
+                    "Messages from Redis lost because the local fan-out fell behind (a gap)",
+                ),
+            ),
+            engine_input_invalid: register(
+                &registry,
+                IntCounter::new(
+                    "engine_input_invalid_total",
+                    "Messages from Redis in a format this node cannot read",
+                ),
+            ),
+            engine_roundtrip: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "engine_roundtrip_seconds",
+                        "Redis round trip, by operation (publish, count, subscribe, unsubscribe, report)",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["operation"],
+                ),
+            ),
             registry,
         };
+        metrics.engine_up.set(1);
         for reason in ErrorReason::ALL {
             metrics.errors.with_label_values(&[reason.label()]);
         }

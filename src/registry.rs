@@ -40,6 +40,7 @@ impl Registry {
         Registry::default()
     }
 
+    /// Adds one subscription.
     pub fn subscribe(&self, destination: &str, key: SubscriberKey, subscriber: Subscriber) {
         if let Some(mut subscribers) = self.destinations.get_mut(destination) {
             subscribers.insert(key, subscriber);
@@ -51,8 +52,9 @@ impl Registry {
             .insert(key, subscriber);
     }
 
-    /// Removes one subscription; a destination left without subscribers is removed.
-    pub fn unsubscribe(&self, destination: &str, key: SubscriberKey) {
+    /// Removes one subscription; a destination left without subscribers is
+    /// removed, and then this returns `true`.
+    pub fn unsubscribe(&self, destination: &str, key: SubscriberKey) -> bool {
         let now_empty = match self.destinations.get_mut(destination) {
             Some(mut subscribers) => {
                 subscribers.remove(&key);
@@ -67,9 +69,12 @@ impl Registry {
         };
         if now_empty {
             // Checked again under the write lock: someone may have subscribed since.
-            self.destinations
-                .remove_if(destination, |_, subscribers| subscribers.is_empty());
+            return self
+                .destinations
+                .remove_if(destination, |_, subscribers| subscribers.is_empty())
+                .is_some();
         }
+        false
     }
 
     /// Calls `deliver` for each subscriber of `destination` and returns how many there were.
@@ -94,6 +99,15 @@ impl Registry {
         self.destinations
             .get(destination)
             .map_or(0, |subscribers| subscribers.len())
+    }
+
+    /// A snapshot of every destination with a subscriber (O(destinations):
+    /// for a re-subscription after the engine reconnects, not per message).
+    pub fn destinations(&self) -> Vec<Arc<str>> {
+        self.destinations
+            .iter()
+            .map(|entry| entry.key().clone())
+            .collect()
     }
 
     pub fn destination_count(&self) -> usize {

@@ -86,7 +86,11 @@ async fn a_subscriber_that_never_reads_is_cut_off_and_memory_stays_bounded() {
         // A fresh body each time, as real comments are: a queue that kept them
         // would show in the RSS.
         let body = Bytes::from(vec![b'a' + (sent % 26) as u8; MESSAGE_BYTES]);
-        broker.broker.publish(&[DESTINATION], &headers, body);
+        let message =
+            broker
+                .broker
+                .publication(vec![DESTINATION.into()], headers.clone(), body, None);
+        broker.broker.publish(&message).await.unwrap();
         // Keep pace with the healthy reader, so only the slow one falls behind.
         let deadline = tokio::time::Instant::now() + common::PATIENCE;
         while received.load(Ordering::SeqCst) + 8 < sent {

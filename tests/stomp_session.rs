@@ -566,7 +566,11 @@ async fn frames_of_every_length_encoding_arrive_intact_between_pongs() {
         // Several per round, published at once, so they are written as one batch.
         for copy in 0..3u8 {
             let body = bytes::Bytes::from(vec![b'a' + copy; *size]);
-            broker.broker.publish(&["/topic/sizes"], &headers, body);
+            let message =
+                broker
+                    .broker
+                    .publication(vec!["/topic/sizes".into()], headers.clone(), body, None);
+            broker.broker.publish(&message).await.unwrap();
         }
     }
     let mut pongs = Vec::new();

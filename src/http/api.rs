@@ -4,6 +4,7 @@ use super::{error, json, method_not_allowed, HttpResponse};
 use crate::auth::ApiRefusal;
 use crate::broker::Broker;
 use crate::destination;
+use crate::engine::Publication;
 use crate::fanout;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -45,7 +46,7 @@ pub async fn handle(
         if request.method() != Method::GET {
             return method_not_allowed("GET");
         }
-        return destination_info(&broker, encoded);
+        return destination_info(&broker, encoded).await;
     }
     let broadcast = match path {
         "/api/v1/publish" => false,
@@ -55,6 +56,13 @@ pub async fn handle(
     if request.method() != Method::POST {
         return method_not_allowed("POST");
     }
+    if broker.is_shutting_down() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
+    }
+    let idempotency_key = match idempotency_key(&request) {
+        Ok(key) => key,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
     let body = match read_body(&broker, request).await {
         Ok(body) => body,
         Err(response) => return response,
@@ -63,10 +71,41 @@ pub async fn handle(
         Ok(request) => request,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
     };
-    match publish(&broker, request, broadcast) {
-        Ok(response) => response,
-        Err(message) => error(StatusCode::BAD_REQUEST, message),
+    let publication = match publication(&broker, request, broadcast, idempotency_key) {
+        Ok(publication) => publication,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    match broker.publish(&publication).await {
+        Ok(published) => json(
+            StatusCode::ACCEPTED,
+            serde_json::json!({
+                "message_id": published.message_id,
+                "subscribers": published.subscribers,
+            }),
+        ),
+        // Never a 202 for a message that no other node will get.
+        Err(engine_error) => error(StatusCode::SERVICE_UNAVAILABLE, engine_error.to_string()),
     }
+}
+
+/// Longest `Idempotency-Key` accepted, in bytes.
+const MAX_IDEMPOTENCY_KEY_BYTES: usize = 200;
+
+/// The `Idempotency-Key` header, if any: visible ASCII, at most
+/// [`MAX_IDEMPOTENCY_KEY_BYTES`].
+fn idempotency_key(request: &Request<Incoming>) -> Result<Option<String>, String> {
+    let Some(value) = request.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let valid = !value.is_empty()
+        && value.len() <= MAX_IDEMPOTENCY_KEY_BYTES
+        && value.as_bytes().iter().all(|b| b.is_ascii_graphic());
+    if !valid {
+        return Err(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters"
+        ));
+    }
+    Ok(value.to_str().ok().map(str::to_owned))
 }
 
 /// The API's credential check (see [`crate::auth::AuthPolicy::check_api_request`]),
@@ -125,11 +164,13 @@ async fn read_body(broker: &Broker, request: Request<Incoming>) -> Result<Bytes,
     }
 }
 
-fn publish(
+/// The message a publish or broadcast request asks for, or why it is refused.
+fn publication(
     broker: &Broker,
     request: PublishRequest,
     broadcast: bool,
-) -> Result<HttpResponse, String> {
+    idempotency_key: Option<String>,
+) -> Result<Publication, String> {
     let destinations: Vec<String> = match (broadcast, request.destination, request.destinations) {
         (false, Some(destination), None) => vec![destination],
         (false, _, _) => {
@@ -197,15 +238,10 @@ fn publish(
             headers.push(name, value);
         }
     }
-    let destinations: Vec<&str> = destinations.iter().map(String::as_str).collect();
-    let published = broker.publish(&destinations, &headers, body);
-    Ok(json(
-        StatusCode::ACCEPTED,
-        serde_json::json!({ "message_id": published.message_id, "subscribers": published.subscribers }),
-    ))
+    Ok(broker.publication(destinations, headers, body, idempotency_key))
 }
 
-fn destination_info(broker: &Broker, encoded: &str) -> HttpResponse {
+async fn destination_info(broker: &Broker, encoded: &str) -> HttpResponse {
     let destination = match percent_encoding::percent_decode_str(encoded).decode_utf8() {
         Ok(destination) => destination,
         Err(_) => {
@@ -218,11 +254,11 @@ fn destination_info(broker: &Broker, encoded: &str) -> HttpResponse {
     if let Err(reason) = destination::validate(&destination) {
         return error(StatusCode::BAD_REQUEST, reason);
     }
-    json(
-        StatusCode::OK,
-        serde_json::json!({
-            "destination": destination,
-            "subscribers": broker.subscriber_count(&destination),
-        }),
-    )
+    match broker.cluster_subscriber_count(&destination).await {
+        Ok(subscribers) => json(
+            StatusCode::OK,
+            serde_json::json!({ "destination": destination, "subscribers": subscribers }),
+        ),
+        Err(engine_error) => error(StatusCode::SERVICE_UNAVAILABLE, engine_error.to_string()),
+    }
 }

@@ -3,16 +3,19 @@
 //! keeps heart-beats, and closes with an ERROR frame when something is wrong.
 
 use crate::broker::SessionSlot;
-use crate::metrics::ErrorReason;
+use crate::engine::EngineError;
+use crate::metrics::{ErrorReason, Metrics};
 use crate::outbox::{Outbox, OutboxState};
 use crate::session::writer::Writer;
 use crate::session::{Flow, Session};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use stompede_protocol::{Decoder, Frame, Item, Limits};
+use stompede_protocol::{Command, Decoder, Frame, Item, Limits};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -73,7 +76,60 @@ where
     let timer = sleep_until(last_read + config.connect_timeout);
     tokio::pin!(timer);
 
+    // Work the last frame left (a subscription for the engine to confirm, a
+    // publish), and that frame's flow; its replies wait in `replies` meanwhile.
+    let mut pending: Option<PendingWork> = None;
+    let mut pending_flow = Flow::Continue;
+
     let ending = 'session: loop {
+        // Every whole frame received is handled here, in order; while a
+        // frame's work is pending, the next ones wait in `inbound`.
+        while pending.is_none() {
+            match decoder.decode(&mut inbound) {
+                Ok(Some(Item::Frame(frame))) => {
+                    let was_connected = session.version().is_some();
+                    let subscriptions_before = session.subscription_count();
+                    let flow = session.handle(frame, &mut replies);
+                    let added = session.subscription_count() as i64 - subscriptions_before as i64;
+                    metrics.subscriptions.add(added);
+                    if let (false, Some(version)) = (was_connected, session.version()) {
+                        metrics
+                            .sessions
+                            .with_label_values(&[version.as_str()])
+                            .inc();
+                        decoder.set_version(version);
+                        decoder.set_limits(limits);
+                        writer.version = version;
+                        tracing::debug!(version = version.as_str(), "session connected");
+                        // Heart-beats start now: let the timer pick the new deadline.
+                        timer.as_mut().reset(Instant::now());
+                    }
+                    if let Some(work) = session.take_pending() {
+                        let broker = broker.clone();
+                        pending = Some(Box::pin(async move { broker.complete(work).await }));
+                        pending_flow = flow;
+                        break;
+                    }
+                    let wrote = !replies.is_empty();
+                    match finish_frame(flow, &mut replies, &mut writer, &outbox, &mut ws, metrics)
+                        .await
+                    {
+                        Some(ending) => break 'session ending,
+                        None if wrote => last_write = Instant::now(),
+                        None => {}
+                    }
+                }
+                Ok(Some(Item::HeartBeat)) => {}
+                Ok(None) => break,
+                Err(error) => {
+                    let error = Session::error(error.to_string());
+                    break 'session Ending::Error(error, CloseCode::Policy, ErrorReason::Decode);
+                }
+            }
+        }
+        if pending.is_none() && inbound.is_empty() && inbound.capacity() > IDLE_BUFFER_BYTES {
+            inbound = BytesMut::new();
+        }
         // Cancel safety: every branch's future can be dropped without losing
         // data (`notified`, `cancelled`, `next` on a WebSocketStream, `Sleep`).
         // Not `biased`: under a steady stream of messages the writer branch is
@@ -96,7 +152,9 @@ where
                     Ok(OutboxState::Closed) | Err(_) => break Ending::Quiet,
                 }
             }
-            message = ws.next() => {
+            // While a frame's work is pending, reading goes on (heart-beats
+            // count) until one WebSocket message's worth of frames waits.
+            message = ws.next(), if pending.is_none() || inbound.len() < config.ws_max_message_bytes() => {
                 last_read = Instant::now();
                 match message {
                     Some(Ok(Message::Text(text))) => inbound.extend_from_slice(text.as_bytes()),
@@ -108,53 +166,29 @@ where
                         break read_failed(&error);
                     }
                 }
-                loop {
-                    match decoder.decode(&mut inbound) {
-                        Ok(Some(Item::Frame(frame))) => {
-                            let was_connected = session.version().is_some();
-                            let subscriptions_before = session.subscription_count();
-                            let flow = session.handle(frame, &mut replies);
-                            let added = session.subscription_count() as i64 - subscriptions_before as i64;
-                            metrics.subscriptions.add(added);
-                            if let (false, Some(version)) = (was_connected, session.version()) {
-                                metrics.sessions.with_label_values(&[version.as_str()]).inc();
-                                decoder.set_version(version);
-                                decoder.set_limits(limits);
-                                writer.version = version;
-                                tracing::debug!(version = version.as_str(), "session connected");
-                                // Heart-beats start now: let the timer pick the new deadline.
-                                timer.as_mut().reset(Instant::now());
-                            }
-                            if !replies.is_empty() {
-                                if let Flow::Refused(reason) = flow {
-                                    metrics.count_error(reason);
-                                }
-                                // Boxed: replies are rare next to deliveries, and their
-                                // future need not make every idle connection bigger.
-                                let written = writer.write_replies(&mut replies, &outbox, &mut ws, metrics);
-                                match Box::pin(written).await {
-                                    Ok(OutboxState::Open) => {}
-                                    Ok(OutboxState::SlowConsumer) => break 'session slow_consumer(),
-                                    Ok(OutboxState::Closed) | Err(_) => break 'session Ending::Quiet,
-                                }
-                                last_write = Instant::now();
-                            }
-                            if flow != Flow::Continue {
-                                let refused = matches!(flow, Flow::Refused(_));
-                                let code = if refused { CloseCode::Policy } else { CloseCode::Normal };
-                                break 'session Ending::Closed(code);
-                            }
-                        }
-                        Ok(Some(Item::HeartBeat)) => {}
-                        Ok(None) => break,
-                        Err(error) => {
-                            let error = Session::error(error.to_string());
-                            break 'session Ending::Error(error, CloseCode::Policy, ErrorReason::Decode)
-                        }
+            }
+            // Cancel safety: the work is polled again on the next turn, never dropped half done.
+            done = async { pending.as_mut().expect("guarded by the condition").await }, if pending.is_some() => {
+                pending = None;
+                let flow = match done {
+                    Ok(()) => pending_flow,
+                    Err(engine_error) => {
+                        // The frame could not be carried out: refuse it after all.
+                        let receipt = replies
+                            .iter()
+                            .find(|reply| reply.command == Command::Receipt)
+                            .and_then(|reply| reply.headers.get("receipt-id"))
+                            .map(str::to_owned);
+                        replies.clear();
+                        replies.push(Session::refusal(engine_error.to_string(), receipt.as_deref()));
+                        Flow::Refused(ErrorReason::Unavailable)
                     }
-                }
-                if inbound.is_empty() && inbound.capacity() > IDLE_BUFFER_BYTES {
-                    inbound = BytesMut::new();
+                };
+                let wrote = !replies.is_empty();
+                match finish_frame(flow, &mut replies, &mut writer, &outbox, &mut ws, metrics).await {
+                    Some(ending) => break ending,
+                    None if wrote => last_write = Instant::now(),
+                    None => {}
                 }
             }
             _ = &mut timer => {
@@ -230,6 +264,41 @@ where
         Box::pin(say_goodbye(&mut writer, &mut ws, error, code)).await;
     }
     drop(slot);
+}
+
+/// A frame's work left for the connection: see [`Session::take_pending`].
+type PendingWork = Pin<Box<dyn Future<Output = Result<(), EngineError>> + Send>>;
+
+/// Writes a handled frame's replies (after what is already queued) and says
+/// whether the session ends with it.
+async fn finish_frame<S>(
+    flow: Flow,
+    replies: &mut Vec<Frame>,
+    writer: &mut Writer,
+    outbox: &Outbox,
+    ws: &mut WebSocketStream<S>,
+    metrics: &Metrics,
+) -> Option<Ending>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if !replies.is_empty() {
+        if let Flow::Refused(reason) = flow {
+            metrics.count_error(reason);
+        }
+        // Boxed: replies are rare next to deliveries, and their future need
+        // not make every idle connection bigger.
+        match Box::pin(writer.write_replies(replies, outbox, ws, metrics)).await {
+            Ok(OutboxState::Open) => {}
+            Ok(OutboxState::SlowConsumer) => return Some(slow_consumer()),
+            Ok(OutboxState::Closed) | Err(_) => return Some(Ending::Quiet),
+        }
+    }
+    match flow {
+        Flow::Continue => None,
+        Flow::Close => Some(Ending::Closed(CloseCode::Normal)),
+        Flow::Refused(_) => Some(Ending::Closed(CloseCode::Policy)),
+    }
 }
 
 /// Writes the ERROR frame (if any) and the close frame, each within `CLOSE_TIMEOUT`.

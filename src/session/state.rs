@@ -4,7 +4,7 @@
 //! frame by frame.
 
 use crate::auth::Identity;
-use crate::broker::Broker;
+use crate::broker::{Broker, Pending};
 use crate::config::ClientSend;
 use crate::destination;
 use crate::metrics::ErrorReason;
@@ -88,6 +88,8 @@ pub struct Session {
     identity: Identity,
     /// Bounds this session's SENDs (`max-sends-per-second`, `send-burst`).
     send_budget: TokenBucket,
+    /// What the frame being handled left for the connection to finish.
+    pending: Pending,
 }
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
@@ -141,6 +143,7 @@ impl Session {
             next_subscription_sequence: 0,
             transactions: HashMap::new(),
             transaction_frames: 0,
+            pending: Pending::default(),
         }
     }
 
@@ -151,6 +154,14 @@ impl Session {
 
     pub fn heart_beats(&self) -> HeartBeats {
         self.heart_beats
+    }
+
+    /// What the last frame left to finish before its replies go out and the
+    /// next frame is handled: subscriptions the engine must confirm, and
+    /// messages to publish. `None` when there is nothing to wait for.
+    pub fn take_pending(&mut self) -> Option<Pending> {
+        let pending = std::mem::take(&mut self.pending);
+        (!pending.is_empty()).then_some(pending)
     }
 
     pub fn subscription_count(&self) -> usize {
@@ -190,6 +201,11 @@ impl Session {
     /// timeout, shutdown).
     pub fn error(message: impl Into<String>) -> Frame {
         error_frame(Refusal::new(message), None)
+    }
+
+    /// An ERROR frame refusing a frame that had `receipt` (when its work failed).
+    pub fn refusal(message: impl Into<String>, receipt: Option<&str>) -> Frame {
+        error_frame(Refusal::new(message), receipt)
     }
 
     fn handle_connect(&mut self, frame: Frame, out: &mut Vec<Frame>) -> Outcome {
@@ -315,7 +331,10 @@ impl Session {
             ack,
             version,
         };
-        self.broker.subscribe(destination, key, subscriber);
+        let confirmation = self.broker.subscribe(destination, key, subscriber);
+        if !confirmation.is_ready() {
+            self.pending.confirmations.push(confirmation);
+        }
         self.subscriptions.insert(
             id.to_owned(),
             SubscriptionEntry {
@@ -365,10 +384,18 @@ impl Session {
         Ok(())
     }
 
-    fn publish(&self, frame: Frame) {
-        let destination = frame.headers.get("destination").unwrap_or_default();
-        self.broker
-            .publish(&[destination], &frame.headers, frame.body);
+    /// Leaves the message for the connection to publish: the engine may have
+    /// to wait for Redis, and the frame's RECEIPT waits for it.
+    fn publish(&mut self, frame: Frame) {
+        let destination = frame
+            .headers
+            .get("destination")
+            .unwrap_or_default()
+            .to_owned();
+        let publication =
+            self.broker
+                .publication(vec![destination], frame.headers, frame.body, None);
+        self.pending.publications.push(publication);
     }
 
     fn acknowledge(&mut self, frame: Frame, version: Version) -> Outcome {
@@ -544,9 +571,19 @@ mod tests {
             harness
         }
 
+        /// Handles one frame, and finishes its pending work as the connection would.
         fn feed(&mut self, frame: Frame) -> (Flow, Vec<Frame>) {
             let mut replies = Vec::new();
             let flow = self.session.handle(frame, &mut replies);
+            if let Some(pending) = self.session.take_pending() {
+                let mut work = std::pin::pin!(self.broker.complete(pending));
+                let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+                let done = std::future::Future::poll(work.as_mut(), &mut context);
+                assert!(
+                    matches!(done, std::task::Poll::Ready(Ok(()))),
+                    "the memory engine finishes at once"
+                );
+            }
             (flow, replies)
         }
 

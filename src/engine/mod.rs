@@ -1,0 +1,155 @@
+//! The engine seam: where a publish goes, and how this node learns of
+//! messages published anywhere. Sessions, the registry and the writers do not
+//! know which engine runs.
+//!
+//! - [`memory`]: one process; a publish is fanned out locally at once.
+//! - [`redis`]: several nodes on Redis. A publish goes to Redis (one script
+//!   call); each node that has local subscribers of the destination listens
+//!   to its channel and fans the message out locally, its own publishes
+//!   included, so every reader sees one order.
+//!
+//! The broker calls [`Engine::interest`] on every SUBSCRIBE and
+//! [`Engine::interest_lost`] when a destination loses its last local
+//! subscriber; the Redis engine turns those into coalesced SUBSCRIBE and
+//! UNSUBSCRIBE commands.
+
+pub mod memory;
+pub mod redis;
+
+use crate::hub::Hub;
+use bytes::Bytes;
+use std::sync::Arc;
+use stompede_protocol::Headers;
+use tokio::sync::oneshot;
+
+/// One message for one or more destinations.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    /// Unique across the cluster (the node id is part of it).
+    pub message_id: String,
+    /// Validated, sorted and without duplicates.
+    pub destinations: Vec<String>,
+    pub headers: Headers,
+    pub body: Bytes,
+    /// A publish with the same key within `idempotency-window` is answered
+    /// like the first and not delivered again.
+    pub idempotency_key: Option<String>,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The message's id; for a retry with a known idempotency key, the first's.
+    pub message_id: String,
+    /// Readers of the destination(s), cluster-wide.
+    pub subscribers: usize,
+}
+
+/// Why the engine could not take a publish or answer a count.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("the {engine} engine is unavailable: {reason}")]
+    Unavailable {
+        engine: &'static str,
+        reason: String,
+    },
+}
+
+/// Resolves once this node receives every message published to a
+/// destination from now on (for the Redis engine: its channel subscription
+/// is confirmed).
+#[derive(Debug, Default)]
+pub struct Confirmation(Option<oneshot::Receiver<()>>);
+
+impl Confirmation {
+    pub fn ready() -> Confirmation {
+        Confirmation(None)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Cancel safe: dropping it loses nothing but the wait.
+    pub async fn wait(self) {
+        if let Some(receiver) = self.0 {
+            // A dropped sender means the engine is shutting down: stop waiting.
+            let _ = receiver.await;
+        }
+    }
+}
+
+/// Whether the engine can publish now, for `/readyz` and the logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineStatus {
+    pub engine: &'static str,
+    pub up: bool,
+    pub detail: String,
+}
+
+pub enum Engine {
+    Memory(memory::MemoryEngine),
+    Redis(redis::RedisEngine),
+}
+
+impl Engine {
+    pub fn memory(hub: Arc<Hub>, idempotency: memory::IdempotencySettings) -> Engine {
+        Engine::Memory(memory::MemoryEngine::new(hub, idempotency))
+    }
+
+    /// Publishes to every node; resolves once the engine has taken it.
+    pub async fn publish(&self, publication: &Publication) -> Result<Published, EngineError> {
+        match self {
+            Engine::Memory(engine) => Ok(engine.publish(publication)),
+            Engine::Redis(engine) => engine.publish(publication).await,
+        }
+    }
+
+    /// A local SUBSCRIBE to `destination` (the registry already has it).
+    pub fn interest(&self, destination: &str) -> Confirmation {
+        match self {
+            Engine::Memory(_) => Confirmation::ready(),
+            Engine::Redis(engine) => engine.interest(destination),
+        }
+    }
+
+    /// `destination` lost its last local subscriber.
+    pub fn interest_lost(&self, destination: &str) {
+        if let Engine::Redis(engine) = self {
+            engine.interest_lost(destination);
+        }
+    }
+
+    /// The local subscriber count of `destination` changed.
+    pub fn count_changed(&self, destination: &str) {
+        if let Engine::Redis(engine) = self {
+            engine.count_changed(destination);
+        }
+    }
+
+    /// Readers of `destination`, cluster-wide.
+    pub async fn subscriber_count(&self, destination: &str) -> Result<usize, EngineError> {
+        match self {
+            Engine::Memory(engine) => Ok(engine.subscriber_count(destination)),
+            Engine::Redis(engine) => engine.subscriber_count(destination).await,
+        }
+    }
+
+    pub fn status(&self) -> EngineStatus {
+        match self {
+            Engine::Memory(_) => EngineStatus {
+                engine: "memory",
+                up: true,
+                detail: "in process".into(),
+            },
+            Engine::Redis(engine) => engine.status(),
+        }
+    }
+
+    /// Stops the engine's tasks (the Redis links close).
+    pub async fn shutdown(&self) {
+        if let Engine::Redis(engine) = self {
+            engine.shutdown().await;
+        }
+    }
+}

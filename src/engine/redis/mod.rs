@@ -1,0 +1,879 @@
+//! The Redis engine: several stompede nodes acting as one broker.
+//!
+//! - **Publishing**: one Lua script call (one round trip) checks the
+//!   idempotency key and PUBLISHes the message to each destination's channel.
+//!   A node delivers its own publishes when they come back from Redis, like
+//!   everyone else's, so every reader of a destination sees one order.
+//! - **Interest**: a node subscribes to a destination's channel only while it
+//!   has local subscribers. SUBSCRIBE and UNSUBSCRIBE go out from one task,
+//!   which takes every destination waiting at that moment into one command,
+//!   so 10,000 readers arriving on a new destination cause one SUBSCRIBE. A
+//!   destination whose last reader left stays subscribed for
+//!   `interest-linger`, so one that flaps costs nothing.
+//! - **Counts**: each node writes, every `reader-count-interval`, the counts
+//!   that changed into its own hash (`readers:NODE`), which expires as a whole
+//!   after three intervals without a report; live nodes are a sorted set
+//!   scored by their last report. No Redis call per reader join or leave.
+//! - **Faults**: the node starts and serves readers without Redis; publishes
+//!   answer 503 until it is back. The links reconnect with exponential backoff
+//!   and jitter; then every destination is subscribed again and every count
+//!   reported again (Redis may have lost them).
+//!
+//! Keys and channels (PREFIX is `redis-key-prefix`; the destination sits in
+//! `{...}`, a hash tag, so its keys share its Redis Cluster slot):
+//! `PREFIX{D}` channel of destination D, `PREFIX{D}idem:KEY` idempotency key,
+//! `PREFIXreaders:NODE` hash destination -> readers on NODE,
+//! `PREFIXnodes` sorted set NODE -> last report (ms).
+
+mod wire;
+
+use super::{Confirmation, EngineError, EngineStatus, Publication, Published};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use dashmap::DashMap;
+use fred::interfaces::{ClientLike, EventInterface, HashesInterface, KeysInterface};
+use fred::interfaces::{PubsubInterface, SortedSetsInterface};
+use fred::prelude::{Builder, Client, ReconnectPolicy};
+use fred::types::scripts::Script;
+use fred::types::Value;
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// Most destinations in one SUBSCRIBE, UNSUBSCRIBE or HSET command.
+const MAX_CHANNELS_PER_COMMAND: usize = 1000;
+/// A node that has not reported its counts for this many intervals is dead.
+const LIVENESS_INTERVALS: u32 = 3;
+
+/// Checks the idempotency key (if any), then publishes one payload to each
+/// channel. KEYS: [the idempotency key]. ARGV: window (ms), message id, then
+/// the channels. The payload is the last ARGV.
+const PUBLISH_SCRIPT: &str = r#"
+if #KEYS == 1 then
+  local first = redis.call('GET', KEYS[1])
+  if first then return first end
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
+end
+local payload = ARGV[#ARGV]
+for i = 3, #ARGV - 1 do
+  redis.call('PUBLISH', ARGV[i], payload)
+end
+return ARGV[2]
+"#;
+
+/// The Redis engine's settings (see the README's settings table).
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub node_id: String,
+    pub key_prefix: String,
+    pub command_timeout: Duration,
+    pub reconnect_max_delay: Duration,
+    pub input_queue: usize,
+    pub count_interval: Duration,
+    pub interest_linger: Duration,
+    pub idempotency_window: Duration,
+}
+
+impl RedisSettings {
+    pub fn new(config: &Config, node_id: &str) -> RedisSettings {
+        RedisSettings {
+            url: config.redis_url.clone(),
+            node_id: node_id.to_owned(),
+            key_prefix: config.redis_key_prefix.clone(),
+            command_timeout: config.redis_command_timeout,
+            reconnect_max_delay: config.redis_reconnect_max_delay,
+            input_queue: config.redis_input_queue,
+            count_interval: config.reader_count_interval,
+            interest_linger: config.interest_linger,
+            idempotency_window: config.idempotency_window,
+        }
+    }
+
+    fn channel(&self, destination: &str) -> String {
+        format!("{}{{{destination}}}", self.key_prefix)
+    }
+
+    /// The destination of a channel this node subscribed to.
+    fn destination<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(self.key_prefix.as_str())?
+            .strip_prefix('{')?
+            .strip_suffix('}')
+    }
+
+    fn idempotency_key(&self, destination: &str, key: &str) -> String {
+        format!("{}{{{destination}}}idem:{key}", self.key_prefix)
+    }
+
+    fn readers_key(&self, node: &str) -> String {
+        format!("{}readers:{node}", self.key_prefix)
+    }
+
+    fn nodes_key(&self) -> String {
+        format!("{}nodes", self.key_prefix)
+    }
+
+    fn liveness(&self) -> Duration {
+        self.count_interval * LIVENESS_INTERVALS
+    }
+}
+
+/// This node's Redis subscription to one destination's channel.
+enum Interest {
+    /// A SUBSCRIBE is due or in flight; these wait for its confirmation.
+    Pending(Vec<oneshot::Sender<()>>),
+    Subscribed,
+    /// No local reader since the instant given; UNSUBSCRIBE after `interest-linger`.
+    Lingering(Instant),
+    /// An UNSUBSCRIBE is in flight; these arrived meanwhile and wait for a new SUBSCRIBE.
+    Unsubscribing(Vec<oneshot::Sender<()>>),
+}
+
+pub struct RedisEngine {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    hub: Arc<Hub>,
+    settings: RedisSettings,
+    /// Publishes, scripts and counts (one multiplexed, pipelined connection).
+    commands: Client,
+    /// SUBSCRIBE and UNSUBSCRIBE only: a dedicated connection.
+    pubsub: Client,
+    publish_script: Script,
+    /// One entry per destination this node is (or is becoming) subscribed to;
+    /// bounded by the registry's destinations plus the lingering ones.
+    interest: DashMap<Arc<str>, Interest>,
+    /// Destinations whose interest changed, for the interest task; touched
+    /// only on a change (a first reader, a last one leaving), not per SUBSCRIBE.
+    interest_changed: Mutex<HashSet<Arc<str>>>,
+    wake_interest: Notify,
+    /// Destinations whose local count changed since the last report.
+    counts_changed: DashMap<Arc<str>, ()>,
+    /// Nodes that reported within the liveness bound, this one excluded.
+    other_live_nodes: RwLock<Vec<String>>,
+    stop: CancellationToken,
+}
+
+impl RedisEngine {
+    /// Builds the clients and starts the engine's tasks; does not wait for
+    /// Redis (a node starts, and serves readers, while Redis is down).
+    pub fn start(hub: Arc<Hub>, settings: RedisSettings) -> RedisEngine {
+        let config = fred::types::config::Config::from_url(&settings.url)
+            .expect("redis-url was checked when the settings were read");
+        let max_delay = settings
+            .reconnect_max_delay
+            .as_millis()
+            .min(u32::MAX as u128) as u32;
+        let builder = {
+            let mut builder = Builder::from_config(config);
+            builder
+                .with_performance_config(|performance| {
+                    performance.default_command_timeout = settings.command_timeout;
+                    performance.broadcast_channel_capacity = settings.input_queue;
+                })
+                .with_connection_config(|connection| {
+                    connection.connection_timeout = settings.command_timeout;
+                    connection.internal_command_timeout = settings.command_timeout;
+                    // A command is tried once: a publish that failed answers 503
+                    // instead of being replayed later, perhaps twice.
+                    connection.max_command_attempts = 1;
+                    connection.tcp.nodelay = Some(true);
+                })
+                // Retries forever, 100 ms doubling up to the cap, with fred's jitter.
+                .set_policy(ReconnectPolicy::new_exponential(
+                    0,
+                    100,
+                    max_delay.max(100),
+                    2,
+                ));
+            builder
+        };
+        let commands = builder.build().expect("a client from a checked config");
+        let pubsub = builder.build().expect("a client from a checked config");
+        let shared = Arc::new(Shared {
+            hub,
+            settings,
+            commands,
+            pubsub,
+            publish_script: Script::from_lua(PUBLISH_SCRIPT),
+            interest: DashMap::new(),
+            interest_changed: Mutex::new(HashSet::new()),
+            wake_interest: Notify::new(),
+            counts_changed: DashMap::new(),
+            other_live_nodes: RwLock::new(Vec::new()),
+            stop: CancellationToken::new(),
+        });
+        shared.metrics().engine_up.set(0);
+        // Each task is one per engine (not per message or reader) and ends on `stop`.
+        tokio::spawn(shared.clone().receive_messages());
+        tokio::spawn(shared.clone().manage_interest());
+        tokio::spawn(shared.clone().report_counts());
+        tokio::spawn(shared.clone().watch_links());
+        // The connection tasks run until `quit`; their handles are not needed.
+        drop(shared.commands.connect());
+        drop(shared.pubsub.connect());
+        tracing::info!(node = shared.settings.node_id, url = %redacted(&shared.settings.url), "redis engine starting");
+        RedisEngine { shared }
+    }
+
+    pub async fn publish(&self, publication: &Publication) -> Result<Published, EngineError> {
+        self.shared.publish(publication).await
+    }
+
+    pub fn interest(&self, destination: &str) -> Confirmation {
+        self.shared.interest(destination)
+    }
+
+    pub fn interest_lost(&self, destination: &str) {
+        self.shared.interest_lost(destination)
+    }
+
+    pub fn count_changed(&self, destination: &str) {
+        self.shared
+            .counts_changed
+            .insert(Arc::from(destination), ());
+    }
+
+    pub async fn subscriber_count(&self, destination: &str) -> Result<usize, EngineError> {
+        let counts = self.shared.cluster_counts(&[destination]).await?;
+        Ok(counts + self.shared.hub.subscriber_count(destination))
+    }
+
+    pub fn status(&self) -> EngineStatus {
+        self.shared.status()
+    }
+
+    pub async fn shutdown(&self) {
+        self.shared.stop.cancel();
+        // Leave the cluster at once rather than after the liveness bound.
+        let shared = &self.shared;
+        let readers = shared.settings.readers_key(&shared.settings.node_id);
+        let _ = tokio::time::timeout(shared.settings.command_timeout, async {
+            let _: Result<(), _> = shared.commands.del(readers).await;
+            let _: Result<(), _> = shared
+                .commands
+                .zrem(shared.settings.nodes_key(), shared.settings.node_id.clone())
+                .await;
+        })
+        .await;
+        let _ = shared.pubsub.quit().await;
+        let _ = shared.commands.quit().await;
+    }
+}
+
+impl Shared {
+    fn metrics(&self) -> &Metrics {
+        self.hub.metrics()
+    }
+
+    fn is_up(&self) -> bool {
+        self.commands.is_connected() && self.pubsub.is_connected()
+    }
+
+    fn status(&self) -> EngineStatus {
+        let link = |client: &Client| format!("{:?}", client.state()).to_lowercase();
+        EngineStatus {
+            engine: "redis",
+            up: self.is_up(),
+            detail: format!(
+                "commands {}, pubsub {} ({})",
+                link(&self.commands),
+                link(&self.pubsub),
+                redacted(&self.settings.url)
+            ),
+        }
+    }
+
+    fn unavailable(&self, reason: impl Into<String>) -> EngineError {
+        EngineError::Unavailable {
+            engine: "redis",
+            reason: reason.into(),
+        }
+    }
+
+    /// Runs one Redis operation within `redis-command-timeout`, timed in the
+    /// round-trip histogram.
+    async fn timed<T>(
+        &self,
+        operation: &str,
+        call: impl Future<Output = Result<T, fred::error::Error>>,
+    ) -> Result<T, EngineError> {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.settings.command_timeout, call).await;
+        self.metrics()
+            .engine_roundtrip
+            .with_label_values(&[operation])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(self.unavailable(error.to_string())),
+            Err(_) => Err(self.unavailable(format!(
+                "no answer within {:?} (redis-command-timeout)",
+                self.settings.command_timeout
+            ))),
+        }
+    }
+
+    async fn publish(&self, publication: &Publication) -> Result<Published, EngineError> {
+        if !self.commands.is_connected() {
+            return Err(
+                self.unavailable(format!("not connected to {}", redacted(&self.settings.url)))
+            );
+        }
+        let payload = wire::encode(
+            &publication.message_id,
+            &publication.headers,
+            &publication.body,
+        );
+        let keys: Vec<String> = publication
+            .idempotency_key
+            .iter()
+            .map(|key| {
+                self.settings
+                    .idempotency_key(&publication.destinations[0], key)
+            })
+            .collect();
+        let mut args: Vec<Value> = Vec::with_capacity(publication.destinations.len() + 3);
+        args.push((self.settings.idempotency_window.as_millis() as i64).into());
+        args.push(publication.message_id.as_str().into());
+        args.extend(
+            publication
+                .destinations
+                .iter()
+                .map(|d| Value::from(self.settings.channel(d))),
+        );
+        args.push(Value::Bytes(payload));
+        let destinations: Vec<&str> = publication
+            .destinations
+            .iter()
+            .map(String::as_str)
+            .collect();
+        // Both go out together on the one connection: about one round trip.
+        let (message_id, others) = tokio::join!(
+            self.timed(
+                "publish",
+                self.publish_script
+                    .evalsha_with_reload::<String, _, _>(&self.commands, keys, args)
+            ),
+            self.cluster_counts(&destinations),
+        );
+        let message_id = message_id?;
+        self.metrics().engine_publishes.inc();
+        let local: usize = destinations
+            .iter()
+            .map(|d| self.hub.subscriber_count(d))
+            .sum();
+        // A count that failed does not fail a publish that Redis took.
+        Ok(Published {
+            message_id,
+            subscribers: local + others.unwrap_or(0),
+        })
+    }
+
+    /// Readers of `destinations` on the other live nodes, as they last reported.
+    async fn cluster_counts(&self, destinations: &[&str]) -> Result<usize, EngineError> {
+        let nodes = self
+            .other_live_nodes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if nodes.is_empty() || destinations.is_empty() {
+            return Ok(0);
+        }
+        let fields: Vec<String> = destinations.iter().map(|d| d.to_string()).collect();
+        let pipeline = self.commands.pipeline();
+        for node in &nodes {
+            let _: () = pipeline
+                .hmget(self.settings.readers_key(node), fields.clone())
+                .await
+                .map_err(|e| self.unavailable(e.to_string()))?;
+        }
+        let replies: Vec<Vec<Option<i64>>> = self.timed("count", pipeline.all()).await?;
+        Ok(replies
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|count| (*count).max(0) as usize)
+            .sum())
+    }
+
+    // ---- interest --------------------------------------------------------
+
+    fn interest(&self, destination: &str) -> Confirmation {
+        if let Some(entry) = self.interest.get(destination) {
+            if matches!(*entry, Interest::Subscribed) {
+                return Confirmation::ready();
+            }
+        }
+        let mut entry = self
+            .interest
+            .entry(Arc::from(destination))
+            .or_insert_with(|| Interest::Pending(Vec::new()));
+        let waiters = match &mut *entry {
+            Interest::Subscribed => return Confirmation::ready(),
+            Interest::Lingering(_) => {
+                // Still subscribed in Redis: nothing to do.
+                *entry = Interest::Subscribed;
+                return Confirmation::ready();
+            }
+            Interest::Pending(waiters) | Interest::Unsubscribing(waiters) => waiters,
+        };
+        let (confirm, confirmed) = oneshot::channel();
+        waiters.push(confirm);
+        let first = waiters.len() == 1;
+        drop(entry);
+        if first {
+            self.mark_interest_changed(destination);
+        }
+        Confirmation(Some(confirmed))
+    }
+
+    fn interest_lost(&self, destination: &str) {
+        if let Some(mut entry) = self.interest.get_mut(destination) {
+            if matches!(*entry, Interest::Subscribed) {
+                *entry = Interest::Lingering(Instant::now());
+                drop(entry);
+                self.mark_interest_changed(destination);
+            }
+        }
+    }
+
+    fn mark_interest_changed(&self, destination: &str) {
+        self.interest_changed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(Arc::from(destination));
+        self.wake_interest.notify_one();
+    }
+
+    /// The one task that sends SUBSCRIBE and UNSUBSCRIBE: each round takes
+    /// every destination that changed meanwhile into one command.
+    async fn manage_interest(self: Arc<Self>) {
+        let mut lingering: VecDeque<(Instant, Arc<str>)> = VecDeque::new();
+        loop {
+            let next_linger = lingering
+                .front()
+                .map(|(since, _)| *since + self.settings.interest_linger);
+            // Cancel safety: `notified`, `cancelled` and `sleep` lose nothing when dropped.
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = self.wake_interest.notified() => {}
+                _ = sleep_until_or_forever(next_linger) => {}
+            }
+            if !self.pubsub.is_connected() {
+                // The reconnect handler subscribes everything again.
+                continue;
+            }
+            let changed: Vec<Arc<str>> = std::mem::take(
+                &mut *self
+                    .interest_changed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            )
+            .into_iter()
+            .collect();
+            let now = Instant::now();
+            let mut to_subscribe = Vec::new();
+            for destination in changed {
+                match self.interest.get(&destination).as_deref() {
+                    Some(Interest::Pending(_)) => to_subscribe.push(destination),
+                    Some(Interest::Lingering(since)) => lingering.push_back((*since, destination)),
+                    _ => {}
+                }
+            }
+            let mut to_unsubscribe = Vec::new();
+            while let Some((since, _)) = lingering.front() {
+                if *since + self.settings.interest_linger > now {
+                    break;
+                }
+                let (since, destination) = lingering.pop_front().expect("not empty");
+                if let Some(mut entry) = self.interest.get_mut(&destination) {
+                    let still = matches!(*entry, Interest::Lingering(s) if s == since);
+                    if still && self.hub.subscriber_count(&destination) == 0 {
+                        *entry = Interest::Unsubscribing(Vec::new());
+                        to_unsubscribe.push(destination);
+                    }
+                }
+            }
+            self.subscribe(to_subscribe).await;
+            self.unsubscribe(to_unsubscribe).await;
+        }
+    }
+
+    /// SUBSCRIBEs `destinations` (in as few commands as the chunk size allows)
+    /// and wakes whoever waits for them.
+    async fn subscribe(&self, destinations: Vec<Arc<str>>) {
+        for chunk in destinations.chunks(MAX_CHANNELS_PER_COMMAND) {
+            let channels: Vec<String> = chunk.iter().map(|d| self.settings.channel(d)).collect();
+            self.metrics().engine_subscribe_commands.inc();
+            match self
+                .timed("subscribe", self.pubsub.subscribe(channels))
+                .await
+            {
+                Ok(()) => {
+                    self.metrics()
+                        .engine_interest_subscribes
+                        .inc_by(chunk.len() as u64);
+                    for destination in chunk {
+                        self.confirm(destination);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, destinations = chunk.len(), "redis SUBSCRIBE failed; retrying");
+                    self.interest_changed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend(chunk.iter().cloned());
+                    // Retried when the link is back (watch_links) or on the next change.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    self.wake_interest.notify_one();
+                }
+            }
+        }
+    }
+
+    /// The subscription to `destination` is confirmed: wake its waiters, and
+    /// start lingering if its readers left meanwhile.
+    fn confirm(&self, destination: &Arc<str>) {
+        let Some(mut entry) = self.interest.get_mut(destination) else {
+            return;
+        };
+        if let Interest::Pending(waiters) = std::mem::replace(&mut *entry, Interest::Subscribed) {
+            for waiter in waiters {
+                let _ = waiter.send(());
+            }
+        }
+        if self.hub.subscriber_count(destination) == 0 {
+            *entry = Interest::Lingering(Instant::now());
+            drop(entry);
+            self.mark_interest_changed(destination);
+        }
+    }
+
+    async fn unsubscribe(&self, destinations: Vec<Arc<str>>) {
+        for chunk in destinations.chunks(MAX_CHANNELS_PER_COMMAND) {
+            let channels: Vec<String> = chunk.iter().map(|d| self.settings.channel(d)).collect();
+            if let Err(error) = self
+                .timed("unsubscribe", self.pubsub.unsubscribe(channels))
+                .await
+            {
+                // Harmless: extra messages are fanned out to nobody; the next
+                // reconnect (which subscribes only what has readers) cleans up.
+                tracing::debug!(%error, "redis UNSUBSCRIBE failed");
+            }
+            self.metrics()
+                .engine_interest_unsubscribes
+                .inc_by(chunk.len() as u64);
+            for destination in chunk {
+                let Some(mut entry) = self.interest.get_mut(destination) else {
+                    continue;
+                };
+                match std::mem::replace(&mut *entry, Interest::Pending(Vec::new())) {
+                    Interest::Unsubscribing(waiters) if waiters.is_empty() => {
+                        drop(entry);
+                        self.interest.remove_if(destination, |_, interest| {
+                            matches!(interest, Interest::Pending(waiters) if waiters.is_empty())
+                        });
+                    }
+                    Interest::Unsubscribing(waiters) => {
+                        // Readers came back during the UNSUBSCRIBE: subscribe again.
+                        *entry = Interest::Pending(waiters);
+                        drop(entry);
+                        self.mark_interest_changed(destination);
+                    }
+                    other => *entry = other,
+                }
+            }
+        }
+    }
+
+    // ---- messages --------------------------------------------------------
+
+    /// Fans out every message the pub/sub link receives. The link's queue is
+    /// bounded (`redis-input-queue`); when this task falls behind, the oldest
+    /// messages are lost and counted as a gap.
+    async fn receive_messages(self: Arc<Self>) {
+        let mut messages = self.pubsub.message_rx();
+        loop {
+            // Cancel safety: a broadcast `recv` loses nothing when dropped.
+            let message = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                message = messages.recv() => message,
+            };
+            match message {
+                Ok(message) => {
+                    self.metrics()
+                        .engine_input_queued
+                        .set(messages.len() as i64);
+                    self.deliver(message);
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(lost)) => {
+                    self.metrics().engine_input_dropped.inc_by(lost);
+                    tracing::warn!(
+                        lost,
+                        "redis input queue overflowed: messages lost (redis-input-queue)"
+                    );
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    fn deliver(&self, message: fred::types::Message) {
+        let Some(destination) = self.settings.destination(&message.channel) else {
+            return;
+        };
+        let Some(payload) = message.value.into_bytes() else {
+            self.metrics().engine_input_invalid.inc();
+            return;
+        };
+        match wire::decode(payload) {
+            Ok(decoded) => {
+                self.metrics().engine_received.inc();
+                self.hub.deliver(
+                    destination,
+                    &decoded.message_id,
+                    &decoded.headers,
+                    decoded.body,
+                );
+            }
+            Err(error) => {
+                self.metrics().engine_input_invalid.inc();
+                tracing::warn!(%error, destination, "cannot read a message from redis");
+            }
+        }
+    }
+
+    // ---- counts ----------------------------------------------------------
+
+    /// Every `reader-count-interval`: this node's changed counts, its
+    /// liveness, and the list of live nodes.
+    async fn report_counts(self: Arc<Self>) {
+        let mut report_all = true;
+        let mut ticks = tokio::time::interval(self.settings.count_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Cancel safety: `tick` and `cancelled` lose nothing when dropped.
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            if !self.commands.is_connected() {
+                report_all = true;
+                continue;
+            }
+            let changed: Vec<Arc<str>> = if std::mem::take(&mut report_all) {
+                self.counts_changed.clear();
+                self.hub.destinations()
+            } else {
+                let keys: Vec<Arc<str>> = self
+                    .counts_changed
+                    .iter()
+                    .map(|e| e.key().clone())
+                    .collect();
+                for key in &keys {
+                    self.counts_changed.remove(key);
+                }
+                keys
+            };
+            if let Err(error) = self.report(&changed).await {
+                tracing::debug!(%error, "reader count report failed; reporting everything next time");
+                report_all = true;
+            }
+        }
+    }
+
+    async fn report(&self, changed: &[Arc<str>]) -> Result<(), EngineError> {
+        let settings = &self.settings;
+        let readers = settings.readers_key(&settings.node_id);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_millis() as f64)
+            .unwrap_or_default();
+        let dead_before = now_ms - settings.liveness().as_millis() as f64;
+        let error = |e: fred::error::Error| self.unavailable(e.to_string());
+        let pipeline = self.commands.pipeline();
+        for chunk in changed.chunks(MAX_CHANNELS_PER_COMMAND) {
+            let (mut present, mut gone) = (Vec::new(), Vec::new());
+            for destination in chunk {
+                match self.hub.subscriber_count(destination) {
+                    0 => gone.push(destination.to_string()),
+                    count => present.push((destination.to_string(), count as i64)),
+                }
+            }
+            if !present.is_empty() {
+                let _: () = pipeline
+                    .hset(readers.clone(), present)
+                    .await
+                    .map_err(error)?;
+            }
+            if !gone.is_empty() {
+                let _: () = pipeline.hdel(readers.clone(), gone).await.map_err(error)?;
+            }
+        }
+        let liveness_ms = settings.liveness().as_millis() as i64;
+        let _: () = pipeline
+            .pexpire(readers.clone(), liveness_ms, None)
+            .await
+            .map_err(error)?;
+        let nodes = settings.nodes_key();
+        let _: () = pipeline
+            .zadd(
+                nodes.clone(),
+                None,
+                None,
+                false,
+                false,
+                (now_ms, settings.node_id.clone()),
+            )
+            .await
+            .map_err(error)?;
+        let _: () = pipeline
+            .zremrangebyscore(nodes.clone(), f64::NEG_INFINITY, dead_before)
+            .await
+            .map_err(error)?;
+        let _: () = pipeline
+            .zrangebyscore(nodes, dead_before, f64::INFINITY, false, None)
+            .await
+            .map_err(error)?;
+        let replies: Vec<Value> = self.timed("report", pipeline.all()).await?;
+        let live: Vec<String> = match replies.last() {
+            Some(Value::Array(nodes)) => nodes
+                .iter()
+                .filter_map(|node| node.as_string())
+                .filter(|node| *node != settings.node_id)
+                .collect(),
+            _ => Vec::new(),
+        };
+        *self
+            .other_live_nodes
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = live;
+        Ok(())
+    }
+
+    // ---- the links -------------------------------------------------------
+
+    /// Follows the links' state: the `engine_up` metric and log lines, and
+    /// after a reconnect, every destination subscribed again.
+    async fn watch_links(self: Arc<Self>) {
+        let mut reconnects = self.pubsub.reconnect_rx();
+        let mut command_reconnects = self.commands.reconnect_rx();
+        let mut errors = self.pubsub.error_rx();
+        let (mut was_up, mut ever_up) = (false, false);
+        let mut check = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            // Cancel safety: broadcast `recv`, `tick` and `cancelled` lose nothing when dropped.
+            let resubscribe = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                reconnected = reconnects.recv() => reconnected.is_ok(),
+                _ = command_reconnects.recv() => false,
+                error = errors.recv() => {
+                    if let Ok((error, _)) = error {
+                        tracing::debug!(%error, "redis pub/sub link error");
+                    }
+                    false
+                }
+                _ = check.tick() => false,
+            };
+            let up = self.is_up();
+            if up != was_up {
+                self.metrics().engine_up.set(up as i64);
+                if up {
+                    tracing::info!(node = self.settings.node_id, "redis engine up");
+                } else {
+                    tracing::warn!(
+                        node = self.settings.node_id,
+                        status = self.status().detail,
+                        "redis engine down: publishes answer 503"
+                    );
+                }
+                if up && ever_up {
+                    self.metrics().engine_reconnects.inc();
+                }
+                ever_up |= up;
+                was_up = up;
+            }
+            if resubscribe {
+                self.resubscribe_all().await;
+            }
+        }
+    }
+
+    /// After the pub/sub link came back: subscribe again to everything this
+    /// node has (or waits for) interest in, and wake the waiters.
+    async fn resubscribe_all(&self) {
+        let destinations: Vec<Arc<str>> = self
+            .interest
+            .iter()
+            .filter(|entry| !matches!(entry.value(), Interest::Unsubscribing(_)))
+            .map(|entry| entry.key().clone())
+            .collect();
+        tracing::info!(
+            destinations = destinations.len(),
+            "redis pub/sub link back: subscribing again"
+        );
+        self.subscribe(destinations).await;
+    }
+}
+
+async fn sleep_until_or_forever(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The URL without its password, for logs and `/readyz`.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_keep_a_destination_in_one_hash_slot() {
+        let settings = RedisSettings {
+            url: String::new(),
+            node_id: "n1".into(),
+            key_prefix: "sp:".into(),
+            command_timeout: Duration::from_secs(1),
+            reconnect_max_delay: Duration::from_secs(1),
+            input_queue: 1,
+            count_interval: Duration::from_secs(1),
+            interest_linger: Duration::ZERO,
+            idempotency_window: Duration::from_secs(1),
+        };
+        let channel = settings.channel("/topic/comments.42");
+        assert_eq!(channel, "sp:{/topic/comments.42}");
+        assert_eq!(settings.destination(&channel), Some("/topic/comments.42"));
+        assert_eq!(settings.destination("other:{/topic/a}"), None);
+        assert_eq!(
+            settings.idempotency_key("/topic/a", "k"),
+            "sp:{/topic/a}idem:k"
+        );
+        assert_eq!(settings.readers_key("n1"), "sp:readers:n1");
+    }
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            redacted("redis://user:secret@10.0.0.1:6379/0"),
+            "redis://***@10.0.0.1:6379/0"
+        );
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

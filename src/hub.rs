@@ -1,0 +1,72 @@
+//! This node's subscribers and the local fan-out: what an engine hands each
+//! message to. The memory engine calls it on publish; the Redis engine calls
+//! it for each message its pub/sub link receives.
+
+use crate::config::SlowConsumerPolicy;
+use crate::fanout;
+use crate::metrics::Metrics;
+use crate::registry::{Registry, Subscriber, SubscriberKey};
+use bytes::Bytes;
+use std::sync::Arc;
+use stompede_protocol::Headers;
+
+pub struct Hub {
+    registry: Registry,
+    metrics: Metrics,
+    slow_consumer: SlowConsumerPolicy,
+}
+
+impl Hub {
+    pub fn new(slow_consumer: SlowConsumerPolicy) -> Hub {
+        Hub {
+            registry: Registry::new(),
+            metrics: Metrics::new(),
+            slow_consumer,
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Queues one message for every local subscriber of `destination`;
+    /// returns how many there were. The message is encoded once.
+    pub fn deliver(
+        &self,
+        destination: &str,
+        message_id: &str,
+        headers: &Headers,
+        body: Bytes,
+    ) -> usize {
+        let message = Arc::new(fanout::prepare(destination, message_id, headers, body));
+        fanout::deliver(
+            &self.registry,
+            destination,
+            &message,
+            self.slow_consumer,
+            &self.metrics,
+        )
+    }
+
+    pub fn subscribe(&self, destination: &str, key: SubscriberKey, subscriber: Subscriber) {
+        self.registry.subscribe(destination, key, subscriber);
+    }
+
+    /// Removes one subscription; `true` when it was the destination's last.
+    pub fn unsubscribe(&self, destination: &str, key: SubscriberKey) -> bool {
+        self.registry.unsubscribe(destination, key)
+    }
+
+    pub fn subscriber_count(&self, destination: &str) -> usize {
+        self.registry.subscriber_count(destination)
+    }
+
+    pub fn destination_count(&self) -> usize {
+        self.registry.destination_count()
+    }
+
+    /// Every destination with a local subscriber (O(destinations)).
+    pub fn destinations(&self) -> Vec<Arc<str>> {
+        self.registry.destinations()
+    }
+}
