@@ -1,7 +1,7 @@
 //! `fanout`: checking subscribers on D destinations, publishers publishing
 //! open-loop at one rate per step (a ramp when `--rate` is a list).
 
-use super::step::{step_rows, FanOut, StepPlan};
+use super::step::{drain_idle, step_rows, FanOut, StepPlan};
 use super::{plan, setup_rows, RunContext};
 use crate::format::{human, ms, verdict};
 use crate::Common;
@@ -37,6 +37,10 @@ pub struct FanoutArgs {
     /// Most seconds to wait after a step for late deliveries.
     #[arg(long, default_value_t = 10.0)]
     pub drain: f64,
+    /// The wait for late deliveries ends early once nothing has arrived for
+    /// this many seconds (a longer stall counts as loss).
+    #[arg(long, default_value_t = 2.0)]
+    pub drain_idle: f64,
     /// A step passes if nothing is lost or duplicated, no subscriber
     /// dropped, nothing failed to publish, and p99 is at most this.
     #[arg(long, default_value_t = 1000.0)]
@@ -66,6 +70,7 @@ fn parse_rates(list: &str) -> Result<Vec<f64>, String> {
 
 pub async fn run(common: &Common, args: FanoutArgs) -> Result<(), String> {
     let rates = parse_rates(&args.rate)?;
+    let drain_idle = drain_idle(args.drain_idle)?;
     let mut run = RunContext::new(
         common,
         "fanout",
@@ -102,6 +107,7 @@ pub async fn run(common: &Common, args: FanoutArgs) -> Result<(), String> {
             rate,
             duration: Duration::from_secs_f64(args.duration),
             drain_secs: args.drain,
+            drain_idle,
             max_p99_ms: args.max_p99_ms,
             end_early: None,
         };

@@ -20,10 +20,19 @@ use tokio::sync::watch;
 const PUBLISHER_FIRST_INDEX: u64 = 5_000_000;
 /// How often the coordinator looks at the workers' progress meanwhile.
 const POLL: Duration = Duration::from_millis(100);
-/// A drain ends early when nothing has arrived for this long.
-const DRAIN_IDLE: Duration = Duration::from_millis(2000);
 /// After the drain, one more progress round so the figures include the tail.
 const DRAIN_TAIL: Duration = Duration::from_millis(300);
+
+/// `--drain-idle` as a duration, if it is one.
+pub fn drain_idle(secs: f64) -> Result<Duration, String> {
+    if !(0.0..=crate::MAX_SECONDS).contains(&secs) {
+        return Err(format!(
+            "--drain-idle {secs} is outside 0 ..= {} s",
+            crate::MAX_SECONDS
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
 
 /// How the `--publish` option says to publish.
 pub fn publish_via(common: &Common) -> Result<Via, String> {
@@ -50,6 +59,8 @@ pub struct StepPlan {
     pub duration: Duration,
     /// Most seconds to wait for late deliveries.
     pub drain_secs: f64,
+    /// The wait ends early once nothing has arrived for this long.
+    pub drain_idle: Duration,
     /// A p99 above this fails the step.
     pub max_p99_ms: f64,
     /// Publishing ends before `duration` once this says so.
@@ -127,7 +138,8 @@ impl FanOut {
             .map(|(messages, subscribers)| messages * subscribers)
             .sum();
         fleet.label = format!("{}: draining", plan.label);
-        let (drain_secs, drain_active) = drain(fleet, expected, plan.drain_secs).await?;
+        let (drain_secs, drain_active) =
+            drain(fleet, expected, plan.drain_secs, plan.drain_idle).await?;
         let broker_after = meter.broker_now();
         let tool_cpu_percent =
             (fleet.tool_cpu_secs() - tool_cpu_before) / started.elapsed().as_secs_f64() * 100.0;
@@ -223,9 +235,14 @@ impl FanOut {
 }
 
 /// Waits until every expected delivery arrived, nothing arrived for
-/// `DRAIN_IDLE`, or `max_secs` passed. Returns (seconds waited, seconds
-/// until the last delivery seen).
-async fn drain(fleet: &mut Fleet, expected: u64, max_secs: f64) -> Result<(f64, f64), String> {
+/// `idle`, or `max_secs` passed. Returns (seconds waited, seconds until the
+/// last delivery seen).
+async fn drain(
+    fleet: &mut Fleet,
+    expected: u64,
+    max_secs: f64,
+    idle: Duration,
+) -> Result<(f64, f64), String> {
     let started = Instant::now();
     let mut last_count = fleet.step_received();
     let mut last_change = Instant::now();
@@ -241,7 +258,7 @@ async fn drain(fleet: &mut Fleet, expected: u64, max_secs: f64) -> Result<(f64, 
             last_count = count;
             last_change = Instant::now();
             active_secs = started.elapsed().as_secs_f64();
-        } else if last_change.elapsed() > DRAIN_IDLE {
+        } else if last_change.elapsed() > idle {
             break;
         }
     }

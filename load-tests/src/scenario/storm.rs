@@ -3,7 +3,7 @@
 //! storm and during it).
 
 use super::merge::ActivityTotals;
-use super::step::{step_rows, FanOut, StepPlan};
+use super::step::{drain_idle, step_rows, FanOut, StepPlan};
 use super::{plan, setup_rows, RunContext};
 use crate::fleet::Fleet;
 use crate::format::{self, human, mib, of_one_core};
@@ -46,8 +46,13 @@ pub struct StormArgs {
     /// Most seconds the storm may take.
     #[arg(long, default_value_t = 120.0)]
     pub timeout: f64,
+    /// Most seconds to wait after a step for late deliveries.
     #[arg(long, default_value_t = 10.0)]
     pub drain: f64,
+    /// The wait for late deliveries ends early once nothing has arrived for
+    /// this many seconds (a longer stall counts as loss).
+    #[arg(long, default_value_t = 2.0)]
+    pub drain_idle: f64,
     #[arg(long)]
     pub svg: Option<String>,
 }
@@ -57,6 +62,7 @@ pub async fn run(common: &Common, args: StormArgs) -> Result<(), String> {
     if args.rate.is_nan() || args.rate <= 0.0 {
         return Err("--rate must be positive".into());
     }
+    let drain_idle = drain_idle(args.drain_idle)?;
     let mut run = RunContext::new(
         common,
         "storm",
@@ -105,7 +111,12 @@ pub async fn run(common: &Common, args: StormArgs) -> Result<(), String> {
         )
         .await?;
         setup_rows(&mut report, &subscribed.summary, "background subscribers");
-        let baseline = background_step(&args, 0, "background fan-out before the storm".into());
+        let baseline = background_step(
+            &args,
+            drain_idle,
+            0,
+            "background fan-out before the storm".into(),
+        );
         let (step, histogram) = fan_out.run_step(&mut fleet, &run.meter, baseline).await?;
         steps.push(step);
         latencies.push(("before storm".to_string(), histogram));
@@ -120,7 +131,12 @@ pub async fn run(common: &Common, args: StormArgs) -> Result<(), String> {
         human(args.rate)
     );
     if let Some(fan_out) = &mut background {
-        let mut during = background_step(&args, 1, format!("{storm_label}, fan-out continues"));
+        let mut during = background_step(
+            &args,
+            drain_idle,
+            1,
+            format!("{storm_label}, fan-out continues"),
+        );
         during.duration = Duration::from_secs_f64(args.timeout);
         during.end_early = Some(Fleet::activity_finished);
         let (step, histogram) = fan_out.run_step(&mut fleet, &run.meter, during).await?;
@@ -189,13 +205,14 @@ pub async fn run(common: &Common, args: StormArgs) -> Result<(), String> {
 }
 
 /// A step of the background fan-out, `--baseline` seconds long.
-fn background_step(args: &StormArgs, index: u32, label: String) -> StepPlan {
+fn background_step(args: &StormArgs, drain_idle: Duration, index: u32, label: String) -> StepPlan {
     StepPlan {
         index,
         label,
         rate: args.background_rate,
         duration: Duration::from_secs_f64(args.baseline),
         drain_secs: args.drain,
+        drain_idle,
         max_p99_ms: BACKGROUND_MAX_P99_MS,
         end_early: None,
     }
