@@ -5,24 +5,24 @@ use crate::stats::Percentiles;
 use crate::wire::Failures;
 
 /// A count or rate: 1234567 -> "1.23M", 23456 -> "23.5k", 999 -> "999".
-pub fn human(x: f64) -> String {
-    if x >= 1e6 {
-        format!("{:.2}M", x / 1e6)
-    } else if x >= 1e4 {
-        format!("{:.1}k", x / 1e3)
+pub fn human(value: f64) -> String {
+    if value >= 1e6 {
+        format!("{:.2}M", value / 1e6)
+    } else if value >= 1e4 {
+        format!("{:.1}k", value / 1e3)
     } else {
-        format!("{x:.0}")
+        format!("{value:.0}")
     }
 }
 
 /// Milliseconds with three significant digits or so: "123", "12.3", "1.23".
-pub fn ms(x: f64) -> String {
-    if x >= 100.0 {
-        format!("{x:.0}")
-    } else if x >= 10.0 {
-        format!("{x:.1}")
+pub fn ms(millis: f64) -> String {
+    if millis >= 100.0 {
+        format!("{millis:.0}")
+    } else if millis >= 10.0 {
+        format!("{millis:.1}")
     } else {
-        format!("{x:.2}")
+        format!("{millis:.2}")
     }
 }
 
@@ -50,15 +50,15 @@ pub fn of_one_core(percent: f64) -> String {
 }
 
 /// Latency percentiles: "p50 1.23 p90 … max 45.6 ms (n=1000)".
-pub fn percentiles(p: &Percentiles) -> String {
+pub fn percentiles(latency: &Percentiles) -> String {
     format!(
         "p50 {} p90 {} p99 {} p99.9 {} max {} ms (n={})",
-        ms(p.p50_ms),
-        ms(p.p90_ms),
-        ms(p.p99_ms),
-        ms(p.p999_ms),
-        ms(p.max_ms),
-        p.count
+        ms(latency.p50_ms),
+        ms(latency.p90_ms),
+        ms(latency.p99_ms),
+        ms(latency.p999_ms),
+        ms(latency.max_ms),
+        latency.count
     )
 }
 

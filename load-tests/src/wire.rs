@@ -112,17 +112,39 @@ pub struct Progress {
     pub cpu_secs: f64,
 }
 
+/// What checking subscribers saw of one step against what was published
+/// to them: one subscriber's (the sequence checker's answer), or many
+/// added up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    pub expected: u64,
+    /// Distinct messages of the step that arrived.
+    pub received: u64,
+    /// Expected and never arrived.
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    pub misrouted: u64,
+}
+
+impl Tally {
+    pub fn add(&mut self, other: &Tally) {
+        self.expected += other.expected;
+        self.received += other.received;
+        self.lost += other.lost;
+        self.duplicated += other.duplicated;
+        self.reordered += other.reordered;
+        self.misrouted += other.misrouted;
+    }
+}
+
 /// The answer to `Collect`: this worker's subscribers' checks for one step.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StepResult {
     pub step: u32,
     pub subscribers: u64,
-    pub expected: u64,
-    pub received: u64,
-    pub lost: u64,
-    pub duplicated: u64,
-    pub reordered: u64,
-    pub misrouted: u64,
+    /// Every subscriber's tally, added up.
+    pub tally: Tally,
     pub subs_with_loss: u64,
     pub subs_with_dups: u64,
     pub subs_with_reorder: u64,
@@ -157,6 +179,19 @@ pub struct Final {
     pub stale: u64,
     pub untracked: u64,
     pub non_load_messages: u64,
+}
+
+impl StepResult {
+    /// Counts one subscriber in: its tally, and whether it lost,
+    /// duplicated or reordered anything or disconnected.
+    pub fn count_subscriber(&mut self, tally: &Tally, disconnected: bool) {
+        self.subscribers += 1;
+        self.tally.add(tally);
+        self.subs_with_loss += u64::from(tally.lost > 0);
+        self.subs_with_dups += u64::from(tally.duplicated > 0);
+        self.subs_with_reorder += u64::from(tally.reordered > 0);
+        self.subs_disconnected += u64::from(disconnected);
+    }
 }
 
 impl Event {

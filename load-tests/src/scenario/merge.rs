@@ -1,7 +1,6 @@
 //! Many workers' answers as one: histograms added, failures summed by cause,
 //! per-destination counts added.
 
-use super::rate;
 use crate::stats::{new_histogram, HistData, Percentiles};
 use crate::wire::{ActivityResult, Failures, Ready};
 use hdrhistogram::Histogram;
@@ -56,40 +55,22 @@ pub fn readies(readies: &[Ready], destinations: u32) -> (SetupSummary, Vec<u64>)
     (summary, per_dest)
 }
 
-/// The workers' storm or churn results, summed (the elapsed time is the
-/// longest worker's).
-pub struct ActivityTotals {
-    pub attempted: u64,
-    pub ok: u64,
-    pub failures: Failures,
-    pub setup_latency: Percentiles,
-    pub elapsed_secs: f64,
-    pub closed_ok: u64,
-    pub closed_without_receipt: u64,
-    pub close_failures: Failures,
-    pub skipped_at_limit: u64,
-    pub peak_open: u64,
-}
-
-impl ActivityTotals {
-    pub fn of(results: &[ActivityResult]) -> ActivityTotals {
-        let sum = |field: fn(&ActivityResult) -> u64| results.iter().map(field).sum::<u64>();
-        ActivityTotals {
-            attempted: sum(|r| r.attempted),
-            ok: sum(|r| r.ok),
-            failures: failures(results.iter().map(|r| &r.failures)),
-            setup_latency: Percentiles::of(&histograms(results.iter().map(|r| r.setup.clone()))),
-            elapsed_secs: results.iter().map(|r| r.elapsed_secs).fold(0.0, f64::max),
-            closed_ok: sum(|r| r.closed_ok),
-            closed_without_receipt: sum(|r| r.closed_without_receipt),
-            close_failures: failures(results.iter().map(|r| &r.close_failures)),
-            skipped_at_limit: sum(|r| r.skipped_at_limit),
-            peak_open: sum(|r| r.peak_open),
-        }
-    }
-
-    /// Connections set up per second.
-    pub fn achieved_rate(&self) -> f64 {
-        rate(self.ok, self.elapsed_secs)
-    }
+/// The workers' storm or churn results as one: counts and failures added,
+/// the elapsed time the longest worker's; and the setup latencies.
+pub fn activities(results: &[ActivityResult]) -> (ActivityResult, Percentiles) {
+    let sum = |field: fn(&ActivityResult) -> u64| results.iter().map(field).sum::<u64>();
+    let setup = histograms(results.iter().map(|r| r.setup.clone()));
+    let merged = ActivityResult {
+        attempted: sum(|r| r.attempted),
+        ok: sum(|r| r.ok),
+        failures: failures(results.iter().map(|r| &r.failures)),
+        setup: HistData::from_hist(&setup),
+        elapsed_secs: results.iter().map(|r| r.elapsed_secs).fold(0.0, f64::max),
+        closed_ok: sum(|r| r.closed_ok),
+        closed_without_receipt: sum(|r| r.closed_without_receipt),
+        close_failures: failures(results.iter().map(|r| &r.close_failures)),
+        skipped_at_limit: sum(|r| r.skipped_at_limit),
+        peak_open: sum(|r| r.peak_open),
+    };
+    (merged, Percentiles::of(&setup))
 }

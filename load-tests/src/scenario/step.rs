@@ -9,7 +9,7 @@ use crate::publisher::{PublishStep, Publisher, Via};
 use crate::report::Report;
 use crate::stats::Percentiles;
 use crate::target::Target;
-use crate::wire::StepResult;
+use crate::wire::{StepResult, Tally};
 use crate::Common;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -146,6 +146,10 @@ impl FanOut {
         let results: Vec<StepResult> = fleet.collect(plan.index, sent).await?;
         let histogram = super::merge::histograms(results.iter().map(|r| r.latency.clone()));
         let sum = |field: fn(&StepResult) -> u64| results.iter().map(field).sum::<u64>();
+        let mut tally = Tally::default();
+        for result in &results {
+            tally.add(&result.tally);
+        }
         let mut report = StepReport {
             step: plan.index,
             label: plan.label,
@@ -157,14 +161,14 @@ impl FanOut {
             publish_max_lag_ms: published.iter().map(|p| p.max_lag_ms).fold(0.0, f64::max),
             publish_error: published.iter().find_map(|p| p.first_error.clone()),
             subscribers: sum(|r| r.subscribers),
-            expected_deliveries: sum(|r| r.expected),
-            delivered: sum(|r| r.received),
+            expected_deliveries: tally.expected,
+            delivered: tally.received,
             // Over the time from the first publish to the last delivery seen.
-            deliveries_per_sec: sum(|r| r.received) as f64 / (publish_secs + drain_active),
-            lost: sum(|r| r.lost),
-            duplicated: sum(|r| r.duplicated),
-            reordered: sum(|r| r.reordered),
-            misrouted: sum(|r| r.misrouted),
+            deliveries_per_sec: tally.received as f64 / (publish_secs + drain_active),
+            lost: tally.lost,
+            duplicated: tally.duplicated,
+            reordered: tally.reordered,
+            misrouted: tally.misrouted,
             subscribers_with_loss: sum(|r| r.subs_with_loss),
             subscribers_with_dups: sum(|r| r.subs_with_dups),
             subscribers_with_reorder: sum(|r| r.subs_with_reorder),

@@ -2,9 +2,9 @@
 //! while background subscribers receive a fan-out (measured before the
 //! storm and during it).
 
-use super::merge::ActivityTotals;
+use super::merge;
 use super::step::{drain_idle, step_rows, FanOut, StepPlan};
-use super::{plan, setup_rows, RunContext};
+use super::{plan, rate, setup_rows, RunContext};
 use crate::fleet::Fleet;
 use crate::format::{self, human, mib, of_one_core};
 use crate::wire::{Command, StormSpec};
@@ -152,7 +152,8 @@ pub async fn run(common: &Common, args: StormArgs) -> Result<(), String> {
     let broker_after = run.meter.broker_now();
     drop(background);
     let finals = fleet.stop().await?;
-    let storm = ActivityTotals::of(&activity);
+    let (storm, setup_latency) = merge::activities(&activity);
+    let achieved_rate = rate(storm.ok, storm.elapsed_secs);
     report.section("storm");
     report.row(
         "connections",
@@ -167,11 +168,11 @@ pub async fn run(common: &Common, args: StormArgs) -> Result<(), String> {
             "{:.2} s (target rate {}/s, achieved {}/s)",
             storm.elapsed_secs,
             human(args.rate),
-            human(storm.achieved_rate())
+            human(achieved_rate)
         ),
     );
     report.row("failures", format::failures(&storm.failures));
-    report.latency_row("setup latency", &storm.setup_latency);
+    report.latency_row("setup latency", &setup_latency);
     if let (Some(before), Some(after)) = (broker_before, broker_after) {
         report.row(
             "broker during storm",
@@ -194,8 +195,8 @@ pub async fn run(common: &Common, args: StormArgs) -> Result<(), String> {
             "failures": storm.failures,
             "failed": storm.attempted - storm.ok.min(storm.attempted),
             "elapsed_secs": storm.elapsed_secs,
-            "achieved_rate": storm.achieved_rate(),
-            "setup_latency": storm.setup_latency,
+            "achieved_rate": achieved_rate,
+            "setup_latency": setup_latency,
         }),
     );
     report.set("background_setup", &subscribed.summary);

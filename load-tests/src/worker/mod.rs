@@ -23,7 +23,7 @@ use crate::stats::{HistData, ShardedHistogram};
 use crate::sys::{now_ns, self_cpu_secs, self_rss_bytes};
 use crate::target::Target;
 use crate::wire::{ActivityResult, Command, Event, Final, Progress, Ready, StepResult, WorkerSpec};
-use sequence::{SequenceTracker, Tally};
+use sequence::SequenceTracker;
 use setup::SetupLog;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -306,25 +306,11 @@ fn collect_step(
         let Some(disconnected) = subscriber.disconnected_in(step) else {
             continue;
         };
-        result.subscribers += 1;
-        result.subs_disconnected += u64::from(disconnected);
         let want = expected.get(subscriber.dest as usize).copied().unwrap_or(0);
         let tally = lock(&subscriber.tracker).finish_step(step, want);
-        add_tally(&mut result, &tally);
+        result.count_subscriber(&tally, disconnected);
     }
     result.latency = HistData::from_hist(&state.latency.take());
     counters.step_received.store(0, Ordering::Relaxed);
     result
-}
-
-fn add_tally(result: &mut StepResult, tally: &Tally) {
-    result.expected += tally.expected;
-    result.received += tally.received;
-    result.lost += tally.lost;
-    result.duplicated += tally.duplicated;
-    result.reordered += tally.reordered;
-    result.misrouted += tally.misrouted;
-    result.subs_with_loss += u64::from(tally.lost > 0);
-    result.subs_with_dups += u64::from(tally.duplicated > 0);
-    result.subs_with_reorder += u64::from(tally.reordered > 0);
 }

@@ -4,6 +4,7 @@
 //! collecting task also takes) and turns each `Verdict` into counters.
 
 use crate::frames::Stamp;
+use crate::wire::Tally;
 
 /// Sequence numbers from this one up are not tracked (bounds a subscriber's
 /// bitmap to 8 MiB); such messages are `Verdict::Untracked`.
@@ -31,19 +32,6 @@ impl Verdict {
     pub fn is_first_arrival(self) -> bool {
         matches!(self, Verdict::New | Verdict::Reordered)
     }
-}
-
-/// What one subscriber saw of one step, against what was published.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tally {
-    pub expected: u64,
-    /// Distinct messages of the step that arrived.
-    pub received: u64,
-    /// Expected and never arrived.
-    pub lost: u64,
-    pub duplicated: u64,
-    pub reordered: u64,
-    pub misrouted: u64,
 }
 
 /// One subscriber's view of the current step: a bitmap of the sequence
