@@ -1,9 +1,11 @@
 //! The coordinator's side of the workers: starts them (in this process or
 //! as child processes), prints the progress line, and gathers their events.
 
-use crate::worker::{
-    self, ActivityResult, Command, Event, Final, ProgressData, Ready, StepResult, WorkerSpec,
+use crate::format::human;
+use crate::wire::{
+    self, ActivityResult, Command, Event, Final, Progress, Ready, StepResult, WorkerSpec,
 };
+use crate::worker;
 use std::collections::VecDeque;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,11 +14,20 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
+/// How often `gather` looks again for the events it waits for.
+const GATHER_POLL: Duration = Duration::from_millis(100);
+/// How long the workers may take to answer `Collect`.
+const COLLECT_WAIT: Duration = Duration::from_secs(60);
+/// How long the workers may take to answer `Stop`.
+const FINAL_WAIT: Duration = Duration::from_secs(30);
+/// How long each worker process may take to exit after its last event.
+const EXIT_WAIT: Duration = Duration::from_secs(5);
+
 pub struct Fleet {
     cmds: Vec<mpsc::UnboundedSender<Command>>,
     events: mpsc::UnboundedReceiver<(usize, Event)>,
     pending: VecDeque<(usize, Event)>,
-    pub progress: Vec<ProgressData>,
+    pub progress: Vec<Progress>,
     children: Vec<tokio::process::Child>,
     /// What the progress line says the run is doing.
     pub label: String,
@@ -30,15 +41,19 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Starts one worker per spec: in this process when there is only one
-    /// and `processes` is false, otherwise as child processes.
+    /// Starts one worker per spec: as child processes when `processes`
+    /// (the caller's rule: more than one worker, or `--processes`),
+    /// otherwise the one worker in this process.
     pub fn spawn(specs: Vec<WorkerSpec>, processes: bool, quiet: bool) -> Result<Fleet, String> {
-        let n = specs.len();
+        let count = specs.len();
+        if !processes && count != 1 {
+            return Err(format!("{count} workers cannot all run in this process"));
+        }
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let mut cmds = Vec::new();
         let mut children = Vec::new();
-        let in_process = n == 1 && !processes;
-        for (i, spec) in specs.into_iter().enumerate() {
+        let in_process = !processes;
+        for (worker, spec) in specs.into_iter().enumerate() {
             let (cmd_tx, cmd_rx) = mpsc::unbounded_channel::<Command>();
             cmds.push(cmd_tx);
             if in_process {
@@ -46,8 +61,8 @@ impl Fleet {
                 tokio::spawn(worker::run(spec, cmd_rx, tx));
                 let ev_tx = ev_tx.clone();
                 tokio::spawn(async move {
-                    while let Some(ev) = rx.recv().await {
-                        if ev_tx.send((i, ev)).is_err() {
+                    while let Some(event) = rx.recv().await {
+                        if ev_tx.send((worker, event)).is_err() {
                             break;
                         }
                     }
@@ -66,14 +81,14 @@ impl Fleet {
                 .map_err(|e| format!("cannot start worker process: {e}"))?;
             let mut stdin = child.stdin.take().ok_or("worker stdin")?;
             let stdout = child.stdout.take().ok_or("worker stdout")?;
-            let spec_line = serde_json::to_string(&spec).map_err(|e| e.to_string())? + "\n";
+            let spec_line = wire::to_line(&spec)?;
             let mut cmd_rx = cmd_rx;
             tokio::spawn(async move {
                 if stdin.write_all(spec_line.as_bytes()).await.is_err() {
                     return;
                 }
-                while let Some(c) = cmd_rx.recv().await {
-                    let line = serde_json::to_string(&c).unwrap_or_default() + "\n";
+                while let Some(command) = cmd_rx.recv().await {
+                    let line = wire::to_line(&command).unwrap_or_default();
                     if stdin.write_all(line.as_bytes()).await.is_err()
                         || stdin.flush().await.is_err()
                     {
@@ -85,20 +100,22 @@ impl Fleet {
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stdout).lines();
                 let mut finished = false;
-                while let Ok(Some(l)) = lines.next_line().await {
-                    match serde_json::from_str::<Event>(&l) {
-                        Ok(ev) => {
-                            finished |= matches!(ev, Event::Final(_) | Event::Fatal(_));
-                            if ev_tx.send((i, ev)).is_err() {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    match wire::from_line::<Event>(&line) {
+                        Ok(event) => {
+                            finished |= event.is_last();
+                            if ev_tx.send((worker, event)).is_err() {
                                 return;
                             }
                         }
-                        Err(e) => eprintln!("worker {i}: unreadable event {l:?}: {e}"),
+                        Err(e) => eprintln!("worker {worker}: unreadable event {line:?}: {e}"),
                     }
                 }
                 if !finished {
-                    let _ =
-                        ev_tx.send((i, Event::Fatal(format!("worker process {i} exited early"))));
+                    let _ = ev_tx.send((
+                        worker,
+                        Event::Fatal(format!("worker process {worker} exited early")),
+                    ));
                 }
             });
             children.push(child);
@@ -107,7 +124,7 @@ impl Fleet {
             cmds,
             events: ev_rx,
             pending: VecDeque::new(),
-            progress: vec![ProgressData::default(); n],
+            progress: vec![Progress::default(); count],
             children,
             label: String::new(),
             published: Arc::new(AtomicU64::new(0)),
@@ -123,9 +140,9 @@ impl Fleet {
         self.cmds.len()
     }
 
-    pub fn send_all(&self, c: Command) {
+    pub fn send_all(&self, command: Command) {
         for tx in &self.cmds {
-            let _ = tx.send(c.clone());
+            let _ = tx.send(command.clone());
         }
     }
 
@@ -148,17 +165,17 @@ impl Fleet {
         self.progress.iter().map(|p| p.step_received).sum()
     }
 
-    /// Takes progress events for up to `d` (printing the progress line);
+    /// Takes progress events for up to `wait` (printing the progress line);
     /// returns early when another event arrives, which is kept for the
     /// `wait_*` calls.
-    pub async fn pump(&mut self, d: Duration) -> Result<(), String> {
-        let deadline = tokio::time::Instant::now() + d;
+    pub async fn pump(&mut self, wait: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Err(_) => return Ok(()),
                 Ok(None) => return Err("all workers are gone".into()),
-                Ok(Some((i, Event::Progress(p)))) => {
-                    self.progress[i] = p;
+                Ok(Some((worker, Event::Progress(progress)))) => {
+                    self.progress[worker] = progress;
                     self.print_progress();
                 }
                 Ok(Some((_, Event::Fatal(e)))) => return Err(e),
@@ -175,10 +192,10 @@ impl Fleet {
         if self.quiet || self.last_print.elapsed() < Duration::from_secs(1) {
             return;
         }
-        let dt = self.last_print.elapsed().as_secs_f64();
+        let since_last_secs = self.last_print.elapsed().as_secs_f64();
         self.last_print = Instant::now();
         let received = self.received();
-        let rate = (received - self.last_received.min(received)) as f64 / dt;
+        let rate = (received - self.last_received.min(received)) as f64 / since_last_secs;
         self.last_received = received;
         let open: u64 = self.progress.iter().map(|p| p.open).sum();
         let ok: u64 = self.progress.iter().map(|p| p.activity_ok).sum();
@@ -205,16 +222,15 @@ impl Fleet {
         what: &str,
         pick: impl Fn(Event) -> Result<T, Event>,
     ) -> Result<Vec<T>, String> {
-        let n = self.len();
-        let mut got: Vec<Option<T>> = (0..n).map(|_| None).collect();
+        let mut got: Vec<Option<T>> = (0..self.len()).map(|_| None).collect();
         let deadline = Instant::now() + timeout;
         loop {
             let mut keep = VecDeque::new();
-            while let Some((i, ev)) = self.pending.pop_front() {
-                match pick(ev) {
-                    Ok(t) if got[i].is_none() => got[i] = Some(t),
+            while let Some((worker, event)) = self.pending.pop_front() {
+                match pick(event) {
+                    Ok(picked) if got[worker].is_none() => got[worker] = Some(picked),
                     Ok(_) => {}
-                    Err(ev) => keep.push_back((i, ev)),
+                    Err(event) => keep.push_back((worker, event)),
                 }
             }
             self.pending = keep;
@@ -224,7 +240,7 @@ impl Fleet {
             if Instant::now() >= deadline {
                 return Err(format!("timed out waiting for the workers' {what}"));
             }
-            self.pump(Duration::from_millis(100)).await?;
+            self.pump(GATHER_POLL).await?;
         }
     }
 
@@ -242,8 +258,8 @@ impl Fleet {
         expected: Vec<u64>,
     ) -> Result<Vec<StepResult>, String> {
         self.send_all(Command::Collect { step, expected });
-        self.gather(Duration::from_secs(60), "step results", |e| match e {
-            Event::Step(r) => Ok(r),
+        self.gather(COLLECT_WAIT, "step results", |e| match e {
+            Event::Step(result) => Ok(*result),
             e => Err(e),
         })
         .await
@@ -254,7 +270,7 @@ impl Fleet {
         timeout: Duration,
     ) -> Result<Vec<ActivityResult>, String> {
         self.gather(timeout, "storm/churn results", |e| match e {
-            Event::ActivityDone(r) => Ok(r),
+            Event::ActivityDone(result) => Ok(*result),
             e => Err(e),
         })
         .await
@@ -273,26 +289,15 @@ impl Fleet {
 
     pub async fn stop(mut self) -> Result<Vec<Final>, String> {
         self.send_all(Command::Stop);
-        let r = self
-            .gather(Duration::from_secs(30), "final report", |e| match e {
-                Event::Final(f) => Ok(f),
+        let finals = self
+            .gather(FINAL_WAIT, "final report", |e| match e {
+                Event::Final(last) => Ok(last),
                 e => Err(e),
             })
             .await;
-        for c in &mut self.children {
-            let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
+        for child in &mut self.children {
+            let _ = tokio::time::timeout(EXIT_WAIT, child.wait()).await;
         }
-        r
-    }
-}
-
-/// 1234567 -> "1.23M".
-pub fn human(x: f64) -> String {
-    if x >= 1e6 {
-        format!("{:.2}M", x / 1e6)
-    } else if x >= 1e4 {
-        format!("{:.1}k", x / 1e3)
-    } else {
-        format!("{x:.0}")
+        finals
     }
 }

@@ -1,19 +1,26 @@
 //! stompede-load: a load generator for STOMP-over-WebSocket brokers.
 //!
-//! Scenarios (`fanout`, `storm`, `churn`, `idle`) are in `scenarios.rs`; the
-//! connections live in workers (`worker.rs`), several processes of them when
-//! a run needs more sockets than one process may open.
+//! Layers, from the top: this file (the command line); `scenario/` (the
+//! coordinator: one file per scenario, `RunContext` for what they share);
+//! `fleet.rs` (the coordinator's handle on its workers); `wire.rs` (what
+//! coordinator and workers say to each other); `worker/` (the connections,
+//! several processes of them when a run needs more sockets than one process
+//! may open); then `conn.rs`, `publisher.rs`, `frames.rs` (the wire to the
+//! broker), and `report.rs`, `format.rs`, `stats.rs`, `sys.rs`, `target.rs`,
+//! `broker_metrics.rs` underneath.
 
 mod broker_metrics;
 mod conn;
 mod fleet;
+mod format;
 mod frames;
 mod publisher;
 mod report;
-mod scenarios;
+mod scenario;
 mod stats;
 mod sys;
 mod target;
+mod wire;
 mod worker;
 
 use clap::{Args, Parser, Subcommand};
@@ -96,13 +103,13 @@ pub struct Common {
 #[derive(Subcommand, Debug)]
 enum Scenario {
     /// Subscribers on D destinations, open-loop publishing at one or more rates.
-    Fanout(scenarios::FanoutArgs),
+    Fanout(scenario::fanout::FanoutArgs),
     /// Opens N subscribed connections at a target rate, optionally during a fan-out.
-    Storm(scenarios::StormArgs),
+    Storm(scenario::storm::StormArgs),
     /// A steady rate of connects and disconnects; the broker's memory before, during, after.
-    Churn(scenarios::ChurnArgs),
+    Churn(scenario::churn::ChurnArgs),
     /// Holds N idle subscribed connections; the broker's memory per connection.
-    Idle(scenarios::IdleArgs),
+    Idle(scenario::idle::IdleArgs),
     /// Internal: a worker process driven by the coordinator over stdin/stdout.
     #[command(hide = true)]
     Worker,
@@ -119,17 +126,17 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.scenario {
         Scenario::Worker => worker::process_main(),
-        s => runtime().and_then(|rt| {
-            rt.block_on(async move {
+        scenario => runtime().and_then(|runtime| {
+            runtime.block_on(async move {
                 let limit = std::time::Duration::from_secs_f64(
                     cli.common.max_runtime.clamp(1.0, MAX_SECONDS * 2.0),
                 );
                 let run = async {
-                    match s {
-                        Scenario::Fanout(a) => scenarios::fanout(&cli.common, a).await,
-                        Scenario::Storm(a) => scenarios::storm(&cli.common, a).await,
-                        Scenario::Churn(a) => scenarios::churn(&cli.common, a).await,
-                        Scenario::Idle(a) => scenarios::idle(&cli.common, a).await,
+                    match scenario {
+                        Scenario::Fanout(args) => scenario::fanout::run(&cli.common, args).await,
+                        Scenario::Storm(args) => scenario::storm::run(&cli.common, args).await,
+                        Scenario::Churn(args) => scenario::churn::run(&cli.common, args).await,
+                        Scenario::Idle(args) => scenario::idle::run(&cli.common, args).await,
                         Scenario::Worker => unreachable!(),
                     }
                 };
@@ -142,8 +149,8 @@ fn main() {
             })
         }),
     };
-    if let Err(e) = result {
-        eprintln!("stompede-load: {e}");
+    if let Err(error) = result {
+        eprintln!("stompede-load: {error}");
         std::process::exit(1);
     }
 }

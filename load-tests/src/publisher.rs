@@ -5,7 +5,7 @@
 
 use crate::conn::{tcp_connect, Dialer};
 use crate::frames::{send_frame, write_body, Incoming, Stamp};
-use crate::sys::now_ns;
+use crate::sys::{due_ns, now_ns};
 use crate::target::Target;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::SplitSink;
@@ -145,7 +145,7 @@ impl Publisher {
             let mut burst = 0;
             buf.clear();
             loop {
-                let due = start + (k as f64 * 1e9 / rate) as u64;
+                let due = due_ns(start, k, rate);
                 if due > now || due >= end || burst >= MAX_BURST {
                     break;
                 }
@@ -199,7 +199,7 @@ impl Publisher {
                     break;
                 }
             }
-            let next = start + (k as f64 * 1e9 / rate) as u64;
+            let next = due_ns(start, k, rate);
             if next >= end || stop.as_ref().is_some_and(|s| *s.borrow()) {
                 break;
             }
@@ -271,26 +271,21 @@ fn http_request(out: &mut Vec<u8>, host: &str, path: &str, destination: &str, bo
 async fn read_http_answers(mut read: tokio::net::tcp::OwnedReadHalf, answers: Arc<Answers>) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
-        loop {
-            match parse_http_answer(&buf) {
-                Some((len, status)) => {
-                    let answer = buf.split_to(len);
-                    if (200..300).contains(&status) {
-                        answers.accepted.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        answers.failed.fetch_add(1, Ordering::Relaxed);
-                        let mut first = answers
-                            .first_error
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner());
-                        if first.is_none() {
-                            let text = String::from_utf8_lossy(&answer[..answer.len().min(300)])
-                                .replace("\r\n", " | ");
-                            *first = Some(format!("HTTP {status}: {text}"));
-                        }
-                    }
+        while let Some((len, status)) = parse_http_answer(&buf) {
+            let answer = buf.split_to(len);
+            if (200..300).contains(&status) {
+                answers.accepted.fetch_add(1, Ordering::Relaxed);
+            } else {
+                answers.failed.fetch_add(1, Ordering::Relaxed);
+                let mut first = answers
+                    .first_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if first.is_none() {
+                    let text = String::from_utf8_lossy(&answer[..answer.len().min(300)])
+                        .replace("\r\n", " | ");
+                    *first = Some(format!("HTTP {status}: {text}"));
                 }
-                None => break,
             }
         }
         match read.read_buf(&mut buf).await {

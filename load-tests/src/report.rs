@@ -1,6 +1,7 @@
 //! The end of a run: a human-readable table on stdout and a JSON file with
 //! every figure and the exact parameters.
 
+use crate::format::{self, ms};
 use crate::stats::Percentiles;
 use serde::Serialize;
 use serde_json::Value;
@@ -33,9 +34,11 @@ impl Report {
         }
     }
 
-    pub fn set(&mut self, key: &str, v: impl Serialize) {
-        self.json
-            .insert(key.into(), serde_json::to_value(v).unwrap_or(Value::Null));
+    pub fn set(&mut self, key: &str, value: impl Serialize) {
+        self.json.insert(
+            key.into(),
+            serde_json::to_value(value).unwrap_or(Value::Null),
+        );
     }
 
     pub fn row(&mut self, name: impl Into<String>, value: impl Into<String>) {
@@ -46,19 +49,8 @@ impl Report {
         self.rows.push((format!("-- {title}"), String::new()));
     }
 
-    pub fn latency_row(&mut self, name: &str, p: &Percentiles) {
-        self.row(
-            name,
-            format!(
-                "p50 {} p90 {} p99 {} p99.9 {} max {} ms (n={})",
-                ms(p.p50_ms),
-                ms(p.p90_ms),
-                ms(p.p99_ms),
-                ms(p.p999_ms),
-                ms(p.max_ms),
-                p.count
-            ),
-        );
+    pub fn latency_row(&mut self, name: &str, percentiles: &Percentiles) {
+        self.row(name, format::percentiles(percentiles));
     }
 
     /// Prints the table and writes the JSON file; returns its path.
@@ -71,22 +63,22 @@ impl Report {
             .max()
             .unwrap_or(0);
         println!("== stompede-load {} ==", self.scenario);
-        for (k, v) in &self.rows {
-            if v.is_empty() {
-                println!("{k}");
+        for (name, value) in &self.rows {
+            if value.is_empty() {
+                println!("{name}");
             } else {
-                println!("  {k:<width$}  {v}");
+                println!("  {name:<width$}  {value}");
             }
         }
         let path = match path {
-            Some(p) => p.to_string(),
+            Some(path) => path.to_string(),
             None => {
-                let t = self
+                let started = self
                     .json
                     .get("started_unix")
                     .and_then(|v| v.as_u64())
                     .unwrap_or(0);
-                format!("stompede-load-{}-{t}.json", self.scenario)
+                format!("stompede-load-{}-{started}.json", self.scenario)
             }
         };
         let text =
@@ -97,44 +89,31 @@ impl Report {
     }
 }
 
-pub fn ms(x: f64) -> String {
-    if x >= 100.0 {
-        format!("{x:.0}")
-    } else if x >= 10.0 {
-        format!("{x:.1}")
-    } else {
-        format!("{x:.2}")
-    }
-}
-
-pub fn mib(bytes: f64) -> String {
-    format!("{:.1} MiB", bytes / (1024.0 * 1024.0))
-}
-
 /// A latency percentile plot (SVG): one line per series, x = percentile on
 /// a log scale of 1/(1-q) (50% .. 99.995%), y = milliseconds.
-pub fn latency_svg(series: &[(String, &hdrhistogram::Histogram<u64>)]) -> String {
-    const W: f64 = 720.0;
-    const H: f64 = 400.0;
-    const L: f64 = 60.0;
-    const B: f64 = 40.0;
+pub fn latency_svg(series: &[(String, hdrhistogram::Histogram<u64>)]) -> String {
+    const W: f64 = 720.0; // width
+    const H: f64 = 400.0; // height
+    const L: f64 = 60.0; // left margin (the y labels)
+    const B: f64 = 40.0; // bottom margin (the x labels)
     let qs: Vec<f64> = (0..=80)
         .map(|i| 1.0 - 0.5 * 10f64.powf(-(i as f64) / 20.0))
         .collect();
     let ymax = series
         .iter()
-        .filter(|(_, h)| !h.is_empty())
-        .map(|(_, h)| h.max() as f64 / 1000.0)
+        .filter(|(_, histogram)| !histogram.is_empty())
+        .map(|(_, histogram)| histogram.max() as f64 / 1000.0)
         .fold(1.0, f64::max);
-    let x = |q: f64| L + (-(1.0 - q).log10() - 0.30103) / 4.0 * (W - L - 20.0);
+    // x: 0 at the 50th percentile (1/(1-q) = 2), four decades across.
+    let x = |q: f64| L + (-(1.0 - q).log10() - std::f64::consts::LOG10_2) / 4.0 * (W - L - 20.0);
     let y = |v: f64| H - B - v / ymax * (H - B - 20.0);
     let colors = [
         "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
     ];
-    let mut s = format!(
+    let mut svg = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">"#
     );
-    s += &format!(
+    svg += &format!(
         r#"<rect width="{W}" height="{H}" fill="white"/><line x1="{L}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{L}" y1="20" x2="{L}" y2="{}" stroke="black"/>"#,
         H - B,
         W - 20.0,
@@ -148,50 +127,50 @@ pub fn latency_svg(series: &[(String, &hdrhistogram::Histogram<u64>)]) -> String
         ("99.9%", 0.999),
         ("99.99%", 0.9999),
     ] {
-        s += &format!(
+        svg += &format!(
             r#"<text x="{:.1}" y="{}" text-anchor="middle">{label}</text>"#,
             x(q),
             H - B + 15.0
         );
     }
     for i in 0..=4 {
-        let v = ymax * i as f64 / 4.0;
-        s += &format!(
+        let value = ymax * i as f64 / 4.0;
+        svg += &format!(
             r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
             L - 4.0,
-            y(v) + 4.0,
-            ms(v)
+            y(value) + 4.0,
+            ms(value)
         );
     }
-    s += &format!(
+    svg += &format!(
         r#"<text x="12" y="{}" transform="rotate(-90 12 {})">latency, ms</text>"#,
         H / 2.0,
         H / 2.0
     );
-    for (i, (label, h)) in series.iter().enumerate() {
-        if h.is_empty() {
+    for (i, (label, histogram)) in series.iter().enumerate() {
+        if histogram.is_empty() {
             continue;
         }
-        let c = colors[i % colors.len()];
-        let pts: Vec<String> = qs
+        let colour = colors[i % colors.len()];
+        let points: Vec<String> = qs
             .iter()
             .map(|&q| {
                 format!(
                     "{:.1},{:.1}",
                     x(q),
-                    y(h.value_at_quantile(q) as f64 / 1000.0)
+                    y(histogram.value_at_quantile(q) as f64 / 1000.0)
                 )
             })
             .collect();
-        s += &format!(
-            r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#,
-            pts.join(" ")
+        svg += &format!(
+            r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
+            points.join(" ")
         );
-        s += &format!(
-            r#"<text x="{}" y="{}" fill="{c}">{label}</text>"#,
+        svg += &format!(
+            r#"<text x="{}" y="{}" fill="{colour}">{label}</text>"#,
             L + 10.0,
             30 + 14 * i
         );
     }
-    s + "</svg>\n"
+    svg + "</svg>\n"
 }

@@ -1,5 +1,6 @@
 //! Clocks and process figures: the shared monotonic clock that stamps every
-//! message, our own CPU time, and a broker's RSS and CPU from `/proc/PID`.
+//! message (and paces open-loop schedules), our own CPU time, and a
+//! broker's RSS and CPU from `/proc/PID`.
 
 use serde::Serialize;
 
@@ -13,6 +14,20 @@ pub fn now_ns() -> u64 {
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Open-loop pacing: when the `k`-th of something started at `start_ns` is
+/// due at `rate` per second, whatever happened to the ones before it.
+pub fn due_ns(start_ns: u64, k: u64, rate: f64) -> u64 {
+    start_ns + (k as f64 * 1e9 / rate) as u64
+}
+
+/// Sleeps until CLOCK_MONOTONIC reaches `deadline_ns` (at once if it has).
+pub async fn sleep_until_ns(deadline_ns: u64) {
+    let now = now_ns();
+    if deadline_ns > now {
+        tokio::time::sleep(std::time::Duration::from_nanos(deadline_ns - now)).await;
+    }
 }
 
 /// User + system CPU seconds this process has used so far.

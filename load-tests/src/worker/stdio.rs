@@ -1,0 +1,50 @@
+//! `stompede-load worker`: a worker in a child process, its commands read
+//! from stdin and its events written to stdout, one JSON line each
+//! (`wire.rs`).
+
+use crate::wire::{from_line, to_line, Command, WorkerSpec};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+/// Reads the spec (the first line) and then commands from stdin, runs the
+/// worker, and writes its events to stdout until the last one.
+pub fn process_main() -> Result<(), String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the worker spec: {e}"))?;
+    let spec: WorkerSpec = from_line(&line).map_err(|e| format!("bad worker spec: {e}"))?;
+    let runtime = crate::runtime()?;
+    runtime.block_on(async move {
+        let (command_tx, command_rx) = mpsc::unbounded_channel();
+        let (event_tx, mut event_rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(tokio::io::stdin()).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match from_line::<Command>(&line) {
+                    Ok(command) => {
+                        if command_tx.send(command).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => eprintln!("worker: bad command {line:?}: {e}"),
+                }
+            }
+            // stdin closed: the coordinator is gone; dropping command_tx
+            // stops the worker.
+        });
+        tokio::spawn(super::run(spec, command_rx, event_tx));
+        let mut stdout = tokio::io::stdout();
+        while let Some(event) = event_rx.recv().await {
+            let last = event.is_last();
+            let line = to_line(&event).unwrap_or_else(|e| format!("{{\"Fatal\":\"{e}\"}}\n"));
+            if stdout.write_all(line.as_bytes()).await.is_err()
+                || stdout.flush().await.is_err()
+                || last
+            {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
