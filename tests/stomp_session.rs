@@ -381,12 +381,25 @@ async fn a_silent_client_is_disconnected_after_its_heart_beat_interval() {
         .send("CONNECT\naccept-version:1.2\nheart-beat:100,0\n\n\0")
         .await;
     assert_eq!(client.frame().await.command, Command::Connected);
-    // Heart-beats keep it alive...
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(60)).await;
+    // Heart-beats keep it alive: for five times the 200 ms silence limit the
+    // broker says nothing (an ERROR or a close would show here)...
+    for _ in 0..15 {
+        if let Ok(message) = tokio::time::timeout(
+            Duration::from_millis(60),
+            futures_util::StreamExt::next(&mut client.ws),
+        )
+        .await
+        {
+            panic!("nothing should arrive while heart-beats flow, got {message:?}");
+        }
         client.send("\n").await;
     }
-    // ...silence does not.
+    // ...and the session is still open and answering...
+    client
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/hb\nreceipt:alive\n\n\0")
+        .await;
+    assert_eq!(client.raw().await, b"RECEIPT\nreceipt-id:alive\n\n\0");
+    // ...while silence is not.
     let message = client.expect_error().await;
     assert!(message.starts_with("heart-beat timeout"), "{message}");
 }
