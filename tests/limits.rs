@@ -248,3 +248,118 @@ fn every_new_setting_has_a_flag_and_a_toml_key() {
     assert_eq!(defaults.ws_max_message_bytes, 65536 + 1024);
     assert!(defaults.anonymous_allowed() && defaults.jwt.is_none());
 }
+
+mod jwt_settings {
+    //! `jwt-leeway` and `jwt-destinations-claim` change what a token may do.
+    use super::common::{config, start, Client, TestBroker};
+    use jsonwebtoken::{encode, get_current_timestamp as now, EncodingKey, Header};
+    use serde_json::json;
+    use std::sync::Arc;
+    use stompede::config::{JwtSettings, JwtVerifier};
+    use stompede_protocol::{Command, Frame};
+
+    const SECRET: &str = "a test secret of reasonable length";
+
+    fn token(claims: serde_json::Value) -> String {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    async fn broker(leeway_seconds: u64, destinations_claim: &str) -> TestBroker {
+        let verifier = JwtVerifier::from_settings(&JwtSettings {
+            secret: Some(SECRET),
+            public_key: None,
+            destinations_claim,
+            audience: None,
+            issuer: None,
+            leeway_seconds,
+        })
+        .unwrap()
+        .expect("a verifier");
+        start(stompede::Config {
+            jwt: Some(Arc::new(verifier)),
+            ..config()
+        })
+        .await
+    }
+
+    async fn connect(broker: &TestBroker, token: &str) -> (Client, Frame) {
+        let mut client = broker.client().await;
+        client
+            .send(&format!(
+                "CONNECT\naccept-version:1.2\npasscode:{token}\n\n\0"
+            ))
+            .await;
+        let reply = client.frame().await;
+        (client, reply)
+    }
+
+    #[tokio::test]
+    async fn a_token_expired_within_the_leeway_is_accepted() {
+        let expired_a_minute_ago = token(json!({"exp": now() - 60}));
+        let expired_ten_minutes_ago = token(json!({"exp": now() - 600}));
+        let not_valid_for_a_minute = token(json!({"exp": now() + 600, "nbf": now() + 60}));
+        // The default leeway (30 s) refuses a token expired a minute ago...
+        let default = broker(30, "destinations").await;
+        let (_, reply) = connect(&default, &expired_a_minute_ago).await;
+        assert_eq!(
+            reply.headers.get("message"),
+            Some("bad token: it has expired (exp)")
+        );
+        // ...five minutes of leeway accept it, and one not valid for a minute.
+        let lenient = broker(300, "destinations").await;
+        for token in [&expired_a_minute_ago, &not_valid_for_a_minute] {
+            let (_, reply) = connect(&lenient, token).await;
+            assert_eq!(reply.command, Command::Connected, "{reply:?}");
+        }
+        // But not one expired ten minutes ago.
+        let (_, reply) = connect(&lenient, &expired_ten_minutes_ago).await;
+        assert_eq!(
+            reply.headers.get("message"),
+            Some("bad token: it has expired (exp)")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_renamed_destinations_claim_is_the_one_that_limits() {
+        let broker = broker(30, "rooms").await;
+        let (mut client, reply) = connect(
+            &broker,
+            &token(json!({"exp": now() + 600, "rooms": ["/topic/comments.42"]})),
+        )
+        .await;
+        assert_eq!(reply.command, Command::Connected, "{reply:?}");
+        client
+            .send("SUBSCRIBE\nid:0\ndestination:/topic/comments.42\nreceipt:r\n\n\0")
+            .await;
+        assert_eq!(client.frame().await.command, Command::Receipt);
+        client
+            .send("SUBSCRIBE\nid:1\ndestination:/topic/comments.43\nreceipt:no\n\n\0")
+            .await;
+        assert_eq!(
+            client.expect_error().await,
+            "not allowed to subscribe to \"/topic/comments.43\": the token does not grant it"
+        );
+        // The default name means nothing now: the token is not limited by it.
+        let (mut client, reply) = connect(
+            &broker,
+            &token(json!({"exp": now() + 600, "destinations": ["/topic/comments.42"]})),
+        )
+        .await;
+        assert_eq!(reply.command, Command::Connected, "{reply:?}");
+        client
+            .send("SUBSCRIBE\nid:0\ndestination:/topic/comments.43\nreceipt:r\n\n\0")
+            .await;
+        assert_eq!(client.frame().await.command, Command::Receipt);
+        // And the renamed claim is checked like the default one.
+        let (_, reply) = connect(&broker, &token(json!({"exp": now() + 600, "rooms": 7}))).await;
+        assert_eq!(
+            reply.headers.get("message"),
+            Some("bad token: claim \"rooms\" must be a list of strings")
+        );
+    }
+}
