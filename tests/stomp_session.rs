@@ -529,6 +529,67 @@ async fn a_slow_consumer_is_disconnected_and_the_others_get_everything() {
     broker.wait_for_subscribers("/topic/flood", 0).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_drop_drops_messages_counts_them_and_keeps_the_connection() {
+    let mut config = config();
+    config.slow_consumer = stompede::config::SlowConsumerPolicy::Drop;
+    config.outbound_queue_frames = 4;
+    config.max_frame_bytes = 128 * 1024;
+    config.heartbeat_send = Duration::ZERO;
+    let broker = start(config).await;
+    let mut slow = broker.connected().await;
+    slow.send("SUBSCRIBE\nid:0\ndestination:/topic/drop\nreceipt:r\n\n\0")
+        .await;
+    assert_eq!(slow.frame().await.command, Command::Receipt);
+
+    // It reads nothing while far more than its socket holds is published.
+    let headers = stompede_protocol::Headers::new();
+    let body = bytes::Bytes::from(vec![b'x'; 100 * 1024]);
+    let metrics = &broker.broker.metrics;
+    let mut published = 0;
+    while metrics.slow_consumer_drops.get() < 10 {
+        assert!(
+            published < 5_000,
+            "{} drops in {published} publishes: was the connection closed?",
+            metrics.slow_consumer_drops.get()
+        );
+        broker
+            .broker
+            .publish(&["/topic/drop"], &headers, body.clone());
+        published += 1;
+        if published % 16 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    assert_eq!(metrics.slow_consumer_disconnects.get(), 0);
+
+    // The connection stays open: it gets everything that was not dropped
+    // (every message was either queued or counted as dropped)...
+    let dropped = metrics.slow_consumer_drops.get() as usize;
+    for _ in 0..published - dropped {
+        let frame = slow.frame().await;
+        assert_eq!(frame.command, Command::Message, "{:?}", frame.headers);
+        assert_eq!(frame.body.len(), body.len());
+    }
+    // ...and, having caught up, later messages.
+    broker.broker.publish(
+        &["/topic/drop"],
+        &headers,
+        bytes::Bytes::from_static(b"after"),
+    );
+    let after = slow.frame().await;
+    assert_eq!(
+        after.body.len(),
+        5,
+        "expected the later message, got {:?}",
+        after.headers
+    );
+    assert_eq!(&after.body[..], b"after");
+    assert_eq!(metrics.slow_consumer_drops.get() as usize, dropped);
+    slow.send("DISCONNECT\nreceipt:bye\n\n\0").await;
+    assert_eq!(slow.raw().await, b"RECEIPT\nreceipt-id:bye\n\n\0");
+}
+
 #[tokio::test]
 async fn shutdown_tells_every_session_and_returns() {
     let mut broker = start(config()).await;
