@@ -705,3 +705,119 @@ async fn frames_of_every_length_encoding_arrive_intact_between_pongs() {
     }
     assert_eq!(pongs, (0..sizes.len() as u8).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn a_custom_ws_path_is_the_only_websocket_endpoint() {
+    let broker = start(stompede::Config {
+        ws_path: "/stomp".into(),
+        ..config()
+    })
+    .await;
+    let url = format!("ws://{}/stomp", broker.addr);
+    let mut client = Client::open(&url, &["v12.stomp"]).await.unwrap();
+    client
+        .send("CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0")
+        .await;
+    assert_eq!(client.frame().await.command, Command::Connected);
+    let refused = Client::open(&broker.ws_url(), &["v12.stomp"])
+        .await
+        .err()
+        .expect("/ws is no WebSocket endpoint now");
+    assert!(refused.to_string().contains("404"), "{refused}");
+}
+
+/// Publishes `body` with one header whose value has a colon, so the three
+/// versions' escaping rules show.
+async fn publish_with_a_colon_header(broker: &common::TestBroker, destination: &str) -> String {
+    let request = serde_json::json!({
+        "destination": destination,
+        "body": "hi",
+        "headers": {"x-note": "a:b"},
+    })
+    .to_string();
+    let (status, response) = broker.http("POST", "/api/v1/publish", Some(&request)).await;
+    assert_eq!(status, 202, "{response}");
+    response["message_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn stomp_1_0_subscribes_without_an_id_and_gets_messages_without_escaping() {
+    let broker = start(config()).await;
+    let mut client = broker.client().await;
+    client.send("CONNECT\nlogin:\npasscode:\n\n\0").await;
+    let connected = client.frame().await;
+    assert_eq!(connected.command, Command::Connected);
+    assert_eq!(connected.headers.get("version"), None, "{connected:?}");
+    // No id: the destination names the subscription.
+    client
+        .send("SUBSCRIBE\ndestination:/topic/old\nreceipt:r\n\n\0")
+        .await;
+    assert_eq!(client.raw().await, b"RECEIPT\nreceipt-id:r\n\n\0");
+    let id = publish_with_a_colon_header(&broker, "/topic/old").await;
+    let expected = format!(
+        "MESSAGE\nsubscription:/topic/old\ndestination:/topic/old\nmessage-id:{id}\n\
+         content-type:text/plain;charset=utf-8\nx-note:a:b\ncontent-length:2\n\nhi\0"
+    );
+    assert_eq!(String::from_utf8(client.raw().await).unwrap(), expected);
+    // And UNSUBSCRIBE by destination ends it.
+    client
+        .send("UNSUBSCRIBE\ndestination:/topic/old\nreceipt:u\n\n\0")
+        .await;
+    assert_eq!(client.raw().await, b"RECEIPT\nreceipt-id:u\n\n\0");
+    assert_eq!(broker.broker.registry.subscriber_count("/topic/old"), 0);
+}
+
+#[tokio::test]
+async fn stomp_1_1_sessions_get_messages_with_escaped_headers() {
+    let broker = start(config()).await;
+    let mut client = broker.client().await;
+    client
+        .send("CONNECT\naccept-version:1.0,1.1\nhost:localhost\nheart-beat:0,0\n\n\0")
+        .await;
+    assert_eq!(client.frame().await.headers.get("version"), Some("1.1"));
+    client
+        .send("SUBSCRIBE\nid:s-1\ndestination:/topic/mid\nreceipt:r\n\n\0")
+        .await;
+    assert_eq!(client.raw().await, b"RECEIPT\nreceipt-id:r\n\n\0");
+    let id = publish_with_a_colon_header(&broker, "/topic/mid").await;
+    let expected = format!(
+        "MESSAGE\nsubscription:s-1\ndestination:/topic/mid\nmessage-id:{id}\n\
+         content-type:text/plain;charset=utf-8\nx-note:a\\cb\ncontent-length:2\n\nhi\0"
+    );
+    assert_eq!(String::from_utf8(client.raw().await).unwrap(), expected);
+}
+
+#[tokio::test]
+async fn transactions_hold_at_most_max_transaction_frames() {
+    let mut config = allow_send();
+    config.max_transaction_frames = 3;
+    let broker = start(config).await;
+    let mut client = broker.connected().await;
+    // BEGIN and two SENDs: three frames held, at the limit.
+    client
+        .send(
+            "BEGIN\ntransaction:t\n\n\0\
+             SEND\ndestination:/topic/t\ntransaction:t\n\none\0\
+             SEND\ndestination:/topic/t\ntransaction:t\nreceipt:held\n\ntwo\0",
+        )
+        .await;
+    assert_eq!(client.raw().await, b"RECEIPT\nreceipt-id:held\n\n\0");
+    // A COMMIT gives the budget back...
+    client
+        .send(
+            "COMMIT\ntransaction:t\n\n\0\
+             BEGIN\ntransaction:u\n\n\0\
+             SEND\ndestination:/topic/t\ntransaction:u\n\none\0\
+             SEND\ndestination:/topic/t\ntransaction:u\nreceipt:again\n\ntwo\0",
+        )
+        .await;
+    assert_eq!(client.raw().await, b"RECEIPT\nreceipt-id:again\n\n\0");
+    // ...and one frame past it is refused.
+    client
+        .send("SEND\ndestination:/topic/t\ntransaction:u\nreceipt:over\n\nthree\0")
+        .await;
+    assert_eq!(
+        client.expect_error().await,
+        "too many frames in open transactions: this server holds at most 3 per session"
+    );
+}
