@@ -363,3 +363,93 @@ mod jwt_settings {
         );
     }
 }
+
+#[tokio::test]
+async fn connections_past_max_http_connections_wait_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = config();
+    config.max_http_connections = 1;
+    let broker = start(config).await;
+    let request = format!("GET /healthz HTTP/1.1\r\nhost: {}\r\n\r\n", broker.addr);
+    // The first connection is served and stays open (keep-alive)...
+    let mut first = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    first.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(common::PATIENCE, first.read(&mut buf))
+        .await
+        .expect("the first connection is answered")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    // ...so the second waits in the backlog, unanswered...
+    let second = tokio::spawn(http(broker.addr, "GET", "/healthz", None, &[]));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !second.is_finished(),
+        "a second HTTP connection was served while max-http-connections = 1 was in use"
+    );
+    // ...until the first closes.
+    drop(first);
+    let (status, _) = tokio::time::timeout(common::PATIENCE, second)
+        .await
+        .expect("served once the first connection closed")
+        .unwrap();
+    assert_eq!(status, 200);
+}
+
+/// Opens a WebSocket whose handshake carries `Origin: origin`.
+async fn open_with_origin(
+    broker: &common::TestBroker,
+    origin: &str,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = broker.ws_url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("origin", origin.parse().unwrap());
+    tokio_tungstenite::connect_async(request).await.map(|_| ())
+}
+
+#[tokio::test]
+async fn allowed_origin_star_accepts_any_origin() {
+    let mut config = config();
+    config.allowed_origins = vec!["*".into()];
+    let broker = start(config).await;
+    for origin in ["https://news.example", "http://evil.example:8080", "null"] {
+        open_with_origin(&broker, origin)
+            .await
+            .unwrap_or_else(|error| panic!("{origin}: {error}"));
+    }
+}
+
+#[tokio::test]
+async fn without_allowed_origin_only_same_host_origins_are_accepted() {
+    let broker = start(config()).await;
+    // The page's origin is the broker's own host and port.
+    let origin = format!("http://{}", broker.addr);
+    open_with_origin(&broker, &origin)
+        .await
+        .unwrap_or_else(|error| panic!("{origin}: {error}"));
+    // Another port, or another host, is another site.
+    for origin in [
+        format!("http://127.0.0.1:{}", broker.addr.port() + 1),
+        format!("http://localhost.evil.example:{}", broker.addr.port()),
+    ] {
+        let refused = open_with_origin(&broker, &origin)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{origin} was accepted"));
+        assert!(refused.to_string().contains("403"), "{origin}: {refused}");
+    }
+    // A listed origin replaces the same-host rule.
+    let mut config = config();
+    config.allowed_origins = vec!["https://news.example".into()];
+    let broker = start(config).await;
+    open_with_origin(&broker, "https://news.example")
+        .await
+        .unwrap();
+    let refused = open_with_origin(&broker, &format!("http://{}", broker.addr))
+        .await
+        .err()
+        .expect("same-host is not implied once origins are listed");
+    assert!(refused.to_string().contains("403"), "{refused}");
+}
