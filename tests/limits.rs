@@ -449,7 +449,6 @@ async fn without_allowed_origin_only_same_host_origins_are_accepted() {
         .unwrap();
     let refused = open_with_origin(&broker, &format!("http://{}", broker.addr))
         .await
-        .err()
-        .expect("same-host is not implied once origins are listed");
+        .expect_err("same-host is not implied once origins are listed");
     assert!(refused.to_string().contains("403"), "{refused}");
 }
