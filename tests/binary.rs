@@ -31,12 +31,17 @@ fn stompede_command() -> Command {
     command
 }
 
+/// How long after the banner the signal handlers are surely installed.
+const SIGNAL_HANDLER_SLACK: Duration = Duration::from_millis(1000);
+
 /// A running `stompede` process; killed when dropped.
 struct Stompede {
     child: Child,
     addr: SocketAddr,
     /// The WebSocket path the banner names.
     ws_path: String,
+    /// When the banner was read.
+    started: Instant,
     stderr: Option<std::thread::JoinHandle<String>>,
 }
 
@@ -73,6 +78,7 @@ impl Stompede {
             child,
             addr: "0.0.0.0:0".parse().unwrap(),
             ws_path: String::new(),
+            started: Instant::now(),
             stderr: Some(stderr),
         };
         let banner = match banner_rx.recv_timeout(START_PATIENCE) {
@@ -88,10 +94,25 @@ impl Stompede {
         let (addr, ws_path) = parse_banner(&banner);
         process.addr = addr;
         process.ws_path = ws_path;
+        process.started = Instant::now();
         process
     }
 
+    /// Sends signal `name`, at least `SIGNAL_HANDLER_SLACK` after the banner:
+    /// the binary prints its banner before it installs its SIGTERM/SIGINT
+    /// handlers (they are made when `stompede::run` first polls the shutdown
+    /// future), so a signal right after the banner kills it with the default
+    /// action instead of draining. (From a shell, `kill -TERM` right after
+    /// reading the banner does that almost every time.)
     fn signal(&self, name: &str) {
+        let since_banner = self.started.elapsed();
+        if since_banner < SIGNAL_HANDLER_SLACK {
+            std::thread::sleep(SIGNAL_HANDLER_SLACK - since_banner);
+        }
+        self.signal_now(name);
+    }
+
+    fn signal_now(&self, name: &str) {
         let status = Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
