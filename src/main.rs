@@ -31,29 +31,45 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
+    // Installed before the banner: a SIGTERM sent as soon as the banner is
+    // read must drain, not kill the process with the default action.
+    let shutdown = match ShutdownSignals::install() {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("stompede: cannot listen for SIGTERM/SIGINT: {error}");
+            return std::process::ExitCode::from(1);
+        }
+    };
     let address = listener.local_addr().unwrap_or(config.listen);
     println!(
         "stompede listening: WebSocket ws://{address}{} , HTTP API http://{address}/api/v1/",
         config.ws_path
     );
     tracing::info!(%address, "listening");
-    stompede::run(config, listener, shutdown_signal()).await;
+    stompede::run(config, listener, shutdown.received()).await;
     std::process::ExitCode::SUCCESS
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+/// SIGINT and SIGTERM, listened for from the moment they are installed.
+struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> std::io::Result<ShutdownSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Resolves on the first SIGINT or SIGTERM.
+    async fn received(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
     }
 }

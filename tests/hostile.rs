@@ -478,37 +478,54 @@ async fn a_websocket_that_never_speaks_is_closed_by_the_connect_timeout() {
 
 #[tokio::test]
 async fn a_handshake_sent_one_byte_per_second_is_closed_by_the_handshake_timeout() {
+    let timeout = Duration::from_secs(2);
+    // Generous: a loaded box may be late; a broker without the timeout is
+    // not done before the whole request (minutes at this pace).
+    let margin = Duration::from_secs(5);
     let mut config = config();
-    config.handshake_timeout = Duration::from_secs(2);
+    config.handshake_timeout = timeout;
     let broker = start(config).await;
     let mut by = bystander(&broker).await;
     let mut stream = TcpStream::connect(broker.addr).await.unwrap();
+    let started = tokio::time::Instant::now();
     let request = raw::upgrade_request(broker.addr, "");
-    let mut closed = false;
-    // The whole request would take minutes at this pace; the broker must
-    // close the connection long before it is complete.
+    let mut closed_after = None;
     for byte in request.as_bytes() {
         if stream.write_all(&[*byte]).await.is_err() {
-            closed = true;
+            closed_after = Some(started.elapsed());
             break;
         }
         let mut buf = [0u8; 256];
         match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => {
-                closed = true;
+                closed_after = Some(started.elapsed());
                 break;
             }
             Ok(Ok(n)) => {
                 // hyper may answer 408 before closing.
                 let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
                 assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-                closed = true;
+                closed_after = Some(started.elapsed());
                 break;
             }
             Err(_) => {} // one second passed: send the next byte
         }
+        assert!(
+            started.elapsed() < timeout + margin,
+            "still open {:?} into a handshake with a {timeout:?} timeout",
+            started.elapsed()
+        );
     }
-    assert!(closed, "the half-sent handshake was never closed");
+    let closed_after = closed_after.expect("the half-sent handshake was never closed");
+    eprintln!("closed {closed_after:?} after connecting (handshake-timeout {timeout:?})");
+    assert!(
+        closed_after >= timeout - Duration::from_millis(200),
+        "closed after {closed_after:?}, before the {timeout:?} timeout"
+    );
+    assert!(
+        closed_after < timeout + margin,
+        "closed only after {closed_after:?}, with a {timeout:?} timeout"
+    );
     still_serving(&broker, &mut by).await;
 }
 

@@ -328,3 +328,56 @@ async fn metrics_move_with_traffic() {
         assert_eq!(sample(&after, name), 0.0);
     }
 }
+
+#[tokio::test]
+async fn a_content_type_in_headers_wins_over_the_default() {
+    let broker = start(config()).await;
+    let mut client = broker.connected().await;
+    client
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/md\nreceipt:r\n\n\0")
+        .await;
+    client.frame().await;
+    for (body, given) in [
+        (r#""*bold*""#, "text/markdown"),
+        (r#"{"a": 1}"#, "application/vnd.comment+json"),
+    ] {
+        let request = format!(
+            r#"{{"destination": "/topic/md", "body": {body}, "headers": {{"content-type": "{given}"}}}}"#
+        );
+        let (status, response) = broker.http("POST", "/api/v1/publish", Some(&request)).await;
+        assert_eq!(status, 202, "{response}");
+        let message = client.frame().await;
+        assert_eq!(
+            message.headers.get_all("content-type").collect::<Vec<_>>(),
+            [given],
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn max_headers_limits_the_headers_of_a_publish() {
+    let mut config = config();
+    config.max_headers = 2;
+    let broker = start(config).await;
+    let mut client = broker.connected().await;
+    // (The limit holds for client frames too: no receipt header here.)
+    client
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/h\n\n\0")
+        .await;
+    broker.wait_for_subscribers("/topic/h", 1).await;
+    let two = r#"{"destination": "/topic/h", "body": "x", "headers": {"a": "1", "b": "2"}}"#;
+    let (status, response) = broker.http("POST", "/api/v1/publish", Some(two)).await;
+    assert_eq!(status, 202, "{response}");
+    let message = client.frame().await;
+    assert_eq!(
+        (message.headers.get("a"), message.headers.get("b")),
+        (Some("1"), Some("2"))
+    );
+    let three =
+        r#"{"destination": "/topic/h", "body": "x", "headers": {"a": "1", "b": "2", "c": "3"}}"#;
+    let (status, response) = broker.http("POST", "/api/v1/publish", Some(three)).await;
+    assert_eq!(status, 400, "{response}");
+    assert_eq!(response["error"], "too many headers: at most 2");
+    assert_eq!(response.get("subscribers"), None);
+}

@@ -77,9 +77,24 @@ async fn anonymous_sessions_are_refused_once_a_key_is_configured() {
     let broker = start(config).await;
     let (_, reply) = connect(&broker, "").await;
     assert_eq!(reply.command, Command::Connected);
-    // A wrong token is still refused: anonymous access is not a fallback.
-    let (_, reply) = connect(&broker, "passcode:eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjF9.AAAA\n").await;
-    assert_eq!(reply.command, Command::Error);
+    // A bad token is still refused, for its own fault: anonymous access is
+    // not a fallback. One fault per token, so the message must name it.
+    let wrong_key = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"exp": now() + 600}),
+        &EncodingKey::from_secret(b"another secret"),
+    )
+    .unwrap();
+    let expired = hs256(json!({"exp": now() - 3600}));
+    for (token, expected) in [
+        (wrong_key, "bad token: its signature does not match"),
+        (expired, "bad token: it has expired (exp)"),
+    ] {
+        let (mut client, reply) = connect(&broker, &format!("passcode:{token}\n")).await;
+        assert_eq!(reply.command, Command::Error, "{expected}");
+        assert_eq!(reply.headers.get("message"), Some(expected));
+        client.expect_closed().await;
+    }
 }
 
 #[tokio::test]
@@ -121,10 +136,16 @@ async fn bad_tokens_get_an_error_that_says_why() {
         assert_eq!(reply.headers.get("message"), Some(expected));
         client.expect_closed().await;
     }
-    // `alg: none` is never accepted.
+    // `alg: none` is never accepted (jsonwebtoken does not know the
+    // algorithm "none", so the header does not parse).
     let unsigned = "eyJhbGciOiJub25lIn0.eyJleHAiOjk5OTk5OTk5OTl9.";
-    let (_, reply) = connect(&broker, &format!("Authorization:Bearer {unsigned}\n")).await;
+    let (mut client, reply) = connect(&broker, &format!("Authorization:Bearer {unsigned}\n")).await;
     assert_eq!(reply.command, Command::Error);
+    assert_eq!(
+        reply.headers.get("message"),
+        Some("bad token: it is not a well-formed JWT")
+    );
+    client.expect_closed().await;
 }
 
 #[tokio::test]

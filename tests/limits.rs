@@ -246,3 +246,207 @@ fn every_new_setting_has_a_flag_and_a_toml_key() {
     assert_eq!(defaults.ws_max_message_bytes(), 65536 + 1024);
     assert!(defaults.anonymous_allowed() && defaults.jwt.is_none());
 }
+
+mod jwt_settings {
+    //! `jwt-leeway` and `jwt-destinations-claim` change what a token may do.
+    use super::common::{config, start, Client, TestBroker};
+    use jsonwebtoken::{encode, get_current_timestamp as now, EncodingKey, Header};
+    use serde_json::json;
+    use std::sync::Arc;
+    use stompede::auth::{JwtSettings, JwtVerifier};
+    use stompede_protocol::{Command, Frame};
+
+    const SECRET: &str = "a test secret of reasonable length";
+
+    fn token(claims: serde_json::Value) -> String {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    async fn broker(leeway_seconds: u64, destinations_claim: &str) -> TestBroker {
+        let verifier = JwtVerifier::from_settings(&JwtSettings {
+            secret: Some(SECRET),
+            public_key: None,
+            destinations_claim,
+            audience: None,
+            issuer: None,
+            leeway_seconds,
+        })
+        .unwrap()
+        .expect("a verifier");
+        start(stompede::Config {
+            jwt: Some(Arc::new(verifier)),
+            ..config()
+        })
+        .await
+    }
+
+    async fn connect(broker: &TestBroker, token: &str) -> (Client, Frame) {
+        let mut client = broker.client().await;
+        client
+            .send(&format!(
+                "CONNECT\naccept-version:1.2\npasscode:{token}\n\n\0"
+            ))
+            .await;
+        let reply = client.frame().await;
+        (client, reply)
+    }
+
+    #[tokio::test]
+    async fn a_token_expired_within_the_leeway_is_accepted() {
+        let expired_a_minute_ago = token(json!({"exp": now() - 60}));
+        let expired_ten_minutes_ago = token(json!({"exp": now() - 600}));
+        let not_valid_for_a_minute = token(json!({"exp": now() + 600, "nbf": now() + 60}));
+        // The default leeway (30 s) refuses a token expired a minute ago...
+        let default = broker(30, "destinations").await;
+        let (_, reply) = connect(&default, &expired_a_minute_ago).await;
+        assert_eq!(
+            reply.headers.get("message"),
+            Some("bad token: it has expired (exp)")
+        );
+        // ...five minutes of leeway accept it, and one not valid for a minute.
+        let lenient = broker(300, "destinations").await;
+        for token in [&expired_a_minute_ago, &not_valid_for_a_minute] {
+            let (_, reply) = connect(&lenient, token).await;
+            assert_eq!(reply.command, Command::Connected, "{reply:?}");
+        }
+        // But not one expired ten minutes ago.
+        let (_, reply) = connect(&lenient, &expired_ten_minutes_ago).await;
+        assert_eq!(
+            reply.headers.get("message"),
+            Some("bad token: it has expired (exp)")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_renamed_destinations_claim_is_the_one_that_limits() {
+        let broker = broker(30, "rooms").await;
+        let (mut client, reply) = connect(
+            &broker,
+            &token(json!({"exp": now() + 600, "rooms": ["/topic/comments.42"]})),
+        )
+        .await;
+        assert_eq!(reply.command, Command::Connected, "{reply:?}");
+        client
+            .send("SUBSCRIBE\nid:0\ndestination:/topic/comments.42\nreceipt:r\n\n\0")
+            .await;
+        assert_eq!(client.frame().await.command, Command::Receipt);
+        client
+            .send("SUBSCRIBE\nid:1\ndestination:/topic/comments.43\nreceipt:no\n\n\0")
+            .await;
+        assert_eq!(
+            client.expect_error().await,
+            "not allowed to subscribe to \"/topic/comments.43\": the token does not grant it"
+        );
+        // The default name means nothing now: the token is not limited by it.
+        let (mut client, reply) = connect(
+            &broker,
+            &token(json!({"exp": now() + 600, "destinations": ["/topic/comments.42"]})),
+        )
+        .await;
+        assert_eq!(reply.command, Command::Connected, "{reply:?}");
+        client
+            .send("SUBSCRIBE\nid:0\ndestination:/topic/comments.43\nreceipt:r\n\n\0")
+            .await;
+        assert_eq!(client.frame().await.command, Command::Receipt);
+        // And the renamed claim is checked like the default one.
+        let (_, reply) = connect(&broker, &token(json!({"exp": now() + 600, "rooms": 7}))).await;
+        assert_eq!(
+            reply.headers.get("message"),
+            Some("bad token: claim \"rooms\" must be a list of strings")
+        );
+    }
+}
+
+#[tokio::test]
+async fn connections_past_max_http_connections_wait_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = config();
+    config.max_http_connections = 1;
+    let broker = start(config).await;
+    let request = format!("GET /healthz HTTP/1.1\r\nhost: {}\r\n\r\n", broker.addr);
+    // The first connection is served and stays open (keep-alive)...
+    let mut first = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    first.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(common::PATIENCE, first.read(&mut buf))
+        .await
+        .expect("the first connection is answered")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    // ...so the second waits in the backlog, unanswered...
+    let second = tokio::spawn(http(broker.addr, "GET", "/healthz", None, &[]));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !second.is_finished(),
+        "a second HTTP connection was served while max-http-connections = 1 was in use"
+    );
+    // ...until the first closes.
+    drop(first);
+    let (status, _) = tokio::time::timeout(common::PATIENCE, second)
+        .await
+        .expect("served once the first connection closed")
+        .unwrap();
+    assert_eq!(status, 200);
+}
+
+/// Opens a WebSocket whose handshake carries `Origin: origin`.
+async fn open_with_origin(
+    broker: &common::TestBroker,
+    origin: &str,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = broker.ws_url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("origin", origin.parse().unwrap());
+    tokio_tungstenite::connect_async(request).await.map(|_| ())
+}
+
+#[tokio::test]
+async fn allowed_origin_star_accepts_any_origin() {
+    let mut config = config();
+    config.allowed_origins = vec!["*".into()];
+    let broker = start(config).await;
+    for origin in ["https://news.example", "http://evil.example:8080", "null"] {
+        open_with_origin(&broker, origin)
+            .await
+            .unwrap_or_else(|error| panic!("{origin}: {error}"));
+    }
+}
+
+#[tokio::test]
+async fn without_allowed_origin_only_same_host_origins_are_accepted() {
+    let broker = start(config()).await;
+    // The page's origin is the broker's own host and port.
+    let origin = format!("http://{}", broker.addr);
+    open_with_origin(&broker, &origin)
+        .await
+        .unwrap_or_else(|error| panic!("{origin}: {error}"));
+    // Another port, or another host, is another site.
+    for origin in [
+        format!("http://127.0.0.1:{}", broker.addr.port() + 1),
+        format!("http://localhost.evil.example:{}", broker.addr.port()),
+    ] {
+        let refused = open_with_origin(&broker, &origin)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{origin} was accepted"));
+        assert!(refused.to_string().contains("403"), "{origin}: {refused}");
+    }
+    // A listed origin replaces the same-host rule.
+    let mut config = config();
+    config.allowed_origins = vec!["https://news.example".into()];
+    let broker = start(config).await;
+    open_with_origin(&broker, "https://news.example")
+        .await
+        .unwrap();
+    let refused = open_with_origin(&broker, &format!("http://{}", broker.addr))
+        .await
+        .expect_err("same-host is not implied once origins are listed");
+    assert!(refused.to_string().contains("403"), "{refused}");
+}

@@ -381,12 +381,25 @@ async fn a_silent_client_is_disconnected_after_its_heart_beat_interval() {
         .send("CONNECT\naccept-version:1.2\nheart-beat:100,0\n\n\0")
         .await;
     assert_eq!(client.frame().await.command, Command::Connected);
-    // Heart-beats keep it alive...
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(60)).await;
+    // Heart-beats keep it alive: for five times the 200 ms silence limit the
+    // broker says nothing (an ERROR or a close would show here)...
+    for _ in 0..15 {
+        if let Ok(message) = tokio::time::timeout(
+            Duration::from_millis(60),
+            futures_util::StreamExt::next(&mut client.ws),
+        )
+        .await
+        {
+            panic!("nothing should arrive while heart-beats flow, got {message:?}");
+        }
         client.send("\n").await;
     }
-    // ...silence does not.
+    // ...and the session is still open and answering...
+    client
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/hb\nreceipt:alive\n\n\0")
+        .await;
+    assert_eq!(client.raw().await, b"RECEIPT\nreceipt-id:alive\n\n\0");
+    // ...while silence is not.
     let message = client.expect_error().await;
     assert!(message.starts_with("heart-beat timeout"), "{message}");
 }
@@ -438,7 +451,7 @@ async fn connections_past_the_limit_are_refused_before_the_upgrade() {
     broker.client().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_disconnected_and_the_others_get_everything() {
     let mut config = config();
     config.outbound_queue_frames = 16;
@@ -466,31 +479,113 @@ async fn a_slow_consumer_is_disconnected_and_the_others_get_everything() {
         }
         received
     });
+    // The slow one reads nothing until the broker has marked it a slow
+    // consumer, then reads at once: what its socket held, then the ERROR
+    // (the broker gives the ERROR a second to get out), then the close.
+    let slow_reader = tokio::spawn({
+        let broker = broker.broker.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while broker.metrics().slow_consumer_disconnects.get() == 0 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "never marked a slow consumer"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let mut received = 0;
+            let mut last = None;
+            while let Some(frame) = slow.next_frame().await {
+                if frame.command == Command::Message {
+                    received += 1;
+                }
+                last = Some(frame);
+            }
+            (received, last)
+        }
+    });
     for _ in 0..messages {
         broker.publish("/topic/flood", &body).await;
     }
     assert_eq!(reader.await.unwrap(), messages);
     assert_eq!(broker.broker.metrics().slow_consumer_disconnects.get(), 1);
-    // The slow one gets what its socket already held, then the connection
-    // closes. The ERROR frame reaches it only if it read again within the
-    // broker's close timeout, which this one did not try to.
-    let mut received = 0;
-    while let Some(frame) = slow.next_frame().await {
-        if frame.command == Command::Error {
-            assert!(frame
-                .headers
-                .get("message")
-                .unwrap()
-                .starts_with("slow consumer"));
-        } else {
-            received += 1;
-        }
-    }
+    let (received, last) = slow_reader.await.unwrap();
+    let last = last.expect("the slow consumer got at least the ERROR");
+    assert_eq!(
+        last.command,
+        Command::Error,
+        "the last frame is not the ERROR: {:?} {:?}",
+        last.command,
+        last.headers
+    );
+    assert_eq!(
+        last.headers.get("message"),
+        Some("slow consumer: this connection did not read its messages fast enough")
+    );
     assert!(
         received < messages,
         "the slow consumer was cut off ({received} of {messages})"
     );
     broker.wait_for_subscribers("/topic/flood", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_drop_drops_messages_counts_them_and_keeps_the_connection() {
+    let mut config = config();
+    config.slow_consumer = stompede::config::SlowConsumerPolicy::Drop;
+    config.outbound_queue_frames = 4;
+    config.max_frame_bytes = 128 * 1024;
+    config.heartbeat.can_send = Duration::ZERO;
+    let broker = start(config).await;
+    let mut slow = broker.connected().await;
+    slow.send("SUBSCRIBE\nid:0\ndestination:/topic/drop\nreceipt:r\n\n\0")
+        .await;
+    assert_eq!(slow.frame().await.command, Command::Receipt);
+
+    // It reads nothing while far more than its socket holds is published.
+    let headers = stompede_protocol::Headers::new();
+    let body = bytes::Bytes::from(vec![b'x'; 100 * 1024]);
+    let metrics = broker.broker.metrics();
+    let mut published = 0;
+    while metrics.slow_consumer_drops.get() < 10 {
+        assert!(
+            published < 5_000,
+            "{} drops in {published} publishes: was the connection closed?",
+            metrics.slow_consumer_drops.get()
+        );
+        broker
+            .publish_direct("/topic/drop", &headers, body.clone())
+            .await;
+        published += 1;
+        if published % 16 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    assert_eq!(metrics.slow_consumer_disconnects.get(), 0);
+
+    // The connection stays open: it gets everything that was not dropped
+    // (every message was either queued or counted as dropped)...
+    let dropped = metrics.slow_consumer_drops.get() as usize;
+    for _ in 0..published - dropped {
+        let frame = slow.frame().await;
+        assert_eq!(frame.command, Command::Message, "{:?}", frame.headers);
+        assert_eq!(frame.body.len(), body.len());
+    }
+    // ...and, having caught up, later messages.
+    broker
+        .publish_direct("/topic/drop", &headers, bytes::Bytes::from_static(b"after"))
+        .await;
+    let after = slow.frame().await;
+    assert_eq!(
+        after.body.len(),
+        5,
+        "expected the later message, got {:?}",
+        after.headers
+    );
+    assert_eq!(&after.body[..], b"after");
+    assert_eq!(metrics.slow_consumer_drops.get() as usize, dropped);
+    slow.send("DISCONNECT\nreceipt:bye\n\n\0").await;
+    assert_eq!(slow.raw().await, b"RECEIPT\nreceipt-id:bye\n\n\0");
 }
 
 #[tokio::test]
@@ -611,4 +706,120 @@ async fn frames_of_every_length_encoding_arrive_intact_between_pongs() {
         }
     }
     assert_eq!(pongs, (0..sizes.len() as u8).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_custom_ws_path_is_the_only_websocket_endpoint() {
+    let broker = start(stompede::Config {
+        ws_path: "/stomp".into(),
+        ..config()
+    })
+    .await;
+    let url = format!("ws://{}/stomp", broker.addr);
+    let mut client = Client::open(&url, &["v12.stomp"]).await.unwrap();
+    client
+        .send("CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0")
+        .await;
+    assert_eq!(client.frame().await.command, Command::Connected);
+    let refused = Client::open(&broker.ws_url(), &["v12.stomp"])
+        .await
+        .err()
+        .expect("/ws is no WebSocket endpoint now");
+    assert!(refused.to_string().contains("404"), "{refused}");
+}
+
+/// Publishes `body` with one header whose value has a colon, so the three
+/// versions' escaping rules show.
+async fn publish_with_a_colon_header(broker: &common::TestBroker, destination: &str) -> String {
+    let request = serde_json::json!({
+        "destination": destination,
+        "body": "hi",
+        "headers": {"x-note": "a:b"},
+    })
+    .to_string();
+    let (status, response) = broker.http("POST", "/api/v1/publish", Some(&request)).await;
+    assert_eq!(status, 202, "{response}");
+    response["message_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn stomp_1_0_subscribes_without_an_id_and_gets_messages_without_escaping() {
+    let broker = start(config()).await;
+    let mut client = broker.client().await;
+    client.send("CONNECT\nlogin:\npasscode:\n\n\0").await;
+    let connected = client.frame().await;
+    assert_eq!(connected.command, Command::Connected);
+    assert_eq!(connected.headers.get("version"), None, "{connected:?}");
+    // No id: the destination names the subscription.
+    client
+        .send("SUBSCRIBE\ndestination:/topic/old\nreceipt:r\n\n\0")
+        .await;
+    assert_eq!(client.raw().await, b"RECEIPT\nreceipt-id:r\n\n\0");
+    let id = publish_with_a_colon_header(&broker, "/topic/old").await;
+    let expected = format!(
+        "MESSAGE\nsubscription:/topic/old\ndestination:/topic/old\nmessage-id:{id}\n\
+         content-type:text/plain;charset=utf-8\nx-note:a:b\ncontent-length:2\n\nhi\0"
+    );
+    assert_eq!(String::from_utf8(client.raw().await).unwrap(), expected);
+    // And UNSUBSCRIBE by destination ends it.
+    client
+        .send("UNSUBSCRIBE\ndestination:/topic/old\nreceipt:u\n\n\0")
+        .await;
+    assert_eq!(client.raw().await, b"RECEIPT\nreceipt-id:u\n\n\0");
+    assert_eq!(broker.broker.subscriber_count("/topic/old"), 0);
+}
+
+#[tokio::test]
+async fn stomp_1_1_sessions_get_messages_with_escaped_headers() {
+    let broker = start(config()).await;
+    let mut client = broker.client().await;
+    client
+        .send("CONNECT\naccept-version:1.0,1.1\nhost:localhost\nheart-beat:0,0\n\n\0")
+        .await;
+    assert_eq!(client.frame().await.headers.get("version"), Some("1.1"));
+    client
+        .send("SUBSCRIBE\nid:s-1\ndestination:/topic/mid\nreceipt:r\n\n\0")
+        .await;
+    assert_eq!(client.raw().await, b"RECEIPT\nreceipt-id:r\n\n\0");
+    let id = publish_with_a_colon_header(&broker, "/topic/mid").await;
+    let expected = format!(
+        "MESSAGE\nsubscription:s-1\ndestination:/topic/mid\nmessage-id:{id}\n\
+         content-type:text/plain;charset=utf-8\nx-note:a\\cb\ncontent-length:2\n\nhi\0"
+    );
+    assert_eq!(String::from_utf8(client.raw().await).unwrap(), expected);
+}
+
+#[tokio::test]
+async fn transactions_hold_at_most_max_transaction_frames() {
+    let mut config = allow_send();
+    config.max_transaction_frames = 3;
+    let broker = start(config).await;
+    let mut client = broker.connected().await;
+    // BEGIN and two SENDs: three frames held, at the limit.
+    client
+        .send(
+            "BEGIN\ntransaction:t\n\n\0\
+             SEND\ndestination:/topic/t\ntransaction:t\n\none\0\
+             SEND\ndestination:/topic/t\ntransaction:t\nreceipt:held\n\ntwo\0",
+        )
+        .await;
+    assert_eq!(client.raw().await, b"RECEIPT\nreceipt-id:held\n\n\0");
+    // A COMMIT gives the budget back...
+    client
+        .send(
+            "COMMIT\ntransaction:t\n\n\0\
+             BEGIN\ntransaction:u\n\n\0\
+             SEND\ndestination:/topic/t\ntransaction:u\n\none\0\
+             SEND\ndestination:/topic/t\ntransaction:u\nreceipt:again\n\ntwo\0",
+        )
+        .await;
+    assert_eq!(client.raw().await, b"RECEIPT\nreceipt-id:again\n\n\0");
+    // ...and one frame past it is refused.
+    client
+        .send("SEND\ndestination:/topic/t\ntransaction:u\nreceipt:over\n\nthree\0")
+        .await;
+    assert_eq!(
+        client.expect_error().await,
+        "too many frames in open transactions: this server holds at most 3 per session"
+    );
 }

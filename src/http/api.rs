@@ -56,9 +56,6 @@ pub async fn handle(
     if request.method() != Method::POST {
         return method_not_allowed("POST");
     }
-    if broker.is_shutting_down() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
-    }
     let idempotency_key = match idempotency_key(&request) {
         Ok(key) => key,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
@@ -75,6 +72,10 @@ pub async fn handle(
         Ok(publication) => publication,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
+    // Checked once the body is in: a request that began before the drain ends here too.
+    if broker.is_shutting_down() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
+    }
     match broker.publish(&publication).await {
         Ok(published) => json(
             StatusCode::ACCEPTED,

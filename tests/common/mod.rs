@@ -105,6 +105,22 @@ impl TestBroker {
         response
     }
 
+    /// Publishes through the broker itself (no HTTP), as the API does.
+    pub async fn publish_direct(
+        &self,
+        destination: &str,
+        headers: &stompede_protocol::Headers,
+        body: bytes::Bytes,
+    ) {
+        let message =
+            self.broker
+                .publication(vec![destination.into()], headers.clone(), body, None);
+        self.broker
+            .publish(&message)
+            .await
+            .expect("the memory engine takes every publish");
+    }
+
     /// Waits until `destination` has `count` subscribers.
     pub async fn wait_for_subscribers(&self, destination: &str, count: usize) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
