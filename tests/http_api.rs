@@ -12,10 +12,13 @@ async fn health_and_readiness() {
         broker.http("GET", "/healthz", None).await,
         (200, serde_json::json!({"status": "ok"}))
     );
-    assert_eq!(
-        broker.http("GET", "/readyz", None).await,
-        (200, serde_json::json!({"status": "ready"}))
-    );
+    let (status, ready) = broker.http("GET", "/readyz", None).await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["status"], "ready");
+    // The node and its engine are named (the engine's state never makes it 503).
+    assert_eq!(ready["node"], broker.broker.node_id());
+    assert_eq!(ready["engine"]["name"], "memory");
+    assert_eq!(ready["engine"]["up"], true);
     assert_eq!(broker.http("POST", "/healthz", None).await.0, 405);
 }
 

@@ -80,14 +80,29 @@ fn metrics(broker: &Broker) -> HttpResponse {
         .expect("static response parts are valid")
 }
 
+/// 503 while draining or at `max-connections`; the engine's state is in
+/// the body but does not change the status: when Redis is down every node is
+/// equally affected, and taking them all out of the load balancer would turn
+/// a Redis blip into a total outage.
 fn readiness(broker: &Broker) -> HttpResponse {
-    if broker.is_shutting_down() {
-        error(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+    let engine = broker.engine_status();
+    let body = |status: &str| {
+        serde_json::json!({
+            "status": status,
+            "node": broker.node_id(),
+            "engine": { "name": engine.engine, "up": engine.up, "detail": engine.detail },
+        })
+    };
+    let refusal = if broker.is_shutting_down() {
+        "shutting down"
     } else if broker.is_at_capacity() {
-        error(StatusCode::SERVICE_UNAVAILABLE, "connection limit reached")
+        "connection limit reached"
     } else {
-        json(StatusCode::OK, serde_json::json!({"status": "ready"}))
-    }
+        return json(StatusCode::OK, body("ready"));
+    };
+    let mut refused = body("not ready");
+    refused["error"] = refusal.into();
+    json(StatusCode::SERVICE_UNAVAILABLE, refused)
 }
 
 pub fn json(status: StatusCode, value: serde_json::Value) -> HttpResponse {

@@ -39,6 +39,7 @@ use fred::types::scripts::Script;
 use fred::types::Value;
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
@@ -155,6 +156,9 @@ struct Shared {
     wake_interest: Notify,
     /// Destinations whose local count changed since the last report.
     counts_changed: DashMap<Arc<str>, ()>,
+    /// Set when Redis may have lost this node's counts (at start, after a
+    /// reconnect or a failed report): the next report writes them all.
+    report_all: AtomicBool,
     /// Nodes that reported within the liveness bound, this one excluded.
     other_live_nodes: RwLock<Vec<String>>,
     stop: CancellationToken,
@@ -164,8 +168,10 @@ impl RedisEngine {
     /// Builds the clients and starts the engine's tasks; does not wait for
     /// Redis (a node starts, and serves readers, while Redis is down).
     pub fn start(hub: Arc<Hub>, settings: RedisSettings) -> RedisEngine {
-        let config = fred::types::config::Config::from_url(&settings.url)
+        let mut config = fred::types::config::Config::from_url(&settings.url)
             .expect("redis-url was checked when the settings were read");
+        // The first connection retries like any other: a node starts without Redis.
+        config.fail_fast = false;
         let max_delay = settings
             .reconnect_max_delay
             .as_millis()
@@ -206,6 +212,7 @@ impl RedisEngine {
             interest_changed: Mutex::new(HashSet::new()),
             wake_interest: Notify::new(),
             counts_changed: DashMap::new(),
+            report_all: AtomicBool::new(true),
             other_live_nodes: RwLock::new(Vec::new()),
             stop: CancellationToken::new(),
         });
@@ -394,13 +401,10 @@ impl Shared {
                 .await
                 .map_err(|e| self.unavailable(e.to_string()))?;
         }
-        let replies: Vec<Vec<Option<i64>>> = self.timed("count", pipeline.all()).await?;
-        Ok(replies
-            .iter()
-            .flatten()
-            .flatten()
-            .map(|count| (*count).max(0) as usize)
-            .sum())
+        // Summed whatever the nesting: fred returns a one-command pipeline's
+        // reply, and a one-field HMGET's, without the enclosing array.
+        let replies: Value = self.timed("count", pipeline.all()).await?;
+        Ok(sum_counts(&replies))
     }
 
     // ---- interest --------------------------------------------------------
@@ -655,7 +659,7 @@ impl Shared {
     /// Every `reader-count-interval`: this node's changed counts, its
     /// liveness, and the list of live nodes.
     async fn report_counts(self: Arc<Self>) {
-        let mut report_all = true;
+        self.report_all.store(true, Relaxed);
         let mut ticks = tokio::time::interval(self.settings.count_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -665,10 +669,10 @@ impl Shared {
                 _ = ticks.tick() => {}
             }
             if !self.commands.is_connected() {
-                report_all = true;
+                self.report_all.store(true, Relaxed);
                 continue;
             }
-            let changed: Vec<Arc<str>> = if std::mem::take(&mut report_all) {
+            let changed: Vec<Arc<str>> = if self.report_all.swap(false, Relaxed) {
                 self.counts_changed.clear();
                 self.hub.destinations()
             } else {
@@ -684,7 +688,7 @@ impl Shared {
             };
             if let Err(error) = self.report(&changed).await {
                 tracing::debug!(%error, "reader count report failed; reporting everything next time");
-                report_all = true;
+                self.report_all.store(true, Relaxed);
             }
         }
     }
@@ -744,13 +748,16 @@ impl Shared {
             .map_err(error)?;
         let replies: Vec<Value> = self.timed("report", pipeline.all()).await?;
         let live: Vec<String> = match replies.last() {
-            Some(Value::Array(nodes)) => nodes
-                .iter()
-                .filter_map(|node| node.as_string())
-                .filter(|node| *node != settings.node_id)
-                .collect(),
-            _ => Vec::new(),
+            Some(Value::Array(nodes)) => nodes.iter().filter_map(Value::as_string).collect(),
+            // One live node comes back without the enclosing array.
+            Some(node) => node.as_string().into_iter().collect(),
+            None => Vec::new(),
         };
+        let live = live
+            .into_iter()
+            .filter(|node| *node != settings.node_id)
+            .collect();
+        tracing::trace!(?live, "live nodes");
         *self
             .other_live_nodes
             .write()
@@ -766,14 +773,18 @@ impl Shared {
         let mut reconnects = self.pubsub.reconnect_rx();
         let mut command_reconnects = self.commands.reconnect_rx();
         let mut errors = self.pubsub.error_rx();
-        let (mut was_up, mut ever_up) = (false, false);
+        let (mut was_up, mut connected_before) = (false, false);
         let mut check = tokio::time::interval(Duration::from_millis(250));
         loop {
             // Cancel safety: broadcast `recv`, `tick` and `cancelled` lose nothing when dropped.
             let resubscribe = tokio::select! {
                 _ = self.stop.cancelled() => return,
                 reconnected = reconnects.recv() => reconnected.is_ok(),
-                _ = command_reconnects.recv() => false,
+                _ = command_reconnects.recv() => {
+                    // Redis may have lost every count (a restart without persistence).
+                    self.report_all.store(true, Relaxed);
+                    false
+                }
                 error = errors.recv() => {
                     if let Ok((error, _)) = error {
                         tracing::debug!(%error, "redis pub/sub link error");
@@ -794,13 +805,14 @@ impl Shared {
                         "redis engine down: publishes answer 503"
                     );
                 }
-                if up && ever_up {
-                    self.metrics().engine_reconnects.inc();
-                }
-                ever_up |= up;
                 was_up = up;
             }
             if resubscribe {
+                // The pub/sub link (re)connected: the first time is the start.
+                if connected_before {
+                    self.metrics().engine_reconnects.inc();
+                }
+                connected_before = true;
                 self.resubscribe_all().await;
             }
         }
@@ -815,11 +827,25 @@ impl Shared {
             .filter(|entry| !matches!(entry.value(), Interest::Unsubscribing(_)))
             .map(|entry| entry.key().clone())
             .collect();
-        tracing::info!(
-            destinations = destinations.len(),
-            "redis pub/sub link back: subscribing again"
-        );
+        if !destinations.is_empty() {
+            tracing::info!(
+                destinations = destinations.len(),
+                "redis pub/sub link back: subscribing again"
+            );
+        }
         self.subscribe(destinations).await;
+    }
+}
+
+/// Every count in a reply of HMGETs, nested or not (nil is 0).
+fn sum_counts(reply: &Value) -> usize {
+    match reply {
+        Value::Array(replies) => replies.iter().map(sum_counts).sum(),
+        Value::Bytes(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(0),
+        other => other.as_u64().unwrap_or(0) as usize,
     }
 }
 
