@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# @stomp/stompjs (npm) over the ws package against a stompede binary.
+# @stomp/stompjs (npm) over the ws package against stompede binaries: one
+# node, and three nodes on a redis-server this suite starts itself.
 #
 # The test files are named, and a run in which a file ran no test fails: a
 # renamed file or an emptied one must not turn into a green run. (Node 20
 # reports a file without tests as one passing test named after the file.)
 set -euo pipefail
 cd "$(dirname "$0")"
-files=(stompjs.test.mjs)
+files=(stompjs.test.mjs cluster.test.mjs)
 for file in "${files[@]}"; do
   [ -f "$file" ] || { echo "node tests: $file is missing" >&2; exit 1; }
 done
