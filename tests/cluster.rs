@@ -30,9 +30,13 @@ fn node(redis_url: &str, id: &str) -> Config {
 }
 
 async fn nodes(redis: &Redis, ids: &[&str]) -> Vec<TestBroker> {
+    nodes_on(&redis.url(), ids).await
+}
+
+async fn nodes_on(redis_url: &str, ids: &[&str]) -> Vec<TestBroker> {
     let mut nodes = Vec::new();
     for id in ids {
-        nodes.push(start(node(&redis.url(), id)).await);
+        nodes.push(start(node(redis_url, id)).await);
     }
     for node in &nodes {
         wait_until(|| node.broker.engine_status().up, "the engine comes up").await;
@@ -101,7 +105,20 @@ async fn wait_for_count(node: &TestBroker, destination: &str, expected: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_on_any_node_reaches_every_reader_on_every_node_exactly_once() {
     let redis = Redis::start();
-    let nodes = nodes(&redis, &["a", "b", "c"]).await;
+    three_nodes_act_as_one_broker(&redis.url()).await;
+}
+
+/// The same three nodes on a 3-master Redis Cluster (sharded pub/sub, one
+/// script call per hash slot for a broadcast).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_act_as_one_broker_on_a_redis_cluster() {
+    logs();
+    let cluster = redis::RedisCluster::start();
+    three_nodes_act_as_one_broker(&cluster.url()).await;
+}
+
+async fn three_nodes_act_as_one_broker(redis_url: &str) {
+    let nodes = nodes_on(redis_url, &["a", "b", "c"]).await;
     let mut readers = Vec::new();
     for node in &nodes {
         for _ in 0..2 {

@@ -48,11 +48,16 @@ impl Redis {
 
     /// Starts the server again on the same port, empty.
     pub fn resume(&mut self) {
+        self.resume_with(&[]);
+    }
+
+    fn resume_with(&mut self, extra: &[&str]) {
         assert!(self.child.is_none(), "already running");
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(&self.dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -94,6 +99,82 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Three masters (no replicas) forming a Redis Cluster: `redis-server
+/// --cluster-enabled yes` three times, then `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub masters: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let mut masters = Vec::new();
+        for _ in 0..3 {
+            let port = free_cluster_port();
+            let dir =
+                std::env::temp_dir().join(format!("stompede-redis-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut redis = Redis {
+                port,
+                dir,
+                child: None,
+            };
+            redis.resume_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]);
+            masters.push(redis);
+        }
+        let addresses: Vec<String> = masters
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !masters
+            .iter()
+            .all(|m| m.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster never reached cluster_state:ok"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        RedisCluster { masters }
+    }
+
+    /// The `redis-cluster://` URL stompede's `redis-url` takes, naming every master.
+    pub fn url(&self) -> String {
+        let first = &self.masters[0];
+        let others: Vec<String> = self.masters[1..]
+            .iter()
+            .map(|m| format!("node=127.0.0.1:{}", m.port))
+            .collect();
+        format!(
+            "redis-cluster://127.0.0.1:{}?{}",
+            first.port,
+            others.join("&")
+        )
+    }
+}
+
+/// A free port whose cluster bus port (port + 10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
     }
 }
 

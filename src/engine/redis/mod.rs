@@ -47,21 +47,28 @@ use tokio_util::sync::CancellationToken;
 
 /// Most destinations in one SUBSCRIBE, UNSUBSCRIBE or HSET command.
 const MAX_CHANNELS_PER_COMMAND: usize = 1000;
+/// How soon the interest task looks again when the pub/sub link is down or a
+/// SUBSCRIBE failed.
+const INTEREST_RETRY: Duration = Duration::from_millis(100);
 /// A node that has not reported its counts for this many intervals is dead.
 const LIVENESS_INTERVALS: u32 = 3;
 
 /// Checks the idempotency key (if any), then publishes one payload to each
-/// channel. KEYS: [the idempotency key]. ARGV: window (ms), message id, then
-/// the channels. The payload is the last ARGV.
+/// channel. KEYS: the channels (all in one hash slot on a Redis Cluster), then
+/// the idempotency key when ARGV[4] is '1'. ARGV: [1] window (ms), [2] message
+/// id, [3] payload, [4] '1' with an idempotency key, [5] `PUBLISH`, or
+/// `SPUBLISH` on a Redis Cluster. Returns the message id, or the first one's
+/// for a key seen within the window.
 const PUBLISH_SCRIPT: &str = r#"
-if #KEYS == 1 then
-  local first = redis.call('GET', KEYS[1])
+local channels = #KEYS
+if ARGV[4] == '1' then
+  channels = channels - 1
+  local first = redis.call('GET', KEYS[#KEYS])
   if first then return first end
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
+  redis.call('SET', KEYS[#KEYS], ARGV[2], 'PX', ARGV[1])
 end
-local payload = ARGV[#ARGV]
-for i = 3, #ARGV - 1 do
-  redis.call('PUBLISH', ARGV[i], payload)
+for i = 1, channels do
+  redis.call(ARGV[5], KEYS[i], ARGV[3])
 end
 return ARGV[2]
 "#;
@@ -144,8 +151,11 @@ struct Shared {
     settings: RedisSettings,
     /// Publishes, scripts and counts (one multiplexed, pipelined connection).
     commands: Client,
-    /// SUBSCRIBE and UNSUBSCRIBE only: a dedicated connection.
+    /// SUBSCRIBE and UNSUBSCRIBE only: a dedicated connection (on a Redis
+    /// Cluster, one per master, with SSUBSCRIBE and SUNSUBSCRIBE).
     pubsub: Client,
+    /// Whether `redis-url` names a Redis Cluster (`redis-cluster://`).
+    clustered: bool,
     publish_script: Script,
     /// One entry per destination this node is (or is becoming) subscribed to;
     /// bounded by the registry's destinations plus the lingering ones.
@@ -205,6 +215,7 @@ impl RedisEngine {
         let shared = Arc::new(Shared {
             hub,
             settings,
+            clustered: commands.is_clustered(),
             commands,
             pubsub,
             publish_script: Script::from_lua(PUBLISH_SCRIPT),
@@ -279,6 +290,20 @@ impl Shared {
         self.hub.metrics()
     }
 
+    /// `destinations` grouped by their channel's hash slot on a Redis
+    /// Cluster (a command may only touch one slot); one group otherwise.
+    fn by_slot<'a>(&self, destinations: &[&'a str]) -> Vec<Vec<&'a str>> {
+        if !self.clustered {
+            return vec![destinations.to_vec()];
+        }
+        let mut groups: std::collections::BTreeMap<u16, Vec<&str>> = Default::default();
+        for destination in destinations {
+            let slot = fred::util::redis_keyslot(self.settings.channel(destination).as_bytes());
+            groups.entry(slot).or_default().push(destination);
+        }
+        groups.into_values().collect()
+    }
+
     fn is_up(&self) -> bool {
         self.commands.is_connected() && self.pubsub.is_connected()
     }
@@ -333,44 +358,67 @@ impl Shared {
                 self.unavailable(format!("not connected to {}", redacted(&self.settings.url)))
             );
         }
-        let payload = wire::encode(
+        let payload = Value::Bytes(wire::encode(
             &publication.message_id,
             &publication.headers,
             &publication.body,
-        );
-        let keys: Vec<String> = publication
-            .idempotency_key
-            .iter()
-            .map(|key| {
-                self.settings
-                    .idempotency_key(&publication.destinations[0], key)
-            })
-            .collect();
-        let mut args: Vec<Value> = Vec::with_capacity(publication.destinations.len() + 3);
-        args.push((self.settings.idempotency_window.as_millis() as i64).into());
-        args.push(publication.message_id.as_str().into());
-        args.extend(
-            publication
-                .destinations
-                .iter()
-                .map(|d| Value::from(self.settings.channel(d))),
-        );
-        args.push(Value::Bytes(payload));
+        ));
+        // One script call per hash slot (all at once: fred pipelines them),
+        // since a script may only touch keys of one slot on a Redis Cluster.
         let destinations: Vec<&str> = publication
             .destinations
             .iter()
             .map(String::as_str)
             .collect();
-        // Both go out together on the one connection: about one round trip.
-        let (message_id, others) = tokio::join!(
-            self.timed(
-                "publish",
-                self.publish_script
-                    .evalsha_with_reload::<String, _, _>(&self.commands, keys, args)
-            ),
+        let calls = self.by_slot(&destinations).into_iter().map(|group| {
+            let mut keys: Vec<String> = group.iter().map(|d| self.settings.channel(d)).collect();
+            if let Some(key) = &publication.idempotency_key {
+                keys.push(self.settings.idempotency_key(group[0], key));
+            }
+            let args: Vec<Value> = vec![
+                (self.settings.idempotency_window.as_millis() as i64).into(),
+                publication.message_id.as_str().into(),
+                payload.clone(),
+                if publication.idempotency_key.is_some() {
+                    "1"
+                } else {
+                    "0"
+                }
+                .into(),
+                if self.clustered {
+                    "SPUBLISH"
+                } else {
+                    "PUBLISH"
+                }
+                .into(),
+            ];
+            async move {
+                let call = self.publish_script.evalsha_with_reload::<String, _, _>(
+                    &self.commands,
+                    keys,
+                    args,
+                );
+                (group, self.timed("publish", call).await)
+            }
+        });
+        // They and the count go out together on the one connection: about one round trip.
+        let (results, others) = tokio::join!(
+            futures_util::future::join_all(calls),
             self.cluster_counts(&destinations),
         );
-        let message_id = message_id?;
+        let mut message_id = None;
+        let mut failed = Vec::new();
+        for (group, result) in results {
+            match result {
+                Ok(id) => message_id = message_id.or(Some(id)),
+                Err(error) => failed.push(format!("{} ({error})", group.join(", "))),
+            }
+        }
+        if !failed.is_empty() {
+            // A retry with the same Idempotency-Key publishes only what failed.
+            return Err(self.unavailable(format!("not published to {}", failed.join("; "))));
+        }
+        let message_id = message_id.unwrap_or_else(|| publication.message_id.clone());
         self.metrics().engine_publishes.inc();
         let local: usize = destinations
             .iter()
@@ -471,7 +519,9 @@ impl Shared {
                 _ = sleep_until_or_forever(next_linger) => {}
             }
             if !self.pubsub.is_connected() {
-                // The reconnect handler subscribes everything again.
+                // Look again shortly: what changed stays in `interest_changed`.
+                tokio::time::sleep(INTEREST_RETRY).await;
+                self.wake_interest.notify_one();
                 continue;
             }
             let changed: Vec<Arc<str>> = std::mem::take(
@@ -513,18 +563,29 @@ impl Shared {
     /// SUBSCRIBEs `destinations` (in as few commands as the chunk size allows)
     /// and wakes whoever waits for them.
     async fn subscribe(&self, destinations: Vec<Arc<str>>) {
-        for chunk in destinations.chunks(MAX_CHANNELS_PER_COMMAND) {
+        let names: Vec<&str> = destinations.iter().map(|d| &**d).collect();
+        let groups = self.by_slot(&names);
+        for chunk in groups
+            .iter()
+            .flat_map(|group| group.chunks(MAX_CHANNELS_PER_COMMAND))
+        {
             let channels: Vec<String> = chunk.iter().map(|d| self.settings.channel(d)).collect();
             self.metrics().engine_subscribe_commands.inc();
-            match self
-                .timed("subscribe", self.pubsub.subscribe(channels))
-                .await
-            {
+            tracing::debug!(channels = channels.len(), "redis SUBSCRIBE");
+            let command = async {
+                if self.clustered {
+                    self.pubsub.ssubscribe(channels).await
+                } else {
+                    self.pubsub.subscribe(channels).await
+                }
+            };
+            let chunk: Vec<Arc<str>> = chunk.iter().map(|d| Arc::from(*d)).collect();
+            match self.timed("subscribe", command).await {
                 Ok(()) => {
                     self.metrics()
                         .engine_interest_subscribes
                         .inc_by(chunk.len() as u64);
-                    for destination in chunk {
+                    for destination in &chunk {
                         self.confirm(destination);
                     }
                 }
@@ -533,9 +594,8 @@ impl Shared {
                     self.interest_changed
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .extend(chunk.iter().cloned());
-                    // Retried when the link is back (watch_links) or on the next change.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                        .extend(chunk);
+                    tokio::time::sleep(INTEREST_RETRY).await;
                     self.wake_interest.notify_one();
                 }
             }
@@ -561,12 +621,22 @@ impl Shared {
     }
 
     async fn unsubscribe(&self, destinations: Vec<Arc<str>>) {
-        for chunk in destinations.chunks(MAX_CHANNELS_PER_COMMAND) {
+        let names: Vec<&str> = destinations.iter().map(|d| &**d).collect();
+        let groups = self.by_slot(&names);
+        for chunk in groups
+            .iter()
+            .flat_map(|group| group.chunks(MAX_CHANNELS_PER_COMMAND))
+        {
             let channels: Vec<String> = chunk.iter().map(|d| self.settings.channel(d)).collect();
-            if let Err(error) = self
-                .timed("unsubscribe", self.pubsub.unsubscribe(channels))
-                .await
-            {
+            let command = async {
+                if self.clustered {
+                    self.pubsub.sunsubscribe(channels).await
+                } else {
+                    self.pubsub.unsubscribe(channels).await
+                }
+            };
+            let chunk: Vec<Arc<str>> = chunk.iter().map(|d| Arc::from(*d)).collect();
+            if let Err(error) = self.timed("unsubscribe", command).await {
                 // Harmless: extra messages are fanned out to nobody; the next
                 // reconnect (which subscribes only what has readers) cleans up.
                 tracing::debug!(%error, "redis UNSUBSCRIBE failed");
@@ -574,7 +644,7 @@ impl Shared {
             self.metrics()
                 .engine_interest_unsubscribes
                 .inc_by(chunk.len() as u64);
-            for destination in chunk {
+            for destination in &chunk {
                 let Some(mut entry) = self.interest.get_mut(destination) else {
                     continue;
                 };
