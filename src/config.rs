@@ -228,7 +228,7 @@ pub struct Config {
 
     /// Redis for the `redis` engine: `redis://[user:password@]host:port[/db]`, or `rediss://`
     /// for TLS.
-    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    #[arg(long, default_value = "redis://127.0.0.1:6379", value_parser = parse_redis_url)]
     pub redis_url: String,
 
     /// This node's name in logs, `/readyz`, message ids and Redis (unique per node).
@@ -525,6 +525,23 @@ fn parse_ws_path(text: &str) -> Result<String, String> {
     }
 }
 
+fn parse_redis_url(text: &str) -> Result<String, String> {
+    if text.starts_with("rediss") {
+        // Rather than connect without TLS to a server that asked for it.
+        return Err("TLS to Redis (rediss://) is not supported yet".into());
+    }
+    if !(text.starts_with("redis://") || text.starts_with("redis-cluster://")) {
+        return Err("use redis://[user:password@]host:port[/db] or redis-cluster://host:port?node=host:port".into());
+    }
+    match fred::types::config::Config::from_url(text) {
+        Ok(_) => Ok(text.to_owned()),
+        Err(error) => Err(format!(
+            "not a Redis URL ({error}): use redis://[user:password@]host:port[/db] \
+             or redis-cluster://host:port?node=host:port"
+        )),
+    }
+}
+
 fn parse_node_id(text: &str) -> Result<String, String> {
     let valid = !text.is_empty()
         && text.len() <= 64
@@ -592,6 +609,11 @@ mod tests {
         assert!(refused(&["--heartbeat", "10"]).contains("cx,cy"));
         assert!(refused(&["--subscribe-prefix", "/topic/\u{7}"]).contains("control character"));
         assert!(refused(&["--user", "nocolon"]).contains("login:passcode"));
+        assert!(refused(&["--redis-url", "http://x"]).contains("use redis://"));
+        assert!(refused(&["--redis-url", "rediss://x:1"]).contains("not supported yet"));
+        assert!(refused(&["--redis-url", "redis://x:port"]).contains("not a Redis URL"));
+        assert!(refused(&["--node-id", "a b"]).contains("letters, digits"));
+        assert!(refused(&["--redis-key-prefix", "a{b}"]).contains("'{'"));
         let config =
             Config::try_parse_from(["stompede", "--shutdown-grace", "0", "--heartbeat", "0,500"])
                 .unwrap();
