@@ -217,6 +217,19 @@ pub struct Config {
     #[arg(long, default_value_t = 16 * 1024)]
     pub ws_write_buffer_bytes: usize,
 
+    /// Seconds a socket write may stall (no byte accepted by the kernel) before the session is
+    /// ended: a peer that stops reading cannot pin its session, and replies, heart-beats and
+    /// queued messages all race this deadline. Also the accepted sockets' TCP_USER_TIMEOUT, so
+    /// the kernel drops a peer that vanished with data unacknowledged.
+    #[arg(long, default_value = "30", value_parser = positive_seconds)]
+    pub write_timeout: Duration,
+
+    /// Seconds a connection may be idle before TCP keepalive probes start (every 10 s, 6 of them
+    /// unanswered close it), so dead peers behind a NAT are reaped even without STOMP heart-beats
+    /// (0: no keepalive).
+    #[arg(long, default_value = "60", value_parser = parse_seconds)]
+    pub tcp_keepalive: Duration,
+
     /// Seconds to wait for sessions to close on SIGINT/SIGTERM before exiting.
     #[arg(long, default_value = "5", value_parser = parse_seconds)]
     pub shutdown_grace: Duration,

@@ -12,6 +12,7 @@ pub mod fanout;
 pub mod http;
 pub mod ip_limit;
 pub mod metrics;
+pub mod net;
 pub mod outbox;
 pub mod registry;
 pub mod server;

@@ -55,13 +55,14 @@ pub enum ErrorReason {
     ConnectTimeout,
     HeartbeatTimeout,
     SlowConsumer,
+    WriteTimeout,
     Shutdown,
 }
 
 impl ErrorReason {
     /// Every reason, exported at zero from the start so dashboards and alerts
     /// see each series before it first moves.
-    pub const ALL: [ErrorReason; 14] = [
+    pub const ALL: [ErrorReason; 15] = [
         ErrorReason::InvalidFrame,
         ErrorReason::Version,
         ErrorReason::Auth,
@@ -75,6 +76,7 @@ impl ErrorReason {
         ErrorReason::ConnectTimeout,
         ErrorReason::HeartbeatTimeout,
         ErrorReason::SlowConsumer,
+        ErrorReason::WriteTimeout,
         ErrorReason::Shutdown,
     ];
 
@@ -94,6 +96,7 @@ impl ErrorReason {
             ErrorReason::ConnectTimeout => "connect_timeout",
             ErrorReason::HeartbeatTimeout => "heartbeat_timeout",
             ErrorReason::SlowConsumer => "slow_consumer",
+            ErrorReason::WriteTimeout => "write_timeout",
             ErrorReason::Shutdown => "shutdown",
         }
     }

@@ -146,6 +146,31 @@ impl Outbox {
         queue.state
     }
 
+    /// Moves deliveries from the front of the queue into `batch` until they
+    /// cost `max_bytes` (at least one, when any is queued); returns the state.
+    /// The writer takes one socket write's worth at a time, so what it has
+    /// not encoded yet stays here.
+    pub fn drain_up_to(&self, batch: &mut VecDeque<Delivery>, max_bytes: usize) -> OutboxState {
+        let mut queue = self.lock();
+        let mut taken = 0;
+        while let Some(delivery) = queue.items.pop_front() {
+            taken += delivery.cost;
+            queue.bytes -= delivery.cost;
+            batch.push_back(delivery);
+            if taken >= max_bytes {
+                break;
+            }
+        }
+        if queue.items.is_empty() && queue.items.capacity() > 64 {
+            queue.items = VecDeque::new();
+        }
+        queue.state
+    }
+
+    pub fn state(&self) -> OutboxState {
+        self.lock().state
+    }
+
     pub fn len(&self) -> usize {
         self.lock().items.len()
     }

@@ -52,7 +52,12 @@ pub async fn accept_loop(broker: Arc<Broker>, listener: TcpListener) {
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
+        let config = broker.config();
+        if let Err(error) =
+            crate::net::configure_accepted(&stream, config.tcp_keepalive, config.write_timeout)
+        {
+            tracing::debug!(%error, %peer, "cannot set socket options");
+        }
         let broker = broker.clone();
         broker.clone().spawn(async move {
             serve_http(broker, stream, peer).await;

@@ -5,19 +5,20 @@
 use crate::broker::SessionSlot;
 use crate::metrics::ErrorReason;
 use crate::outbox::{Outbox, OutboxState};
-use crate::session::writer::Writer;
+use crate::session::writer::{Gated, Writer};
 use crate::session::{Flow, Session};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use stompede_protocol::{Decoder, Frame, Item, Limits};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 /// How long the closing handshake may take before the socket is dropped.
@@ -26,6 +27,9 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 const HEARTBEAT_TOLERANCE: u32 = 2;
 /// An idle connection gives back a read buffer that grew past this.
 const IDLE_BUFFER_BYTES: usize = 8 * 1024;
+/// A heart-beat deadline that has passed (its write still pending, or reads
+/// paused) is looked at again after this long, not in a busy loop.
+const HEARTBEAT_RETRY: Duration = Duration::from_millis(100);
 
 /// Why the loop ended.
 enum Ending {
@@ -38,7 +42,42 @@ enum Ending {
     Closed(CloseCode),
 }
 
-pub async fn serve<S>(slot: SessionSlot, mut ws: WebSocketStream<S>, connection_id: u64)
+/// What the connection's socket did: a write completed, or a message was read.
+enum Io {
+    Written(std::io::Result<()>),
+    Read(Option<Result<Message, WsError>>),
+}
+
+/// Polls the pending write and the next read together, taking turns which
+/// goes first, so a busy writer does not starve reads nor reads the writer.
+/// Cancel safety: neither poll loses data when the other one wins.
+fn poll_io<S>(
+    writer: &mut Writer,
+    ws: &mut WebSocketStream<Gated<S>>,
+    reading: bool,
+    write_first: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Io>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    *write_first = !*write_first;
+    for write in [*write_first, !*write_first] {
+        if write && !writer.is_idle() {
+            if let Poll::Ready(result) = writer.poll_write(ws, cx) {
+                return Poll::Ready(Io::Written(result));
+            }
+        }
+        if !write && reading {
+            if let Poll::Ready(message) = ws.poll_next_unpin(cx) {
+                return Poll::Ready(Io::Read(message));
+            }
+        }
+    }
+    Poll::Pending
+}
+
+pub async fn serve<S>(slot: SessionSlot, mut ws: WebSocketStream<Gated<S>>, connection_id: u64)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -66,37 +105,70 @@ where
         ..limits
     });
     let mut writer = Writer::new(config.ws_write_buffer_bytes);
+    // Reading pauses while this much is waiting to be written (replies to a
+    // client that does not read its socket), so replies cannot pile up.
+    let max_pending = config.ws_write_buffer_bytes.max(1);
     let mut inbound = BytesMut::new();
     let mut replies = Vec::new();
+    let mut write_first = false;
+    let mut reading = true;
     let mut last_read = Instant::now();
     let mut last_write = Instant::now();
-    let timer = sleep_until(last_read + config.connect_timeout);
+    let connect_deadline = last_read + config.connect_timeout;
+    let timer = sleep_until(connect_deadline);
     tokio::pin!(timer);
 
     let ending = 'session: loop {
+        if writer.is_idle() {
+            match writer.fill_from_outbox(&outbox, metrics) {
+                OutboxState::Open => {}
+                OutboxState::SlowConsumer => break slow_consumer(),
+                OutboxState::Closed => break Ending::Quiet,
+            }
+        }
+        // A write in progress has a deadline: wake up by then at the latest.
+        if let Some(progress) = writer.progress() {
+            let deadline = progress + config.write_timeout;
+            if deadline < timer.deadline() {
+                timer.as_mut().reset(deadline);
+            }
+        }
+        let can_read = writer.pending_bytes() <= max_pending;
+        if can_read && !reading {
+            // The client's bytes waited while reading was paused: they are not silence.
+            last_read = Instant::now();
+        }
+        reading = can_read;
         // Cancel safety: every branch's future can be dropped without losing
-        // data (`notified`, `cancelled`, `next` on a WebSocketStream, `Sleep`).
-        // Not `biased`: under a steady stream of messages the writer branch is
+        // data (`notified`, `cancelled`, `Sleep`, and `poll_io`, see there).
+        // Not `biased`: under a steady stream of messages the writer is
         // always ready, and reads (heart-beats included) must still get turns.
         tokio::select! {
             _ = broker.shutting_down() => {
                 let goodbye = Session::error("server is shutting down");
                 break Ending::Error(goodbye, CloseCode::Away, ErrorReason::Shutdown);
             }
-            _ = outbox.ready.notified() => {
-                // Cancel safety: the write is raced only against closing, and
-                // after that the connection is dropped whatever was half written.
-                let written = tokio::select! {
-                    written = writer.drain_outbox(&outbox, &mut ws, metrics) => written,
-                    _ = outbox.closing.notified() => Ok(OutboxState::SlowConsumer),
+            // A slow-consumer mark wakes the connection even mid-write.
+            _ = outbox.closing.notified() => match outbox.state() {
+                OutboxState::Open => {}
+                OutboxState::SlowConsumer => break slow_consumer(),
+                OutboxState::Closed => break Ending::Quiet,
+            },
+            // Something was queued; the top of the loop takes it.
+            _ = outbox.ready.notified(), if writer.is_idle() => {}
+            io = std::future::poll_fn(|cx| poll_io(&mut writer, &mut ws, reading, &mut write_first, cx)) => {
+                let message = match io {
+                    Io::Written(Ok(())) => {
+                        last_write = Instant::now();
+                        writer.report(metrics);
+                        continue;
+                    }
+                    Io::Written(Err(error)) => {
+                        tracing::debug!(%error, "socket write failed");
+                        break Ending::Quiet;
+                    }
+                    Io::Read(message) => message,
                 };
-                match written {
-                    Ok(OutboxState::Open) => last_write = Instant::now(),
-                    Ok(OutboxState::SlowConsumer) => break slow_consumer(),
-                    Ok(OutboxState::Closed) | Err(_) => break Ending::Quiet,
-                }
-            }
-            message = ws.next() => {
                 last_read = Instant::now();
                 match message {
                     Some(Ok(Message::Text(text))) => inbound.extend_from_slice(text.as_bytes()),
@@ -129,15 +201,11 @@ where
                                 if let Flow::Refused(reason) = flow {
                                     metrics.count_error(reason);
                                 }
-                                // Boxed: replies are rare next to deliveries, and their
-                                // future need not make every idle connection bigger.
-                                let written = writer.write_replies(&mut replies, &outbox, &mut ws, metrics);
-                                match Box::pin(written).await {
-                                    Ok(OutboxState::Open) => {}
-                                    Ok(OutboxState::SlowConsumer) => break 'session slow_consumer(),
-                                    Ok(OutboxState::Closed) | Err(_) => break 'session Ending::Quiet,
+                                match writer.queue_replies(&mut replies, &outbox, metrics) {
+                                    OutboxState::Open => {}
+                                    OutboxState::SlowConsumer => break 'session slow_consumer(),
+                                    OutboxState::Closed => break 'session Ending::Quiet,
                                 }
-                                last_write = Instant::now();
                             }
                             if flow != Flow::Continue {
                                 let refused = matches!(flow, Flow::Refused(_));
@@ -159,19 +227,36 @@ where
             }
             _ = &mut timer => {
                 let now = Instant::now();
+                if let Some(progress) = writer.progress() {
+                    if now >= progress + config.write_timeout {
+                        break Ending::Error(
+                            Session::error(format!(
+                                "write timeout: the connection accepted nothing for {:?}",
+                                config.write_timeout
+                            )),
+                            CloseCode::Policy,
+                            ErrorReason::WriteTimeout,
+                        );
+                    }
+                }
+                let mut next = now + Duration::from_secs(24 * 3600);
                 if session.version().is_none() {
-                    break Ending::Error(
-                        Session::error(format!(
-                            "no CONNECT frame within {:?}",
-                            config.connect_timeout
-                        )),
-                        CloseCode::Policy,
-                        ErrorReason::ConnectTimeout,
-                    );
+                    if now >= connect_deadline {
+                        break Ending::Error(
+                            Session::error(format!(
+                                "no CONNECT frame within {:?}",
+                                config.connect_timeout
+                            )),
+                            CloseCode::Policy,
+                            ErrorReason::ConnectTimeout,
+                        );
+                    }
+                    next = connect_deadline;
                 }
                 let beats = session.heart_beats();
                 let silence_limit = beats.receive * HEARTBEAT_TOLERANCE;
-                if !beats.receive.is_zero() && now >= last_read + silence_limit {
+                // While reading is paused, the client's bytes may be waiting unread: not silence.
+                if reading && !beats.receive.is_zero() && now >= last_read + silence_limit {
                     break Ending::Error(
                         Session::error(format!(
                             "heart-beat timeout: nothing received for {silence_limit:?}"
@@ -180,18 +265,18 @@ where
                         ErrorReason::HeartbeatTimeout,
                     );
                 }
-                if !beats.send.is_zero() && now >= last_write + beats.send {
-                    if writer.write_heartbeat(&mut ws).await.is_err() {
-                        break Ending::Quiet;
-                    }
-                    last_write = now;
+                if !beats.send.is_zero() && writer.is_idle() && now >= last_write + beats.send {
+                    // Written by `poll_io`; `last_write` moves once it is.
+                    writer.queue_heartbeat();
                 }
-                let mut next = now + Duration::from_secs(24 * 3600);
                 if !beats.send.is_zero() {
-                    next = next.min(last_write + beats.send);
+                    next = next.min((last_write + beats.send).max(now + HEARTBEAT_RETRY));
                 }
                 if !beats.receive.is_zero() {
-                    next = next.min(last_read + silence_limit);
+                    next = next.min((last_read + silence_limit).max(now + HEARTBEAT_RETRY));
+                }
+                if let Some(progress) = writer.progress() {
+                    next = next.min(progress + config.write_timeout);
                 }
                 timer.as_mut().reset(next);
             }
@@ -232,21 +317,22 @@ where
     drop(slot);
 }
 
-/// Writes the ERROR frame (if any) and the close frame, each within `CLOSE_TIMEOUT`.
+/// Writes what is still pending, the ERROR frame (if any) and the close
+/// frame, each within `CLOSE_TIMEOUT`; a peer that does not take them is
+/// dropped.
 async fn say_goodbye<S>(
     writer: &mut Writer,
-    ws: &mut WebSocketStream<S>,
+    ws: &mut WebSocketStream<Gated<S>>,
     error: Option<Frame>,
     code: CloseCode,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if let Some(frame) = error {
-        let _ = tokio::time::timeout(
-            CLOSE_TIMEOUT,
-            writer.write_frames(std::iter::once(frame), ws),
-        )
-        .await;
+    writer.queue_frames(error.into_iter());
+    match tokio::time::timeout(CLOSE_TIMEOUT, writer.finish(ws)).await {
+        Ok(Ok(())) => {}
+        // Half a frame may be written: nothing more can go after it.
+        Ok(Err(_)) | Err(_) => return,
     }
     let close = CloseFrame {
         code,
