@@ -10,6 +10,7 @@ use crate::destination;
 use crate::metrics::ErrorReason;
 use crate::outbox::Outbox;
 use crate::registry::{Subscriber, SubscriberKey};
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -358,6 +359,8 @@ impl Session {
             ))
             .because(ErrorReason::Limit));
         }
+        // Held in a transaction or queued in outboxes: keep a copy, not the read buffer.
+        let frame = detached(frame);
         if let Some(transaction) = frame.headers.get("transaction") {
             return self.hold_in_transaction(transaction.to_owned(), frame);
         }
@@ -390,7 +393,7 @@ impl Session {
             }
         }
         if let Some(transaction) = frame.headers.get("transaction") {
-            return self.hold_in_transaction(transaction.to_owned(), frame);
+            return self.hold_in_transaction(transaction.to_owned(), detached(frame));
         }
         // Messages are not persisted, so there is nothing to redeliver or forget:
         // a valid ACK or NACK needs no further work.
@@ -481,6 +484,15 @@ fn negotiate(can: Duration, wants: Duration) -> Duration {
     } else {
         can.max(wants)
     }
+}
+
+/// `frame` with its body copied into a buffer of its own size. A decoded
+/// body is a view into the connection's read buffer (up to one WebSocket
+/// message), and keeping the view would keep all of it; the headers are
+/// already owned.
+fn detached(mut frame: Frame) -> Frame {
+    frame.body = Bytes::copy_from_slice(&frame.body);
+    frame
 }
 
 fn required<'a>(frame: &'a Frame, name: &str) -> Result<&'a str, Refusal> {
