@@ -181,6 +181,16 @@ pub struct Config {
     #[arg(long, default_value_t = 256)]
     pub max_transaction_frames: usize,
 
+    /// Most bytes (bodies and headers) of the SEND/ACK/NACK frames buffered by a session's open
+    /// transactions.
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub max_transaction_bytes: usize,
+
+    /// Longest id the broker stores for a session: subscription ids, transaction ids and receipt
+    /// ids, in bytes.
+    #[arg(long, default_value_t = 256, value_parser = at_least_one::<usize>)]
+    pub max_id_bytes: usize,
+
     /// The server's heart-beat `cx,cy` in milliseconds: how often it can send, how often it wants
     /// to hear from clients (a client silent for twice the negotiated interval is disconnected).
     #[arg(long, default_value = "10000,10000", value_parser = parse_heartbeat)]

@@ -563,3 +563,102 @@ async fn a_foreign_origin_is_refused_with_403() {
     );
     still_serving(&broker, &mut by).await;
 }
+
+#[tokio::test]
+async fn frames_that_must_not_have_a_body_are_refused() {
+    let broker = start(config()).await;
+    let mut by = bystander(&broker).await;
+    for (frame, command) in [
+        (
+            "SUBSCRIBE\nid:0\ndestination:/topic/a\n\nbody\0",
+            "SUBSCRIBE",
+        ),
+        ("UNSUBSCRIBE\nid:0\n\nbody\0", "UNSUBSCRIBE"),
+        ("BEGIN\ntransaction:t\n\nbody\0", "BEGIN"),
+        ("COMMIT\ntransaction:t\n\nbody\0", "COMMIT"),
+        ("ABORT\ntransaction:t\n\nbody\0", "ABORT"),
+        ("ACK\nid:1\n\nbody\0", "ACK"),
+        ("NACK\nid:1\n\nbody\0", "NACK"),
+        ("DISCONNECT\ncontent-length:4\n\nbody\0", "DISCONNECT"),
+    ] {
+        let mut client = broker.connected().await;
+        client.send(frame).await;
+        assert_eq!(
+            client.expect_error().await,
+            format!("{command} frame must not have a body"),
+            "{frame:?}"
+        );
+    }
+    let mut client = broker.client().await;
+    client.send("CONNECT\naccept-version:1.2\n\nhello\0").await;
+    assert_eq!(
+        client.expect_error().await,
+        "CONNECT frame must not have a body"
+    );
+    still_serving(&broker, &mut by).await;
+}
+
+#[tokio::test]
+async fn ids_longer_than_max_id_bytes_are_refused() {
+    let broker = start(config()).await;
+    let mut by = bystander(&broker).await;
+    let long = "i".repeat(257);
+    for (frame, expected) in [
+        (
+            format!("SUBSCRIBE\nid:{long}\ndestination:/topic/a\n\n\0"),
+            "subscription id is longer than 256 bytes (max-id-bytes)",
+        ),
+        (
+            format!("BEGIN\ntransaction:{long}\n\n\0"),
+            "transaction id is longer than 256 bytes (max-id-bytes)",
+        ),
+        (
+            format!("UNSUBSCRIBE\nid:0\nreceipt:{long}\n\n\0"),
+            "receipt id is longer than 256 bytes (max-id-bytes)",
+        ),
+    ] {
+        let mut client = broker.connected().await;
+        client.send(&frame).await;
+        assert_eq!(client.expect_error().await, expected, "{frame:?}");
+    }
+    // 256 bytes is fine.
+    let mut client = broker.connected().await;
+    let id = "i".repeat(256);
+    client
+        .send(&format!(
+            "SUBSCRIBE\nid:{id}\ndestination:/topic/a\nreceipt:{id}\n\n\0"
+        ))
+        .await;
+    assert_eq!(client.frame().await.command, Command::Receipt);
+    still_serving(&broker, &mut by).await;
+}
+
+#[tokio::test]
+async fn open_transactions_are_bounded_in_bytes() {
+    let mut config = config();
+    config.client_send = ClientSend::Allow;
+    config.max_transaction_bytes = 10_000;
+    let broker = start(config).await;
+    let mut by = bystander(&broker).await;
+    let mut client = broker.connected().await;
+    let body = "b".repeat(4000);
+    client.send("BEGIN\ntransaction:t\n\n\0").await;
+    for _ in 0..2 {
+        client
+            .send(&format!(
+                "SEND\ndestination:/topic/a\ntransaction:t\n\n{body}\0"
+            ))
+            .await;
+    }
+    client
+        .send(&format!(
+            "SEND\ndestination:/topic/a\ntransaction:t\nreceipt:r\n\n{body}\0"
+        ))
+        .await;
+    assert_eq!(
+        client.expect_error().await,
+        "too many bytes in open transactions: this server holds at most 10000 per session \
+         (max-transaction-bytes)"
+    );
+    still_serving(&broker, &mut by).await;
+}

@@ -198,6 +198,12 @@ impl Headers {
         self.spans.len()
     }
 
+    /// Bytes of every name and value, plus a colon and an EOL each: what the
+    /// headers cost written out unescaped (and, within a few bytes, held).
+    pub fn byte_len(&self) -> usize {
+        self.text.len() + 2 * self.spans.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
     }

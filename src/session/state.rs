@@ -85,6 +85,8 @@ pub struct Session {
     transactions: HashMap<String, Vec<Frame>>,
     /// BEGINs plus frames held by open transactions (bounded by `max-transaction-frames`).
     transaction_frames: usize,
+    /// Bytes of the frames held by open transactions (bounded by `max-transaction-bytes`).
+    transaction_bytes: usize,
     /// Who CONNECT proved this session is (`Anonymous` until then).
     identity: Identity,
     /// Bounds this session's SENDs (`max-sends-per-second`, `send-burst`).
@@ -142,6 +144,7 @@ impl Session {
             next_subscription_sequence: 0,
             transactions: HashMap::new(),
             transaction_frames: 0,
+            transaction_bytes: 0,
         }
     }
 
@@ -162,9 +165,12 @@ impl Session {
     pub fn handle(&mut self, frame: Frame, out: &mut Vec<Frame>) -> Flow {
         let receipt = frame.headers.get("receipt").map(str::to_owned);
         let command = frame.command;
-        let result = match self.version {
-            None => self.handle_connect(frame, out),
-            Some(version) => self.handle_connected(frame, version),
+        let result = match self.check_shape(&frame) {
+            Err(refusal) => Err(refusal),
+            Ok(()) => match self.version {
+                None => self.handle_connect(frame, out),
+                Some(version) => self.handle_connected(frame, version),
+            },
         };
         match result {
             Err(refusal) => {
@@ -185,6 +191,37 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Checks every frame gets before its command is handled: only SEND may
+    /// carry a body (a body elsewhere is a client bug or an attempt to make
+    /// the broker hold bytes), and the ids the broker may store are at most
+    /// `max-id-bytes` long.
+    fn check_shape(&self, frame: &Frame) -> Outcome {
+        let command = frame.command;
+        if !frame.body.is_empty() && command.is_client_command() && command != Command::Send {
+            return Err(Refusal::new(format!(
+                "{command} frame must not have a body"
+            )));
+        }
+        let limit = self.broker.config().max_id_bytes;
+        let stored = match command {
+            Command::Subscribe => Some(("subscription", "id")),
+            Command::Begin => Some(("transaction", "transaction")),
+            _ => None,
+        };
+        let ids = stored
+            .into_iter()
+            .chain(std::iter::once(("receipt", "receipt")));
+        for (what, header) in ids {
+            if frame.headers.get(header).is_some_and(|id| id.len() > limit) {
+                return Err(Refusal::new(format!(
+                    "{what} id is longer than {limit} bytes (max-id-bytes)"
+                ))
+                .because(ErrorReason::Limit));
+            }
+        }
+        Ok(())
     }
 
     /// An ERROR frame for a reason found outside a frame (a decode error, a
@@ -433,6 +470,7 @@ impl Session {
             .remove(transaction)
             .ok_or_else(|| Refusal::new(format!("no open transaction {transaction:?}")))?;
         self.transaction_frames -= frames.len() + 1;
+        self.transaction_bytes -= frames.iter().map(held_bytes).sum::<usize>();
         Ok(frames)
     }
 
@@ -440,7 +478,17 @@ impl Session {
         if !self.transactions.contains_key(&transaction) {
             return Err(Refusal::new(format!("no open transaction {transaction:?}")));
         }
+        let bytes = held_bytes(&frame);
+        let limit = self.broker.config().max_transaction_bytes;
+        if self.transaction_bytes + bytes > limit {
+            return Err(Refusal::new(format!(
+                "too many bytes in open transactions: this server holds at most {limit} per \
+                 session (max-transaction-bytes)"
+            ))
+            .because(ErrorReason::Limit));
+        }
         self.reserve_transaction_frame()?;
+        self.transaction_bytes += bytes;
         self.transactions
             .get_mut(&transaction)
             .expect("checked above")
@@ -467,6 +515,7 @@ impl Session {
         }
         self.transactions.clear();
         self.transaction_frames = 0;
+        self.transaction_bytes = 0;
     }
 }
 
@@ -484,6 +533,11 @@ fn negotiate(can: Duration, wants: Duration) -> Duration {
     } else {
         can.max(wants)
     }
+}
+
+/// What a frame held in a transaction costs `max-transaction-bytes`.
+fn held_bytes(frame: &Frame) -> usize {
+    frame.body.len() + frame.headers.byte_len()
 }
 
 /// `frame` with its body copied into a buffer of its own size. A decoded
