@@ -208,7 +208,8 @@ pub struct Config {
     #[arg(long, default_value_t = 1024, value_parser = at_least_one::<usize>)]
     pub outbound_queue_frames: usize,
 
-    /// Most bytes waiting in one connection's outbound queue.
+    /// Most bytes waiting in one connection's outbound queue; each delivery counts its body,
+    /// twice its headers (as given and encoded) and 128 bytes of bookkeeping.
     #[arg(long, default_value_t = 1024 * 1024, value_parser = at_least_one::<usize>)]
     pub outbound_queue_bytes: usize,
 

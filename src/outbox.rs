@@ -30,7 +30,7 @@ impl Delivery {
         ack: bool,
         published_at: std::time::Instant,
     ) -> Delivery {
-        let cost = message.body().len() + subscription.len() + 128;
+        let cost = delivery_cost(&message, &subscription);
         Delivery {
             message,
             subscription,
@@ -39,6 +39,22 @@ impl Delivery {
             cost,
         }
     }
+}
+
+/// Bookkeeping of one queued delivery besides its message: the `Delivery`
+/// itself, its queue slot, the per-subscriber headers written out.
+const DELIVERY_OVERHEAD_BYTES: usize = 128;
+
+/// What a queued delivery costs `outbound-queue-bytes`: the body, the
+/// headers twice (as given, and encoded for the subscriber's version, both
+/// kept by the shared message), the subscription id and the bookkeeping. A
+/// message shared by several queued deliveries is counted by each, so the
+/// bound errs on the safe side.
+pub fn delivery_cost(message: &PreparedMessage, subscription: &str) -> usize {
+    message.body().len()
+        + 2 * message.headers().byte_len()
+        + subscription.len()
+        + DELIVERY_OVERHEAD_BYTES
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -662,3 +662,41 @@ async fn open_transactions_are_bounded_in_bytes() {
     );
     still_serving(&broker, &mut by).await;
 }
+
+#[tokio::test]
+async fn queued_headers_count_against_outbound_queue_bytes() {
+    let mut config = config();
+    config.outbound_queue_bytes = 1 << 20;
+    config.heartbeat.can_send = Duration::ZERO;
+    let broker = start(config).await;
+    let mut slow = RawWs::open_small_window(broker.addr).await;
+    slow.send_text("CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0")
+        .await;
+    slow.read_frame().await.expect("CONNECTED");
+    slow.send_text("SUBSCRIBE\nid:0\ndestination:/topic/big-headers\nreceipt:r\n\n\0")
+        .await;
+    slow.read_frame().await.expect("RECEIPT");
+    // 60 KB of headers and a one-byte body, 200 times: 12 MB queued for a
+    // reader that reads nothing, far past its 1 MiB budget.
+    let headers: serde_json::Map<String, serde_json::Value> = (0..60)
+        .map(|i| (format!("x-h{i}"), "v".repeat(1000).into()))
+        .collect();
+    let request = serde_json::json!({
+        "destination": "/topic/big-headers",
+        "body": "x",
+        "headers": headers,
+    })
+    .to_string();
+    for _ in 0..200 {
+        let (status, response) = broker.http("POST", "/api/v1/publish", Some(&request)).await;
+        assert_eq!(status, 202, "{response}");
+    }
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    while broker.broker.metrics().slow_consumer_disconnects.get() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reader was never cut off: its queue's headers were not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
