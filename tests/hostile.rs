@@ -664,6 +664,50 @@ async fn open_transactions_are_bounded_in_bytes() {
 }
 
 #[tokio::test]
+async fn send_headers_that_cannot_be_passed_on_to_every_version_are_refused() {
+    let mut config = config();
+    config.client_send = ClientSend::Allow;
+    let broker = start(config).await;
+    let mut by = bystander(&broker).await;
+    // A STOMP 1.0 subscriber: no escaping at all, so a raw LF starts a header.
+    let mut old = broker.client().await;
+    old.send("CONNECT\n\n\0").await;
+    assert_eq!(old.frame().await.command, Command::Connected);
+    old.send("SUBSCRIBE\ndestination:/topic/a\nreceipt:r\n\n\0")
+        .await;
+    assert_eq!(old.frame().await.command, Command::Receipt);
+    for (frame, header) in [
+        // An escaped LF (STOMP 1.2) in a value.
+        (
+            "SEND\ndestination:/topic/a\nx-note:a\\nsubscription:evil\n\nhi\0",
+            "x-note",
+        ),
+        // An escaped CR.
+        ("SEND\ndestination:/topic/a\nx-cr:a\\rb\n\nhi\0", "x-cr"),
+        // A raw NUL in a value, which ends the frame for parsers that cut at NUL.
+        ("SEND\ndestination:/topic/a\nx-nul:a\0b\n\nhi\0", "x-nul"),
+        // An escaped colon in a name: STOMP 1.0 cannot write it.
+        ("SEND\ndestination:/topic/a\nx\\cy:z\n\nhi\0", "x:y"),
+    ] {
+        let mut client = broker.connected().await;
+        client.send(frame).await;
+        let message = client.expect_error().await;
+        assert!(
+            message.starts_with(&format!("header {header:?} cannot be passed on")),
+            "{frame:?}: {message}"
+        );
+    }
+    broker.publish("/topic/a", "clean").await;
+    let message = old.frame().await;
+    assert_eq!(
+        &message.body[..],
+        b"clean",
+        "only the clean message arrives"
+    );
+    still_serving(&broker, &mut by).await;
+}
+
+#[tokio::test]
 async fn queued_headers_count_against_outbound_queue_bytes() {
     let mut config = config();
     config.outbound_queue_bytes = 1 << 20;

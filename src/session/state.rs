@@ -389,6 +389,7 @@ impl Session {
         destination::validate(destination).map_err(Refusal::new)?;
         let config = self.broker.config();
         destination::check_send(destination, &config.send_prefixes).map_err(forbidden)?;
+        check_passable_headers(&frame)?;
         if !self.send_budget.take(Instant::now()) {
             return Err(Refusal::new(format!(
                 "too many SENDs: this server allows {} per second per session (burst {})",
@@ -538,6 +539,27 @@ fn negotiate(can: Duration, wants: Duration) -> Duration {
 /// What a frame held in a transaction costs `max-transaction-bytes`.
 fn held_bytes(frame: &Frame) -> usize {
     frame.body.len() + frame.headers.byte_len()
+}
+
+/// A SEND's headers go to subscribers of every version, and STOMP 1.0
+/// escapes nothing: a control character (a NUL ends the frame for parsers
+/// that cut at NUL, a CR or LF starts a new header line) or a colon in a
+/// name cannot be written safely to all of them, so it is refused here, as
+/// the HTTP API refuses control characters.
+fn check_passable_headers(frame: &Frame) -> Outcome {
+    for (name, value) in frame.headers.iter() {
+        let reason = if name.chars().chain(value.chars()).any(char::is_control) {
+            "it contains a control character (NUL, CR, LF, ...)"
+        } else if name.contains(':') {
+            "its name contains a colon"
+        } else {
+            continue;
+        };
+        return Err(Refusal::new(format!(
+            "header {name:?} cannot be passed on to every subscriber: {reason}"
+        )));
+    }
+    Ok(())
 }
 
 /// `frame` with its body copied into a buffer of its own size. A decoded
