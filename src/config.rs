@@ -46,18 +46,20 @@ pub struct Config {
     #[arg(long, default_value = "/ws", value_parser = parse_ws_path)]
     pub ws_path: String,
 
-    /// A bearer token accepted by /api/v1/* (repeatable, so a new token can be rolled out before
-    /// the old one is removed). Without one, only loopback peers may call the API.
-    #[arg(long = "api-token", value_delimiter = ',')]
+    /// A bearer token accepted by /api/v1/* (repeat the flag, or give a TOML list, so a new token
+    /// can be rolled out before the old one is removed). Without one, only loopback peers may call
+    /// the API. Not empty, no ',' (a list delimiter must not turn one token into two).
+    #[arg(long = "api-token", value_parser = parse_api_token)]
     pub api_tokens: Vec<String>,
 
     /// Whether STOMP clients may SEND.
     #[arg(long, value_enum, default_value = "deny")]
     pub client_send: ClientSend,
 
-    /// A `login:passcode` that CONNECT must match (repeatable). With none, anonymous sessions are
-    /// accepted.
-    #[arg(long = "user", value_delimiter = ',')]
+    /// A `login:passcode` that CONNECT must match (repeat the flag, or give a TOML list; the
+    /// passcode is everything after the first `:`, commas included, and must not be empty). With
+    /// none, anonymous sessions are accepted.
+    #[arg(long = "user")]
     pub users: Vec<User>,
 
     /// Whether a CONNECT without credentials (no login/passcode, no bearer token) is accepted.
@@ -66,8 +68,8 @@ pub struct Config {
     pub allow_anonymous: Option<bool>,
 
     /// HS256 secret for subscriber JWTs (given as the CONNECT `passcode` or an
-    /// `Authorization: Bearer` header).
-    #[arg(long)]
+    /// `Authorization: Bearer` header). Must not be empty.
+    #[arg(long, value_parser = non_empty_secret)]
     pub jwt_secret: Option<String>,
 
     /// PEM file with the RS256 (RSA) or ES256 (P-256) public key for subscriber JWTs.
@@ -80,11 +82,11 @@ pub struct Config {
     #[arg(long, default_value = auth::DEFAULT_DESTINATIONS_CLAIM)]
     pub jwt_destinations_claim: String,
 
-    /// Required `aud` of subscriber JWTs (not checked when unset).
+    /// Required `aud` of subscriber JWTs: a token without `aud` is refused (not checked when unset).
     #[arg(long)]
     pub jwt_audience: Option<String>,
 
-    /// Required `iss` of subscriber JWTs (not checked when unset).
+    /// Required `iss` of subscriber JWTs: a token without `iss` is refused (not checked when unset).
     #[arg(long)]
     pub jwt_issuer: Option<String>,
 
@@ -319,10 +321,7 @@ impl Config {
     pub fn finish(mut self) -> Result<Config, ConfigError> {
         if self.jwt.is_none() {
             self.jwt = JwtVerifier::from_settings(&JwtSettings {
-                secret: self
-                    .jwt_secret
-                    .as_deref()
-                    .filter(|secret| !secret.is_empty()),
+                secret: self.jwt_secret.as_deref(),
                 public_key: self.jwt_public_key.as_deref(),
                 destinations_claim: &self.jwt_destinations_claim,
                 audience: self.jwt_audience.as_deref(),
@@ -335,7 +334,6 @@ impl Config {
             })?
             .map(Arc::new);
         }
-        self.api_tokens.retain(|token| !token.is_empty());
         Ok(self)
     }
 
@@ -475,6 +473,27 @@ fn positive_seconds(text: &str) -> Result<Duration, String> {
         seconds if seconds.is_zero() => Err("must be greater than 0".into()),
         seconds => Ok(seconds),
     }
+}
+
+/// An empty secret would be a silent "auth off" (or a key anyone can sign with).
+fn non_empty_secret(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(text.to_owned())
+    }
+}
+
+fn parse_api_token(text: &str) -> Result<String, String> {
+    let token = non_empty_secret(text)?;
+    if token.contains(',') {
+        return Err(
+            "must not contain ',': give several tokens as repeated --api-token flags or \
+                    a TOML list"
+                .into(),
+        );
+    }
+    Ok(token)
 }
 
 fn parse_heartbeat(text: &str) -> Result<HeartBeat, String> {

@@ -178,7 +178,9 @@ fn every_new_setting_has_a_flag_and_a_toml_key() {
     let config = stompede::Config::load_from([
         "stompede",
         "--api-token",
-        "a,b",
+        "a",
+        "--api-token",
+        "b",
         "--allow-anonymous",
         "false",
         "--subscribe-prefix",
