@@ -39,9 +39,16 @@ async fn subscribed_reader(broker: &TestBroker, heart_beat: &str) -> RawWs {
 
 /// Publishes [`MESSAGES`] messages of [`MESSAGE_BYTES`] to [`DESTINATION`].
 async fn flood(broker: &TestBroker) {
+    flood_at(broker.addr).await;
+}
+
+async fn flood_at(addr: std::net::SocketAddr) {
     let body = "x".repeat(MESSAGE_BYTES);
+    let request = serde_json::json!({ "destination": DESTINATION, "body": body }).to_string();
     for _ in 0..MESSAGES {
-        broker.publish(DESTINATION, &body).await;
+        let (status, response) =
+            common::http(addr, "POST", "/api/v1/publish", Some(&request), &[]).await;
+        assert_eq!(status, 202, "{response}");
     }
 }
 
@@ -91,6 +98,9 @@ async fn shutdown_ends_a_session_stuck_in_a_write() {
 
 #[tokio::test]
 async fn reads_go_on_while_a_long_queue_drains() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("stompede=debug")
+        .try_init();
     let mut config = config();
     config.write_timeout = Duration::from_secs(600);
     config.outbound_queue_bytes = 64 << 20;
@@ -100,13 +110,16 @@ async fn reads_go_on_while_a_long_queue_drains() {
     config.heartbeat.wants_to_receive = Duration::from_millis(500);
     let broker = start(config).await;
     let mut reader = subscribed_reader(&broker, "500,0").await;
-    flood(&broker).await;
+    let flooding = tokio::spawn(flood_at(broker.addr));
 
-    // Three seconds of not reading, heart-beats going out all the while.
-    for _ in 0..15 {
+    // Three seconds (at least) of not reading, heart-beats going out all the while.
+    let mut beats = 0;
+    while beats < 15 || !flooding.is_finished() {
         reader.send_text("\n").await;
         sleep(Duration::from_millis(200)).await;
+        beats += 1;
     }
+    flooding.await.unwrap();
     assert_eq!(
         broker.broker.subscriber_count(DESTINATION),
         1,

@@ -42,6 +42,15 @@ enum Ending {
     Closed(CloseCode),
 }
 
+/// What woke the connection.
+enum Event {
+    Shutdown,
+    /// The outbox's state changed (a slow-consumer mark).
+    Closing,
+    Io(Io),
+    Timer,
+}
+
 /// What the connection's socket did: a write completed, or a message was read.
 enum Io {
     Written(std::io::Result<()>),
@@ -105,8 +114,9 @@ where
         ..limits
     });
     let mut writer = Writer::new(config.ws_write_buffer_bytes);
-    // Reading pauses while this much is waiting to be written (replies to a
-    // client that does not read its socket), so replies cannot pile up.
+    // Reading pauses while replies wait behind more than this many pending
+    // bytes (a client that sends but does not read its socket), so replies
+    // cannot pile up; queued messages alone never pause it.
     let max_pending = config.ws_write_buffer_bytes.max(1);
     let mut inbound = BytesMut::new();
     let mut replies = Vec::new();
@@ -133,7 +143,7 @@ where
                 timer.as_mut().reset(deadline);
             }
         }
-        let can_read = writer.pending_bytes() <= max_pending;
+        let can_read = !(writer.holds_replies() && writer.pending_bytes() > max_pending);
         if can_read && !reading {
             // The client's bytes waited while reading was paused: they are not silence.
             last_read = Instant::now();
@@ -143,89 +153,36 @@ where
         // data (`notified`, `cancelled`, `Sleep`, and `poll_io`, see there).
         // Not `biased`: under a steady stream of messages the writer is
         // always ready, and reads (heart-beats included) must still get turns.
-        tokio::select! {
-            _ = broker.shutting_down() => {
+        let event = tokio::select! {
+            _ = broker.shutting_down() => Event::Shutdown,
+            // A slow-consumer mark wakes the connection even mid-write.
+            _ = outbox.closing.notified() => Event::Closing,
+            // Something was queued; the top of the loop takes it.
+            _ = outbox.ready.notified(), if writer.is_idle() => continue,
+            io = std::future::poll_fn(|cx| poll_io(&mut writer, &mut ws, reading, &mut write_first, cx)) => Event::Io(io),
+            _ = &mut timer => Event::Timer,
+        };
+        let message = match event {
+            Event::Shutdown => {
                 let goodbye = Session::error("server is shutting down");
                 break Ending::Error(goodbye, CloseCode::Away, ErrorReason::Shutdown);
             }
-            // A slow-consumer mark wakes the connection even mid-write.
-            _ = outbox.closing.notified() => match outbox.state() {
-                OutboxState::Open => {}
+            Event::Closing => match outbox.state() {
+                OutboxState::Open => continue,
                 OutboxState::SlowConsumer => break slow_consumer(),
                 OutboxState::Closed => break Ending::Quiet,
             },
-            // Something was queued; the top of the loop takes it.
-            _ = outbox.ready.notified(), if writer.is_idle() => {}
-            io = std::future::poll_fn(|cx| poll_io(&mut writer, &mut ws, reading, &mut write_first, cx)) => {
-                let message = match io {
-                    Io::Written(Ok(())) => {
-                        last_write = Instant::now();
-                        writer.report(metrics);
-                        continue;
-                    }
-                    Io::Written(Err(error)) => {
-                        tracing::debug!(%error, "socket write failed");
-                        break Ending::Quiet;
-                    }
-                    Io::Read(message) => message,
-                };
-                last_read = Instant::now();
-                match message {
-                    Some(Ok(Message::Text(text))) => inbound.extend_from_slice(text.as_bytes()),
-                    Some(Ok(Message::Binary(bytes))) => inbound.extend_from_slice(&bytes),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                    Some(Ok(Message::Close(_))) | None => break Ending::Quiet,
-                    Some(Err(error)) => {
-                        tracing::debug!(%error, "websocket read failed");
-                        break read_failed(&error);
-                    }
-                }
-                loop {
-                    match decoder.decode(&mut inbound) {
-                        Ok(Some(Item::Frame(frame))) => {
-                            let was_connected = session.version().is_some();
-                            let subscriptions_before = session.subscription_count();
-                            let flow = session.handle(frame, &mut replies);
-                            let added = session.subscription_count() as i64 - subscriptions_before as i64;
-                            metrics.subscriptions.add(added);
-                            if let (false, Some(version)) = (was_connected, session.version()) {
-                                metrics.sessions.with_label_values(&[version.as_str()]).inc();
-                                decoder.set_version(version);
-                                decoder.set_limits(limits);
-                                writer.version = version;
-                                tracing::debug!(version = version.as_str(), "session connected");
-                                // Heart-beats start now: let the timer pick the new deadline.
-                                timer.as_mut().reset(Instant::now());
-                            }
-                            if !replies.is_empty() {
-                                if let Flow::Refused(reason) = flow {
-                                    metrics.count_error(reason);
-                                }
-                                match writer.queue_replies(&mut replies, &outbox, metrics) {
-                                    OutboxState::Open => {}
-                                    OutboxState::SlowConsumer => break 'session slow_consumer(),
-                                    OutboxState::Closed => break 'session Ending::Quiet,
-                                }
-                            }
-                            if flow != Flow::Continue {
-                                let refused = matches!(flow, Flow::Refused(_));
-                                let code = if refused { CloseCode::Policy } else { CloseCode::Normal };
-                                break 'session Ending::Closed(code);
-                            }
-                        }
-                        Ok(Some(Item::HeartBeat)) => {}
-                        Ok(None) => break,
-                        Err(error) => {
-                            let error = Session::error(error.to_string());
-                            break 'session Ending::Error(error, CloseCode::Policy, ErrorReason::Decode)
-                        }
-                    }
-                }
-                if inbound.is_empty() && inbound.capacity() > IDLE_BUFFER_BYTES {
-                    inbound = BytesMut::new();
-                }
+            Event::Io(Io::Written(Ok(()))) => {
+                last_write = Instant::now();
+                writer.report(metrics);
+                continue;
             }
-            _ = &mut timer => {
+            Event::Io(Io::Written(Err(error))) => {
+                tracing::debug!(%error, "socket write failed");
+                break Ending::Quiet;
+            }
+            Event::Io(Io::Read(message)) => message,
+            Event::Timer => {
                 let now = Instant::now();
                 if let Some(progress) = writer.progress() {
                     if now >= progress + config.write_timeout {
@@ -257,29 +214,102 @@ where
                 let silence_limit = beats.receive * HEARTBEAT_TOLERANCE;
                 // While reading is paused, the client's bytes may be waiting unread: not silence.
                 if reading && !beats.receive.is_zero() && now >= last_read + silence_limit {
-                    break Ending::Error(
-                        Session::error(format!(
-                            "heart-beat timeout: nothing received for {silence_limit:?}"
-                        )),
-                        CloseCode::Policy,
-                        ErrorReason::HeartbeatTimeout,
-                    );
+                    // A message already waiting is not silence either, even
+                    // if the timer won the race against it.
+                    let waiting = std::future::poll_fn(|cx| Poll::Ready(ws.poll_next_unpin(cx)));
+                    match waiting.await {
+                        Poll::Ready(message) => message,
+                        Poll::Pending => {
+                            break Ending::Error(
+                                Session::error(format!(
+                                    "heart-beat timeout: nothing received for {silence_limit:?}"
+                                )),
+                                CloseCode::Policy,
+                                ErrorReason::HeartbeatTimeout,
+                            )
+                        }
+                    }
+                } else {
+                    if !beats.send.is_zero() && writer.is_idle() && now >= last_write + beats.send {
+                        // Written by `poll_io`; `last_write` moves once it is.
+                        writer.queue_heartbeat();
+                    }
+                    if !beats.send.is_zero() {
+                        next = next.min((last_write + beats.send).max(now + HEARTBEAT_RETRY));
+                    }
+                    if !beats.receive.is_zero() {
+                        next = next.min((last_read + silence_limit).max(now + HEARTBEAT_RETRY));
+                    }
+                    if let Some(progress) = writer.progress() {
+                        next = next.min(progress + config.write_timeout);
+                    }
+                    timer.as_mut().reset(next);
+                    continue;
                 }
-                if !beats.send.is_zero() && writer.is_idle() && now >= last_write + beats.send {
-                    // Written by `poll_io`; `last_write` moves once it is.
-                    writer.queue_heartbeat();
-                }
-                if !beats.send.is_zero() {
-                    next = next.min((last_write + beats.send).max(now + HEARTBEAT_RETRY));
-                }
-                if !beats.receive.is_zero() {
-                    next = next.min((last_read + silence_limit).max(now + HEARTBEAT_RETRY));
-                }
-                if let Some(progress) = writer.progress() {
-                    next = next.min(progress + config.write_timeout);
-                }
-                timer.as_mut().reset(next);
             }
+        };
+        // A WebSocket message from the client.
+        last_read = Instant::now();
+        match message {
+            Some(Ok(Message::Text(text))) => inbound.extend_from_slice(text.as_bytes()),
+            Some(Ok(Message::Binary(bytes))) => inbound.extend_from_slice(&bytes),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            Some(Ok(Message::Close(_))) | None => break Ending::Quiet,
+            Some(Err(error)) => {
+                tracing::debug!(%error, "websocket read failed");
+                break read_failed(&error);
+            }
+        }
+        loop {
+            match decoder.decode(&mut inbound) {
+                Ok(Some(Item::Frame(frame))) => {
+                    let was_connected = session.version().is_some();
+                    let subscriptions_before = session.subscription_count();
+                    let flow = session.handle(frame, &mut replies);
+                    let added = session.subscription_count() as i64 - subscriptions_before as i64;
+                    metrics.subscriptions.add(added);
+                    if let (false, Some(version)) = (was_connected, session.version()) {
+                        metrics
+                            .sessions
+                            .with_label_values(&[version.as_str()])
+                            .inc();
+                        decoder.set_version(version);
+                        decoder.set_limits(limits);
+                        writer.version = version;
+                        tracing::debug!(version = version.as_str(), "session connected");
+                        // Heart-beats start now: let the timer pick the new deadline.
+                        timer.as_mut().reset(Instant::now());
+                    }
+                    if !replies.is_empty() {
+                        if let Flow::Refused(reason) = flow {
+                            metrics.count_error(reason);
+                        }
+                        match writer.queue_replies(&mut replies, &outbox, metrics) {
+                            OutboxState::Open => {}
+                            OutboxState::SlowConsumer => break 'session slow_consumer(),
+                            OutboxState::Closed => break 'session Ending::Quiet,
+                        }
+                    }
+                    if flow != Flow::Continue {
+                        let refused = matches!(flow, Flow::Refused(_));
+                        let code = if refused {
+                            CloseCode::Policy
+                        } else {
+                            CloseCode::Normal
+                        };
+                        break 'session Ending::Closed(code);
+                    }
+                }
+                Ok(Some(Item::HeartBeat)) => {}
+                Ok(None) => break,
+                Err(error) => {
+                    let error = Session::error(error.to_string());
+                    break 'session Ending::Error(error, CloseCode::Policy, ErrorReason::Decode);
+                }
+            }
+        }
+        if inbound.is_empty() && inbound.capacity() > IDLE_BUFFER_BYTES {
+            inbound = BytesMut::new();
         }
     };
 

@@ -120,6 +120,9 @@ pub struct Writer {
     pending: BytesMut,
     /// Whether the gate is closed for the bytes in `pending`.
     holding_gate: bool,
+    /// Whether `pending` holds replies (queued because of what the client
+    /// sent, so reading more could pile up more of them).
+    holds_replies: bool,
     /// When the current write last made progress (it began, or the kernel
     /// took bytes); `None` while nothing is pending. `write-timeout` counts from here.
     progress: Option<Instant>,
@@ -139,6 +142,7 @@ impl Writer {
             version: Version::V1_2,
             pending: BytesMut::new(),
             holding_gate: false,
+            holds_replies: false,
             progress: None,
             batch: VecDeque::new(),
             unreported: 0,
@@ -155,6 +159,11 @@ impl Writer {
     /// Bytes waiting to be written.
     pub fn pending_bytes(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Whether replies wait among the pending bytes.
+    pub fn holds_replies(&self) -> bool {
+        self.holds_replies
     }
 
     /// When the write in progress last moved (`None`: no write in progress).
@@ -209,6 +218,7 @@ impl Writer {
     pub fn queue_frames(&mut self, frames: impl Iterator<Item = Frame>) {
         for frame in frames {
             self.mark_started();
+            self.holds_replies = true;
             let text = std::str::from_utf8(&frame.body).is_ok();
             put_header(&mut self.pending, text, encoded_len(&frame, self.version));
             encode(&frame, self.version, &mut self.pending);
@@ -280,6 +290,7 @@ impl Writer {
         ready!(Pin::new(&mut socket.inner).poll_flush(cx))?;
         socket.open_gate();
         self.holding_gate = false;
+        self.holds_replies = false;
         self.progress = None;
         self.pending = BytesMut::new();
         Poll::Ready(Ok(()))
