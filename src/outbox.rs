@@ -183,6 +183,26 @@ impl Outbox {
         queue.state
     }
 
+    /// Drops the deliveries queued for `subscription` (the very `Arc` its
+    /// subscriber was registered with), so an id reused by a new
+    /// subscription never gets the old one's messages. The writer takes
+    /// one socket write's worth at a time, so this is everything not yet
+    /// encoded. Returns how many were dropped; O(queue length).
+    pub fn retire(&self, subscription: &Arc<str>) -> usize {
+        let mut queue = self.lock();
+        let before = queue.items.len();
+        let mut freed = 0;
+        queue.items.retain(|delivery| {
+            let retired = Arc::ptr_eq(&delivery.subscription, subscription);
+            if retired {
+                freed += delivery.cost;
+            }
+            !retired
+        });
+        queue.bytes -= freed;
+        before - queue.items.len()
+    }
+
     pub fn state(&self) -> OutboxState {
         self.lock().state
     }

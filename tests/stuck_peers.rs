@@ -184,3 +184,35 @@ async fn accepted_sockets_have_tcp_keepalive() {
         assert_eq!(found, Some(timer), "tcp-keepalive {keepalive:?}");
     }
 }
+
+#[tokio::test]
+async fn a_resubscribed_id_does_not_get_the_old_subscriptions_queued_messages() {
+    let mut config = config();
+    config.outbound_queue_bytes = 64 << 20;
+    let broker = start(config).await;
+    let mut reader = subscribed_reader(&broker, "0,0").await;
+    flood(&broker).await;
+    // The same id, another destination, while most of the flood is queued.
+    reader
+        .send_text("UNSUBSCRIBE\nid:0\n\n\0SUBSCRIBE\nid:0\ndestination:/topic/fresh\n\n\0")
+        .await;
+    broker.wait_for_subscribers("/topic/fresh", 1).await;
+    broker.publish("/topic/fresh", "fresh").await;
+    let mut old = 0;
+    loop {
+        let (_, payload) = reader.read_frame().await.expect("the session stays open");
+        let text = String::from_utf8_lossy(&payload);
+        assert!(text.starts_with("MESSAGE\n"), "{text}");
+        assert!(
+            text.contains("\nsubscription:0\n") || text.starts_with("MESSAGE\nsubscription:0\n")
+        );
+        if text.contains("destination:/topic/fresh") {
+            break;
+        }
+        old += 1;
+    }
+    assert!(
+        old < MESSAGES,
+        "all {old} messages of the old subscription were delivered under the new one"
+    );
+}

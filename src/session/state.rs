@@ -43,6 +43,9 @@ pub struct HeartBeats {
 struct SubscriptionEntry {
     destination: Arc<str>,
     key: SubscriberKey,
+    /// The id its subscriber was registered with (the same `Arc`, so its
+    /// queued deliveries can be told apart from a later subscription's).
+    subscription: Arc<str>,
 }
 
 /// A protocol error: becomes an ERROR frame, then the connection closes.
@@ -347,9 +350,10 @@ impl Session {
             sequence: self.next_subscription_sequence,
         };
         self.next_subscription_sequence = self.next_subscription_sequence.wrapping_add(1);
+        let subscription: Arc<str> = Arc::from(id);
         let subscriber = Subscriber {
             outbox: self.outbox.clone(),
-            subscription: Arc::from(id),
+            subscription: subscription.clone(),
             ack,
             version,
         };
@@ -359,6 +363,7 @@ impl Session {
             SubscriptionEntry {
                 destination: Arc::from(destination),
                 key,
+                subscription,
             },
         );
         Ok(())
@@ -374,7 +379,14 @@ impl Session {
             Refusal::new(format!("no subscription with id {id:?} in this session"))
         })?;
         self.broker.unsubscribe(&entry.destination, entry.key);
+        self.forget_queued(&entry);
         Ok(())
+    }
+
+    /// Drops what is still queued for a subscription that ended.
+    fn forget_queued(&self, entry: &SubscriptionEntry) {
+        let dropped = self.outbox.retire(&entry.subscription);
+        self.broker.metrics().outbound_queued.sub(dropped as i64);
     }
 
     fn send(&mut self, frame: Frame) -> Outcome {
