@@ -2,7 +2,7 @@
 //! state machine, writes its replies, drains the outbound queue in batches,
 //! keeps heart-beats, and closes with an ERROR frame when something is wrong.
 
-use crate::broker::SessionSlot;
+use crate::broker::{Broker, SessionSlot};
 use crate::metrics::ErrorReason;
 use crate::outbox::{Outbox, OutboxState};
 use crate::session::writer::{Gated, Writer};
@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use stompede_protocol::{Decoder, Frame, Item, Limits};
+use stompede_protocol::{Decoder, Frame, Item, Limits, Version};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -40,6 +40,46 @@ enum Ending {
     Error(Frame, CloseCode, ErrorReason),
     /// The replies (ending in a RECEIPT or an ERROR) are written; close.
     Closed(CloseCode),
+}
+
+/// The gauges one connection moves (`sessions`, `subscriptions`,
+/// `outbound_queued`), put back when it is dropped: the outbox is closed and
+/// what it still holds is taken off `outbound_queued`.
+struct Gauges {
+    broker: Arc<Broker>,
+    outbox: Arc<Outbox>,
+    /// Counted in `sessions{version}` once connected.
+    version: Option<Version>,
+    /// Counted in `subscriptions`.
+    subscriptions: i64,
+}
+
+impl Gauges {
+    fn connected(&mut self, version: Version) {
+        let sessions = &self.broker.metrics().sessions;
+        sessions.with_label_values(&[version.as_str()]).inc();
+        self.version = Some(version);
+    }
+
+    fn add_subscriptions(&mut self, added: i64) {
+        self.broker.metrics().subscriptions.add(added);
+        self.subscriptions += added;
+    }
+}
+
+impl Drop for Gauges {
+    fn drop(&mut self) {
+        let metrics = self.broker.metrics();
+        self.outbox.set_state(OutboxState::Closed);
+        let mut undelivered = VecDeque::new();
+        self.outbox.drain_into(&mut undelivered);
+        metrics.outbound_queued.sub(undelivered.len() as i64);
+        metrics.subscriptions.sub(self.subscriptions);
+        if let Some(version) = self.version {
+            let sessions = &metrics.sessions;
+            sessions.with_label_values(&[version.as_str()]).dec();
+        }
+    }
 }
 
 /// What woke the connection.
@@ -98,6 +138,14 @@ where
         config.outbound_queue_bytes,
     ));
     let mut session = Session::new(broker.clone(), connection_id, outbox.clone());
+    // Puts the gauges back however this task ends (a panic, or the future
+    // dropped mid-await, included).
+    let mut gauges = Gauges {
+        broker: broker.clone(),
+        outbox: outbox.clone(),
+        version: None,
+        subscriptions: 0,
+    };
     let limits = Limits {
         max_headers: config.max_headers,
         max_header_line: config.max_header_line_bytes,
@@ -267,12 +315,9 @@ where
                     let subscriptions_before = session.subscription_count();
                     let flow = session.handle(frame, &mut replies);
                     let added = session.subscription_count() as i64 - subscriptions_before as i64;
-                    metrics.subscriptions.add(added);
+                    gauges.add_subscriptions(added);
                     if let (false, Some(version)) = (was_connected, session.version()) {
-                        metrics
-                            .sessions
-                            .with_label_values(&[version.as_str()])
-                            .inc();
+                        gauges.connected(version);
                         decoder.set_version(version);
                         decoder.set_limits(limits);
                         writer.version = version;
@@ -313,21 +358,8 @@ where
         }
     };
 
-    outbox.set_state(OutboxState::Closed);
-    let mut undelivered = VecDeque::new();
-    outbox.drain_into(&mut undelivered);
-    metrics.outbound_queued.sub(undelivered.len() as i64);
-    drop(undelivered);
-    metrics
-        .subscriptions
-        .sub(session.subscription_count() as i64);
+    drop(gauges);
     session.close();
-    if let Some(version) = session.version() {
-        metrics
-            .sessions
-            .with_label_values(&[version.as_str()])
-            .dec();
-    }
     let goodbye = match ending {
         Ending::Quiet => None,
         Ending::Error(frame, code, reason) => {
