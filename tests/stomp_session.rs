@@ -608,3 +608,22 @@ async fn frames_of_every_length_encoding_arrive_intact_between_pongs() {
     }
     assert_eq!(pongs, (0..sizes.len() as u8).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn stomp_1_0_unsubscribe_by_destination_also_ends_a_subscription_with_an_id() {
+    let broker = start(config()).await;
+    let mut client = broker.client().await;
+    client.send("CONNECT\n\n\0").await;
+    assert_eq!(client.frame().await.command, Command::Connected);
+    client
+        .send("SUBSCRIBE\nid:sub-1\ndestination:/topic/old-style\nreceipt:s\n\n\0")
+        .await;
+    assert_eq!(client.frame().await.command, Command::Receipt);
+    broker.wait_for_subscribers("/topic/old-style", 1).await;
+    client
+        .send("UNSUBSCRIBE\ndestination:/topic/old-style\nreceipt:u\n\n\0")
+        .await;
+    let reply = client.frame().await;
+    assert_eq!(reply.command, Command::Receipt, "{reply:?}");
+    broker.wait_for_subscribers("/topic/old-style", 0).await;
+}

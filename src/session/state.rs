@@ -372,15 +372,45 @@ impl Session {
     fn unsubscribe(&mut self, frame: &Frame, version: Version) -> Outcome {
         let id = match (frame.headers.get("id"), version) {
             (Some(id), _) => id,
-            (None, Version::V1_0) => required(frame, "destination")?,
+            (None, Version::V1_0) => {
+                let destination = required(frame, "destination")?;
+                return self.unsubscribe_destination(destination);
+            }
             (None, _) => return Err(missing(frame, "id")),
         };
         let entry = self.subscriptions.remove(id).ok_or_else(|| {
             Refusal::new(format!("no subscription with id {id:?} in this session"))
         })?;
+        self.end_subscription(entry);
+        Ok(())
+    }
+
+    /// STOMP 1.0's UNSUBSCRIBE by `destination`: ends this session's
+    /// subscriptions to it, whether or not their SUBSCRIBE gave an `id`
+    /// (a walk over at most `max-subscriptions-per-session` entries).
+    fn unsubscribe_destination(&mut self, destination: &str) -> Outcome {
+        let ids: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, entry)| &*entry.destination == destination)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if ids.is_empty() {
+            return Err(Refusal::new(format!(
+                "no subscription to {destination:?} in this session"
+            )));
+        }
+        for id in ids {
+            if let Some(entry) = self.subscriptions.remove(&id) {
+                self.end_subscription(entry);
+            }
+        }
+        Ok(())
+    }
+
+    fn end_subscription(&self, entry: SubscriptionEntry) {
         self.broker.unsubscribe(&entry.destination, entry.key);
         self.forget_queued(&entry);
-        Ok(())
     }
 
     /// Drops what is still queued for a subscription that ended.
