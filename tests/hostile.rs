@@ -744,3 +744,46 @@ async fn queued_headers_count_against_outbound_queue_bytes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_peer_still_sending_past_the_limit_receives_the_1009_close() {
+    let broker = start(config()).await;
+    let mut by = bystander(&broker).await;
+    for _ in 0..5 {
+        let ws = RawWs::open(broker.addr).await;
+        let (mut read, mut write) = ws.stream.into_split();
+        // One 16 MiB message, still being sent when the server gives up on it.
+        let sender = tokio::spawn(async move {
+            let mut header = vec![0x80 | OP_BINARY, 0x80 | 127];
+            header.extend_from_slice(&(16u64 << 20).to_be_bytes());
+            header.extend_from_slice(&[0, 0, 0, 0]);
+            let _ = write.write_all(&header).await;
+            let chunk = vec![b'v'; 64 * 1024];
+            for _ in 0..256 {
+                if write.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut received = Vec::new();
+        let read_all = tokio::time::timeout(common::PATIENCE, read.read_to_end(&mut received));
+        let result = read_all
+            .await
+            .expect("the server ends the connection in time");
+        assert!(
+            result.is_ok(),
+            "the client saw {result:?} instead of the close frame"
+        );
+        // The last frame is a close frame (opcode 8) with code 1009.
+        let close = received
+            .windows(4)
+            .rposition(|w| w[0] == 0x88 && w[1] == 2 && w[2..] == 1009u16.to_be_bytes());
+        assert!(
+            close.is_some(),
+            "no 1009 close frame in {} bytes",
+            received.len()
+        );
+        sender.abort();
+    }
+    still_serving(&broker, &mut by).await;
+}

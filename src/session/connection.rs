@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use stompede_protocol::{Decoder, Frame, Item, Limits, Version};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -23,6 +23,10 @@ use tokio_tungstenite::WebSocketStream;
 
 /// How long the closing handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// After a 1009 close, how long the peer's further bytes are read and
+/// discarded before the socket is closed (see `linger`). The session keeps
+/// its slot meanwhile: the socket is still open.
+const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 /// A client is declared dead after this many of its heart-beat intervals of silence.
 const HEARTBEAT_TOLERANCE: u32 = 2;
 /// An idle connection gives back a read buffer that grew past this.
@@ -400,7 +404,37 @@ async fn say_goodbye<S>(
         code,
         reason: Utf8Bytes::from_static(""),
     };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(close))).await;
+    if tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(close)))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    // A peer told off in the middle of sending (a message over the limit:
+    // 1009) still has bytes in flight; closing now would answer them with a
+    // reset, and the reset can destroy the close frame before the peer reads
+    // it. (Other closes follow a whole message or frame.)
+    if code == CloseCode::Size {
+        let _ = tokio::time::timeout(LINGER_TIMEOUT, linger(ws.get_mut())).await;
+    }
+}
+
+/// A lingering close, as nginx does it: shut down our sending side (the
+/// peer reads the close frame, then end of stream), and read and discard
+/// what the peer still sends until it closes too (or `LINGER_TIMEOUT`).
+async fn linger<S>(socket: &mut Gated<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if socket.shutdown().await.is_err() {
+        return;
+    }
+    let mut discard = [0u8; 2048];
+    while let Ok(read) = socket.read(&mut discard).await {
+        if read == 0 {
+            break;
+        }
+    }
 }
 
 /// A WebSocket-level read error: tell the client, with the close code RFC 6455 gives it.
