@@ -6,6 +6,7 @@
 //! caller applies the slow-consumer policy.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use stompede_protocol::PreparedMessage;
 use tokio::sync::Notify;
@@ -83,6 +84,10 @@ pub struct Outbox {
     pub closing: Notify,
     max_frames: usize,
     max_bytes: usize,
+    /// STOMP 1.2 `ack` ids the writer has stamped so far: the ids are
+    /// `{connection}.{n}` with `n` below this, so an ACK can be checked
+    /// without remembering every message.
+    acks_issued: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -104,6 +109,7 @@ impl Outbox {
             closing: Notify::new(),
             max_frames,
             max_bytes,
+            acks_issued: AtomicU64::new(0),
         }
     }
 
@@ -201,6 +207,16 @@ impl Outbox {
         });
         queue.bytes -= freed;
         before - queue.items.len()
+    }
+
+    /// How many STOMP 1.2 `ack` ids this connection has been given.
+    pub fn acks_issued(&self) -> u64 {
+        self.acks_issued.load(Ordering::Acquire)
+    }
+
+    /// Set by the writer once it has stamped `ack` ids below `issued`.
+    pub fn set_acks_issued(&self, issued: u64) {
+        self.acks_issued.store(issued, Ordering::Release);
     }
 
     pub fn state(&self) -> OutboxState {

@@ -165,7 +165,7 @@ where
         max_frame_bytes: before_connect,
         ..limits
     });
-    let mut writer = Writer::new(config.ws_write_buffer_bytes);
+    let mut writer = Writer::new(config.ws_write_buffer_bytes, connection_id);
     // Reading pauses while replies wait behind more than this many pending
     // bytes (a client that sends but does not read its socket), so replies
     // cannot pile up; queued messages alone never pause it.

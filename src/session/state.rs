@@ -457,7 +457,8 @@ impl Session {
     fn acknowledge(&mut self, frame: Frame, version: Version) -> Outcome {
         match version {
             Version::V1_2 => {
-                required(&frame, "id")?;
+                let id = required(&frame, "id")?;
+                self.check_ack_id(frame.command, id)?;
             }
             Version::V1_1 => {
                 required(&frame, "message-id")?;
@@ -478,6 +479,27 @@ impl Session {
         // Messages are not persisted, so there is nothing to redeliver or forget:
         // a valid ACK or NACK needs no further work.
         Ok(())
+    }
+
+    /// STOMP 1.2: whether `id` is an `ack` id this session was sent
+    /// (`{connection}.{n}`, see `session::writer`): checked by its parts,
+    /// with no memory per message.
+    fn check_ack_id(&self, command: Command, id: &str) -> Outcome {
+        let sent = id
+            .split_once('.')
+            .and_then(|(connection, n)| {
+                Some((connection.parse::<u64>().ok()?, n.parse::<u64>().ok()?))
+            })
+            .is_some_and(|(connection, n)| {
+                connection == self.connection_id && n < self.outbox.acks_issued()
+            });
+        if sent {
+            Ok(())
+        } else {
+            Err(Refusal::new(format!(
+                "{command} of id {id:?}: this session was never sent a message with that ack id"
+            )))
+        }
     }
 
     fn begin(&mut self, frame: &Frame) -> Outcome {
@@ -850,11 +872,7 @@ mod tests {
         });
         harness.feed(begin("t"));
         harness.feed(send("/topic/a").header("transaction", "t"));
-        harness.feed(
-            Frame::new(Command::Ack)
-                .header("id", "1")
-                .header("transaction", "t"),
-        );
+        harness.feed(send("/topic/a").header("transaction", "t"));
         let (message, reason) = harness.refused(send("/topic/a").header("transaction", "t"));
         assert_eq!(
             message,

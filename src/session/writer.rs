@@ -134,10 +134,15 @@ pub struct Writer {
     oldest: Option<std::time::Instant>,
     /// One round takes about this many bytes from the outbox (`ws-write-buffer-bytes`).
     max_write_bytes: usize,
+    /// STOMP 1.2 `ack` ids are `{connection_id}.{n}`, `n` counting up.
+    connection_id: u64,
+    acks_issued: u64,
+    /// The `ack` id being written (reused, so stamping allocates nothing).
+    ack_text: String,
 }
 
 impl Writer {
-    pub fn new(max_write_bytes: usize) -> Writer {
+    pub fn new(max_write_bytes: usize, connection_id: u64) -> Writer {
         Writer {
             version: Version::V1_2,
             pending: BytesMut::new(),
@@ -148,6 +153,9 @@ impl Writer {
             unreported: 0,
             oldest: None,
             max_write_bytes: max_write_bytes.max(1),
+            connection_id,
+            acks_issued: 0,
+            ack_text: String::new(),
         }
     }
 
@@ -186,8 +194,12 @@ impl Writer {
             if self.oldest.is_none() {
                 self.oldest = self.batch.front().map(|delivery| delivery.published_at);
             }
+            let acks_before = self.acks_issued;
             while let Some(delivery) = self.batch.pop_front() {
                 self.put_delivery(&delivery);
+            }
+            if self.acks_issued != acks_before {
+                outbox.set_acks_issued(self.acks_issued);
             }
             self.unreported += frames;
         }
@@ -306,9 +318,19 @@ impl Writer {
 
     fn put_delivery(&mut self, delivery: &Delivery) {
         let message: &PreparedMessage = &delivery.message;
-        let ack = delivery
-            .ack
-            .then(|| message.headers().get("message-id").unwrap_or_default());
+        // STOMP 1.2 acknowledges by an `ack` id of this session's own; 1.0
+        // and 1.1 by the shared `message-id`.
+        let ack = match (delivery.ack, self.version) {
+            (false, _) => None,
+            (true, Version::V1_2) => {
+                use std::fmt::Write;
+                self.ack_text.clear();
+                let _ = write!(self.ack_text, "{}.{}", self.connection_id, self.acks_issued);
+                self.acks_issued += 1;
+                Some(self.ack_text.as_str())
+            }
+            (true, _) => Some(message.headers().get("message-id").unwrap_or_default()),
+        };
         let len = message.len_for(self.version, &delivery.subscription, ack);
         // Headers are always UTF-8, so the frame is text exactly when its body is.
         put_header(&mut self.pending, message.body_is_utf8(), len);
