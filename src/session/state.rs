@@ -626,12 +626,14 @@ fn check_passable_headers(frame: &Frame) -> Outcome {
     Ok(())
 }
 
-/// `frame` with its body copied into a buffer of its own size. A decoded
-/// body is a view into the connection's read buffer (up to one WebSocket
-/// message), and keeping the view would keep all of it; the headers are
-/// already owned.
+/// `frame` with its body copied into a buffer of its own size, and its
+/// headers' storage shrunk to what they use. A decoded body is a view into
+/// the connection's read buffer (up to one WebSocket message), and keeping
+/// the view would keep all of it; the decoder grows header storage by
+/// doubling.
 fn detached(mut frame: Frame) -> Frame {
     frame.body = Bytes::copy_from_slice(&frame.body);
+    frame.headers.shrink_to_fit();
     frame
 }
 
