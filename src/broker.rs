@@ -5,7 +5,7 @@
 use crate::auth::AuthPolicy;
 use crate::config::Config;
 use crate::fanout;
-use crate::ip_limit::{is_loopback, IpLimiter, IpSlot};
+use crate::ip_limit::{is_loopback, ClientNet, IpLimiter, IpSlot};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Subscriber, SubscriberKey};
 use bytes::Bytes;
@@ -53,7 +53,8 @@ pub enum AdmissionRefusal {
     AtCapacity,
     /// `max-connections-per-ip` sessions are open from this address.
     TooManyFromIp {
-        ip: IpAddr,
+        /// The address, or for IPv6 its network (`ipv6-prefix-length`).
+        ip: ClientNet,
         limit: usize,
     },
 }
@@ -77,6 +78,7 @@ impl Broker {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|since| since.as_millis())
             .unwrap_or_default();
+        let sessions_per_ip = Arc::new(IpLimiter::new(config.ipv6_prefix_length));
         Broker {
             auth: config.auth_policy(),
             config,
@@ -85,7 +87,7 @@ impl Broker {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             sessions: AtomicUsize::new(0),
-            sessions_per_ip: Arc::default(),
+            sessions_per_ip,
             next_connection_id: AtomicU64::new(1),
             next_message_id: AtomicU64::new(1),
             boot_id: format!("{boot:x}"),
@@ -174,10 +176,10 @@ impl Broker {
         let ip_slot = if exempt {
             None
         } else {
-            let ip = peer.to_canonical();
+            let ip = self.sessions_per_ip.client(peer);
             Some(
                 self.sessions_per_ip
-                    .try_acquire(ip, limit)
+                    .try_acquire(peer, limit)
                     .ok_or(AdmissionRefusal::TooManyFromIp { ip, limit })?,
             )
         };

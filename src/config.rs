@@ -164,6 +164,12 @@ pub struct Config {
     #[arg(long, default_value_t = 1024)]
     pub max_connections_per_ip: usize,
 
+    /// Leading bits of an IPv6 address that `max-connections-per-ip` counts as one client (a host
+    /// is commonly given a whole /64); IPv4 addresses are counted one by one.
+    #[arg(long, default_value_t = crate::ip_limit::DEFAULT_IPV6_PREFIX_LENGTH,
+          value_parser = clap::value_parser!(u8).range(1..=128))]
+    pub ipv6_prefix_length: u8,
+
     /// Whether loopback peers are exempt from `max-connections-per-ip` (behind a reverse proxy on
     /// the same host every peer is loopback; limit per client in the proxy then).
     #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true",

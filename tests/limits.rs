@@ -248,3 +248,32 @@ fn every_new_setting_has_a_flag_and_a_toml_key() {
     assert_eq!(defaults.ws_max_message_bytes(), 65536 + 1024);
     assert!(defaults.anonymous_allowed() && defaults.jwt.is_none());
 }
+
+#[test]
+fn ipv6_clients_are_limited_per_64_bit_prefix() {
+    let mut config = config();
+    config.max_connections_per_ip = 2;
+    let broker = std::sync::Arc::new(stompede::Broker::new(config));
+    let ip = |text: &str| text.parse::<std::net::IpAddr>().unwrap();
+    // One host hands itself addresses from its /64 at will: they count as one.
+    let _a = broker.admit(ip("2001:db8:1:2::1")).unwrap();
+    let _b = broker.admit(ip("2001:db8:1:2:ffff::9")).unwrap();
+    let refused = broker.admit(ip("2001:db8:1:2::3")).err().expect("refused");
+    assert_eq!(
+        refused.to_string(),
+        "too many connections from 2001:db8:1:2::/64: at most 2 (max-connections-per-ip)"
+    );
+    // Another /64 has its own slots; IPv4 addresses are counted one by one.
+    let _c = broker.admit(ip("2001:db8:1:3::1")).unwrap();
+    let _d = broker.admit(ip("192.0.2.1")).unwrap();
+    let _e = broker.admit(ip("192.0.2.1")).unwrap();
+    let _f = broker.admit(ip("192.0.2.2")).unwrap();
+
+    // The prefix length is a setting.
+    let mut config = common::config();
+    config.max_connections_per_ip = 1;
+    config.ipv6_prefix_length = 128;
+    let broker = std::sync::Arc::new(stompede::Broker::new(config));
+    let _a = broker.admit(ip("2001:db8::1")).unwrap();
+    let _b = broker.admit(ip("2001:db8::2")).unwrap();
+}
