@@ -181,6 +181,17 @@ pub struct Config {
     #[arg(long, default_value_t = 1024, value_parser = at_least_one::<usize>)]
     pub max_http_connections: usize,
 
+    /// Most connections still speaking HTTP from one client IP (an IPv6 client by its
+    /// `ipv6-prefix-length` network); past it a new one gets 429 at once (0: no limit; loopback
+    /// exempt when `per-ip-limit-exempts-loopback`).
+    #[arg(long, default_value_t = 64)]
+    pub max_http_connections_per_ip: usize,
+
+    /// Seconds an HTTP connection may sit with no request in flight (before the first, between
+    /// keep-alive requests) before it is closed.
+    #[arg(long, default_value = "10", value_parser = positive_seconds)]
+    pub http_idle_timeout: Duration,
+
     /// Most subscriptions one session may hold.
     #[arg(long, default_value_t = 64, value_parser = at_least_one::<usize>)]
     pub max_subscriptions_per_session: usize,

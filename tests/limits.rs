@@ -277,3 +277,88 @@ fn ipv6_clients_are_limited_per_64_bit_prefix() {
     let _a = broker.admit(ip("2001:db8::1")).unwrap();
     let _b = broker.admit(ip("2001:db8::2")).unwrap();
 }
+
+/// A keep-alive HTTP connection that has had one `/healthz` answered.
+async fn kept_alive(addr: std::net::SocketAddr) -> Result<tokio::net::TcpStream, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET /healthz HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = tokio::time::timeout(common::PATIENCE, stream.read(&mut byte))
+            .await
+            .expect("an answer in time")
+            .map_err(|e| e.to_string())?;
+        if read == 0 {
+            return Err("closed without an answer".into());
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            line.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .expect("content-length")
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await.unwrap();
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("{head}{}", String::from_utf8_lossy(&body)));
+    }
+    Ok(stream)
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_http_connection_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let mut config = config();
+    config.http_idle_timeout = std::time::Duration::from_secs(1);
+    let broker = start(config).await;
+    let mut stream = kept_alive(broker.addr).await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(common::PATIENCE, stream.read_to_end(&mut rest)).await;
+    assert!(
+        read.is_ok(),
+        "the idle connection was still open after {:?}",
+        common::PATIENCE
+    );
+}
+
+#[tokio::test]
+async fn http_connections_per_ip_are_limited() {
+    let mut config = config();
+    config.max_http_connections_per_ip = 2;
+    config.per_ip_limit_exempts_loopback = false;
+    let broker = start(config).await;
+    let first = kept_alive(broker.addr).await.unwrap();
+    let _second = kept_alive(broker.addr).await.unwrap();
+    let refused = kept_alive(broker.addr)
+        .await
+        .expect_err("a third is refused");
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+    assert!(
+        refused.contains(
+            "too many HTTP connections from 127.0.0.1: at most 2 (max-http-connections-per-ip)"
+        ),
+        "{refused}"
+    );
+    drop(first);
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    while kept_alive(broker.addr).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot was never given back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
