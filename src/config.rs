@@ -9,6 +9,7 @@
 //! command line is parsed, so clap itself applies that order.
 
 use crate::auth::{self, AuthPolicy, JwtSettings, JwtVerifier, User};
+use crate::client_addr::Cidr;
 use clap::{Arg, CommandFactory, FromArgMatches, Parser};
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -163,6 +164,12 @@ pub struct Config {
     /// 429 (0: no limit).
     #[arg(long, default_value_t = 1024)]
     pub max_connections_per_ip: usize,
+
+    /// A reverse proxy (address or CIDR network, repeatable) whose `X-Forwarded-For` (else
+    /// `X-Real-IP`) names the client for every per-IP rule; anyone else's is ignored. Trusted
+    /// proxies are exempt from `max-http-connections-per-ip`.
+    #[arg(long = "trusted-proxy", value_delimiter = ',')]
+    pub trusted_proxies: Vec<Cidr>,
 
     /// Leading bits of an IPv6 address that `max-connections-per-ip` counts as one client (a host
     /// is commonly given a whole /64); IPv4 addresses are counted one by one.

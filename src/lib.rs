@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod client_addr;
 pub mod config;
 pub mod destination;
 pub mod fanout;

@@ -98,7 +98,13 @@ fn admit_http(
 ) -> Result<Option<IpSlot>, String> {
     let config = broker.config();
     let limit = config.max_http_connections_per_ip;
-    if limit == 0 || (config.per_ip_limit_exempts_loopback && is_loopback(peer.ip())) {
+    let exempt_loopback = config.per_ip_limit_exempts_loopback && is_loopback(peer.ip());
+    // A trusted proxy carries many clients, told apart only once its request is read.
+    let proxy = config
+        .trusted_proxies
+        .iter()
+        .any(|proxy| proxy.contains(peer.ip()));
+    if limit == 0 || exempt_loopback || proxy {
         return Ok(None);
     }
     http_per_ip

@@ -2,6 +2,8 @@
 
 mod common;
 
+mod raw;
+
 use common::{config, http, start};
 use stompede::config::ClientSend;
 use stompede_protocol::Command;
@@ -361,4 +363,94 @@ async fn http_connections_per_ip_are_limited() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// The status line of a WebSocket upgrade sent with `extra` headers.
+async fn upgrade_status(
+    addr: std::net::SocketAddr,
+    extra: &str,
+) -> (String, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = raw::upgrade_request(addr, extra);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = tokio::time::timeout(common::PATIENCE, stream.read(&mut byte))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert_eq!(read, 1, "closed early: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let mut body = Vec::new();
+    if let Some(length) = head.lines().find_map(|line| {
+        let line = line.to_ascii_lowercase();
+        line.strip_prefix("content-length: ")?
+            .trim()
+            .parse::<usize>()
+            .ok()
+    }) {
+        body.resize(length, 0);
+        stream.read_exact(&mut body).await.unwrap();
+    }
+    let status = head.lines().next().unwrap();
+    (
+        format!("{status} {}", String::from_utf8_lossy(&body)),
+        stream,
+    )
+}
+
+#[tokio::test]
+async fn a_trusted_proxys_forwarded_address_is_the_client_for_per_ip_limits() {
+    let mut config = config();
+    config.max_connections_per_ip = 1;
+    config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let broker = start(config).await;
+    let (status, _first) = upgrade_status(broker.addr, "X-Forwarded-For: 198.51.100.7\r\n").await;
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    // Its claim of another address further left is not believed.
+    let (status, _) = upgrade_status(
+        broker.addr,
+        "X-Forwarded-For: 203.0.113.9, 198.51.100.7\r\n",
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 429"), "{status}");
+    assert!(
+        status.contains("too many connections from 198.51.100.7"),
+        "{status}"
+    );
+    let (status, _other) = upgrade_status(broker.addr, "X-Real-IP: 198.51.100.8\r\n").await;
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    // The proxy's own requests (no header) are loopback, exempt.
+    let (status, _proxy) = upgrade_status(broker.addr, "").await;
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    // A forwarded client is not loopback for the API either.
+    let (status, body) = http(
+        broker.addr,
+        "GET",
+        "/api/v1/destinations/%2Ftopic%2Fa",
+        None,
+        &[("x-forwarded-for", "198.51.100.7")],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+}
+
+#[tokio::test]
+async fn forwarded_addresses_from_anyone_else_are_ignored() {
+    let mut config = config();
+    config.max_connections_per_ip = 1;
+    config.per_ip_limit_exempts_loopback = false;
+    config.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+    let broker = start(config).await;
+    let (status, _first) = upgrade_status(broker.addr, "X-Forwarded-For: 198.51.100.7\r\n").await;
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    let (status, _) = upgrade_status(broker.addr, "X-Forwarded-For: 198.51.100.8\r\n").await;
+    assert!(
+        status.contains("too many connections from 127.0.0.1"),
+        "{status}"
+    );
 }
