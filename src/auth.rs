@@ -38,6 +38,16 @@ impl FromStr for User {
         let (login, passcode) = text
             .split_once(':')
             .ok_or_else(|| format!("{text:?} is not login:passcode"))?;
+        if login.is_empty() {
+            return Err(format!(
+                "{text:?} has an empty login (expected login:passcode)"
+            ));
+        }
+        if passcode.is_empty() {
+            return Err(format!(
+                "user {login:?} has an empty passcode (expected login:passcode)"
+            ));
+        }
         Ok(User {
             login: login.into(),
             passcode: passcode.into(),
@@ -277,13 +287,19 @@ impl JwtVerifier {
         };
         verifier.destinations_claim = settings.destinations_claim.to_owned();
         verifier.validation.leeway = settings.leeway_seconds;
+        // A configured audience or issuer makes its claim required: a token
+        // without it is refused, not waved through.
+        let mut required = vec!["exp"];
         if let Some(audience) = settings.audience {
             verifier.validation.set_audience(&[audience]);
             verifier.validation.validate_aud = true;
+            required.push("aud");
         }
         if let Some(issuer) = settings.issuer {
             verifier.validation.set_issuer(&[issuer]);
+            required.push("iss");
         }
+        verifier.validation.set_required_spec_claims(&required);
         Ok(Some(verifier))
     }
 

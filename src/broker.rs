@@ -6,7 +6,7 @@ use crate::auth::AuthPolicy;
 use crate::config::{Config, EngineKind};
 use crate::engine::{self, Confirmation, Engine, EngineError, EngineStatus, Publication};
 use crate::hub::Hub;
-use crate::ip_limit::{is_loopback, IpLimiter, IpSlot};
+use crate::ip_limit::{is_loopback, ClientNet, IpLimiter, IpSlot};
 use crate::metrics::Metrics;
 use crate::registry::{Subscriber, SubscriberKey};
 use bytes::Bytes;
@@ -67,7 +67,8 @@ pub enum AdmissionRefusal {
     AtCapacity,
     /// `max-connections-per-ip` sessions are open from this address.
     TooManyFromIp {
-        ip: IpAddr,
+        /// The address, or for IPv6 its network (`ipv6-prefix-length`).
+        ip: ClientNet,
         limit: usize,
     },
 }
@@ -106,6 +107,7 @@ impl Broker {
                 engine::redis::RedisSettings::new(&config, &node_id),
             )),
         };
+        let sessions_per_ip = Arc::new(IpLimiter::new(config.ipv6_prefix_length));
         Broker {
             auth: config.auth_policy(),
             config,
@@ -114,7 +116,7 @@ impl Broker {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             sessions: AtomicUsize::new(0),
-            sessions_per_ip: Arc::default(),
+            sessions_per_ip,
             next_connection_id: AtomicU64::new(1),
             next_message_id: AtomicU64::new(1),
             node_id,
@@ -236,10 +238,10 @@ impl Broker {
         let ip_slot = if exempt {
             None
         } else {
-            let ip = peer.to_canonical();
+            let ip = self.sessions_per_ip.client(peer);
             Some(
                 self.sessions_per_ip
-                    .try_acquire(ip, limit)
+                    .try_acquire(peer, limit)
                     .ok_or(AdmissionRefusal::TooManyFromIp { ip, limit })?,
             )
         };

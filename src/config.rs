@@ -9,6 +9,7 @@
 //! command line is parsed, so clap itself applies that order.
 
 use crate::auth::{self, AuthPolicy, JwtSettings, JwtVerifier, User};
+use crate::client_addr::Cidr;
 use clap::{Arg, CommandFactory, FromArgMatches, Parser};
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -46,18 +47,20 @@ pub struct Config {
     #[arg(long, default_value = "/ws", value_parser = parse_ws_path)]
     pub ws_path: String,
 
-    /// A bearer token accepted by /api/v1/* (repeatable, so a new token can be rolled out before
-    /// the old one is removed). Without one, only loopback peers may call the API.
-    #[arg(long = "api-token", value_delimiter = ',')]
+    /// A bearer token accepted by /api/v1/* (repeat the flag, or give a TOML list, so a new token
+    /// can be rolled out before the old one is removed). Without one, only loopback peers may call
+    /// the API. Not empty, no ',' (a list delimiter must not turn one token into two).
+    #[arg(long = "api-token", value_parser = parse_api_token)]
     pub api_tokens: Vec<String>,
 
     /// Whether STOMP clients may SEND.
     #[arg(long, value_enum, default_value = "deny")]
     pub client_send: ClientSend,
 
-    /// A `login:passcode` that CONNECT must match (repeatable). With none, anonymous sessions are
-    /// accepted.
-    #[arg(long = "user", value_delimiter = ',')]
+    /// A `login:passcode` that CONNECT must match (repeat the flag, or give a TOML list; the
+    /// passcode is everything after the first `:`, commas included, and must not be empty). With
+    /// none, anonymous sessions are accepted.
+    #[arg(long = "user")]
     pub users: Vec<User>,
 
     /// Whether a CONNECT without credentials (no login/passcode, no bearer token) is accepted.
@@ -66,8 +69,8 @@ pub struct Config {
     pub allow_anonymous: Option<bool>,
 
     /// HS256 secret for subscriber JWTs (given as the CONNECT `passcode` or an
-    /// `Authorization: Bearer` header).
-    #[arg(long)]
+    /// `Authorization: Bearer` header). Must not be empty.
+    #[arg(long, value_parser = non_empty_secret)]
     pub jwt_secret: Option<String>,
 
     /// PEM file with the RS256 (RSA) or ES256 (P-256) public key for subscriber JWTs.
@@ -80,11 +83,11 @@ pub struct Config {
     #[arg(long, default_value = auth::DEFAULT_DESTINATIONS_CLAIM)]
     pub jwt_destinations_claim: String,
 
-    /// Required `aud` of subscriber JWTs (not checked when unset).
+    /// Required `aud` of subscriber JWTs: a token without `aud` is refused (not checked when unset).
     #[arg(long)]
     pub jwt_audience: Option<String>,
 
-    /// Required `iss` of subscriber JWTs (not checked when unset).
+    /// Required `iss` of subscriber JWTs: a token without `iss` is refused (not checked when unset).
     #[arg(long)]
     pub jwt_issuer: Option<String>,
 
@@ -162,6 +165,18 @@ pub struct Config {
     #[arg(long, default_value_t = 1024)]
     pub max_connections_per_ip: usize,
 
+    /// A reverse proxy (address or CIDR network, repeatable) whose `X-Forwarded-For` (else
+    /// `X-Real-IP`) names the client for every per-IP rule; anyone else's is ignored. Trusted
+    /// proxies are exempt from `max-http-connections-per-ip`.
+    #[arg(long = "trusted-proxy", value_delimiter = ',')]
+    pub trusted_proxies: Vec<Cidr>,
+
+    /// Leading bits of an IPv6 address that `max-connections-per-ip` counts as one client (a host
+    /// is commonly given a whole /64); IPv4 addresses are counted one by one.
+    #[arg(long, default_value_t = crate::ip_limit::DEFAULT_IPV6_PREFIX_LENGTH,
+          value_parser = clap::value_parser!(u8).range(1..=128))]
+    pub ipv6_prefix_length: u8,
+
     /// Whether loopback peers are exempt from `max-connections-per-ip` (behind a reverse proxy on
     /// the same host every peer is loopback; limit per client in the proxy then).
     #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
@@ -173,6 +188,17 @@ pub struct Config {
     #[arg(long, default_value_t = 1024, value_parser = at_least_one::<usize>)]
     pub max_http_connections: usize,
 
+    /// Most connections still speaking HTTP from one client IP (an IPv6 client by its
+    /// `ipv6-prefix-length` network); past it a new one gets 429 at once (0: no limit; loopback
+    /// exempt when `per-ip-limit-exempts-loopback`).
+    #[arg(long, default_value_t = 64)]
+    pub max_http_connections_per_ip: usize,
+
+    /// Seconds an HTTP connection may sit with no request in flight (before the first, between
+    /// keep-alive requests) before it is closed.
+    #[arg(long, default_value = "10", value_parser = positive_seconds)]
+    pub http_idle_timeout: Duration,
+
     /// Most subscriptions one session may hold.
     #[arg(long, default_value_t = 64, value_parser = at_least_one::<usize>)]
     pub max_subscriptions_per_session: usize,
@@ -180,6 +206,16 @@ pub struct Config {
     /// Most BEGINs plus SEND/ACK/NACK frames buffered by a session's open transactions.
     #[arg(long, default_value_t = 256)]
     pub max_transaction_frames: usize,
+
+    /// Most bytes (bodies and headers) of the SEND/ACK/NACK frames buffered by a session's open
+    /// transactions.
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub max_transaction_bytes: usize,
+
+    /// Longest id the broker stores for a session: subscription ids, transaction ids and receipt
+    /// ids, in bytes.
+    #[arg(long, default_value_t = 256, value_parser = at_least_one::<usize>)]
+    pub max_id_bytes: usize,
 
     /// The server's heart-beat `cx,cy` in milliseconds: how often it can send, how often it wants
     /// to hear from clients (a client silent for twice the negotiated interval is disconnected).
@@ -198,7 +234,8 @@ pub struct Config {
     #[arg(long, default_value_t = 1024, value_parser = at_least_one::<usize>)]
     pub outbound_queue_frames: usize,
 
-    /// Most bytes waiting in one connection's outbound queue.
+    /// Most bytes waiting in one connection's outbound queue; each delivery counts its body,
+    /// twice its headers (as given and encoded) and 128 bytes of bookkeeping.
     #[arg(long, default_value_t = 1024 * 1024, value_parser = at_least_one::<usize>)]
     pub outbound_queue_bytes: usize,
 
@@ -216,6 +253,19 @@ pub struct Config {
     /// the connection's queue is empty.
     #[arg(long, default_value_t = 16 * 1024)]
     pub ws_write_buffer_bytes: usize,
+
+    /// Seconds a socket write may stall (no byte accepted by the kernel) before the session is
+    /// ended: a peer that stops reading cannot pin its session, and replies, heart-beats and
+    /// queued messages all race this deadline. Also the accepted sockets' TCP_USER_TIMEOUT, so
+    /// the kernel drops a peer that vanished with data unacknowledged.
+    #[arg(long, default_value = "30", value_parser = positive_seconds)]
+    pub write_timeout: Duration,
+
+    /// Seconds a connection may be idle before TCP keepalive probes start (every 10 s, 6 of them
+    /// unanswered close it), so dead peers behind a NAT are reaped even without STOMP heart-beats
+    /// (0: no keepalive).
+    #[arg(long, default_value = "60", value_parser = parse_seconds)]
+    pub tcp_keepalive: Duration,
 
     /// Seconds to wait for sessions to close on SIGINT/SIGTERM before exiting.
     #[arg(long, default_value = "5", value_parser = parse_seconds)]
@@ -355,10 +405,7 @@ impl Config {
     pub fn finish(mut self) -> Result<Config, ConfigError> {
         if self.jwt.is_none() {
             self.jwt = JwtVerifier::from_settings(&JwtSettings {
-                secret: self
-                    .jwt_secret
-                    .as_deref()
-                    .filter(|secret| !secret.is_empty()),
+                secret: self.jwt_secret.as_deref(),
                 public_key: self.jwt_public_key.as_deref(),
                 destinations_claim: &self.jwt_destinations_claim,
                 audience: self.jwt_audience.as_deref(),
@@ -371,7 +418,6 @@ impl Config {
             })?
             .map(Arc::new);
         }
-        self.api_tokens.retain(|token| !token.is_empty());
         Ok(self)
     }
 
@@ -511,6 +557,27 @@ fn positive_seconds(text: &str) -> Result<Duration, String> {
         seconds if seconds.is_zero() => Err("must be greater than 0".into()),
         seconds => Ok(seconds),
     }
+}
+
+/// An empty secret would be a silent "auth off" (or a key anyone can sign with).
+fn non_empty_secret(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(text.to_owned())
+    }
+}
+
+fn parse_api_token(text: &str) -> Result<String, String> {
+    let token = non_empty_secret(text)?;
+    if token.contains(',') {
+        return Err(
+            "must not contain ',': give several tokens as repeated --api-token flags or \
+                    a TOML list"
+                .into(),
+        );
+    }
+    Ok(token)
 }
 
 fn parse_heartbeat(text: &str) -> Result<HeartBeat, String> {

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod client_addr;
 pub mod config;
 pub mod destination;
 pub mod engine;
@@ -14,6 +15,7 @@ pub mod http;
 pub mod hub;
 pub mod ip_limit;
 pub mod metrics;
+pub mod net;
 pub mod outbox;
 pub mod registry;
 pub mod server;

@@ -76,6 +76,7 @@ pub enum ErrorReason {
     ConnectTimeout,
     HeartbeatTimeout,
     SlowConsumer,
+    WriteTimeout,
     Shutdown,
     /// The engine could not carry out a frame (Redis unreachable).
     Unavailable,
@@ -84,7 +85,7 @@ pub enum ErrorReason {
 impl ErrorReason {
     /// Every reason, exported at zero from the start so dashboards and alerts
     /// see each series before it first moves.
-    pub const ALL: [ErrorReason; 15] = [
+    pub const ALL: [ErrorReason; 16] = [
         ErrorReason::InvalidFrame,
         ErrorReason::Version,
         ErrorReason::Auth,
@@ -98,6 +99,7 @@ impl ErrorReason {
         ErrorReason::ConnectTimeout,
         ErrorReason::HeartbeatTimeout,
         ErrorReason::SlowConsumer,
+        ErrorReason::WriteTimeout,
         ErrorReason::Shutdown,
         ErrorReason::Unavailable,
     ];
@@ -118,6 +120,7 @@ impl ErrorReason {
             ErrorReason::ConnectTimeout => "connect_timeout",
             ErrorReason::HeartbeatTimeout => "heartbeat_timeout",
             ErrorReason::SlowConsumer => "slow_consumer",
+            ErrorReason::WriteTimeout => "write_timeout",
             ErrorReason::Shutdown => "shutdown",
             ErrorReason::Unavailable => "unavailable",
         }

@@ -6,6 +6,7 @@
 //! caller applies the slow-consumer policy.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use stompede_protocol::PreparedMessage;
 use tokio::sync::Notify;
@@ -30,7 +31,7 @@ impl Delivery {
         ack: bool,
         published_at: std::time::Instant,
     ) -> Delivery {
-        let cost = message.body().len() + subscription.len() + 128;
+        let cost = delivery_cost(&message, &subscription);
         Delivery {
             message,
             subscription,
@@ -39,6 +40,22 @@ impl Delivery {
             cost,
         }
     }
+}
+
+/// Bookkeeping of one queued delivery besides its message: the `Delivery`
+/// itself, its queue slot, the per-subscriber headers written out.
+const DELIVERY_OVERHEAD_BYTES: usize = 128;
+
+/// What a queued delivery costs `outbound-queue-bytes`: the body, the
+/// headers twice (as given, and encoded for the subscriber's version, both
+/// kept by the shared message), the subscription id and the bookkeeping. A
+/// message shared by several queued deliveries is counted by each, so the
+/// bound errs on the safe side.
+pub fn delivery_cost(message: &PreparedMessage, subscription: &str) -> usize {
+    message.body().len()
+        + 2 * message.headers().byte_len()
+        + subscription.len()
+        + DELIVERY_OVERHEAD_BYTES
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +84,10 @@ pub struct Outbox {
     pub closing: Notify,
     max_frames: usize,
     max_bytes: usize,
+    /// STOMP 1.2 `ack` ids the writer has stamped so far: the ids are
+    /// `{connection}.{n}` with `n` below this, so an ACK can be checked
+    /// without remembering every message.
+    acks_issued: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -88,6 +109,7 @@ impl Outbox {
             closing: Notify::new(),
             max_frames,
             max_bytes,
+            acks_issued: AtomicU64::new(0),
         }
     }
 
@@ -144,6 +166,61 @@ impl Outbox {
             queue.items = VecDeque::new();
         }
         queue.state
+    }
+
+    /// Moves deliveries from the front of the queue into `batch` until they
+    /// cost `max_bytes` (at least one, when any is queued); returns the state.
+    /// The writer takes one socket write's worth at a time, so what it has
+    /// not encoded yet stays here.
+    pub fn drain_up_to(&self, batch: &mut VecDeque<Delivery>, max_bytes: usize) -> OutboxState {
+        let mut queue = self.lock();
+        let mut taken = 0;
+        while let Some(delivery) = queue.items.pop_front() {
+            taken += delivery.cost;
+            queue.bytes -= delivery.cost;
+            batch.push_back(delivery);
+            if taken >= max_bytes {
+                break;
+            }
+        }
+        if queue.items.is_empty() && queue.items.capacity() > 64 {
+            queue.items = VecDeque::new();
+        }
+        queue.state
+    }
+
+    /// Drops the deliveries queued for `subscription` (the very `Arc` its
+    /// subscriber was registered with), so an id reused by a new
+    /// subscription never gets the old one's messages. The writer takes
+    /// one socket write's worth at a time, so this is everything not yet
+    /// encoded. Returns how many were dropped; O(queue length).
+    pub fn retire(&self, subscription: &Arc<str>) -> usize {
+        let mut queue = self.lock();
+        let before = queue.items.len();
+        let mut freed = 0;
+        queue.items.retain(|delivery| {
+            let retired = Arc::ptr_eq(&delivery.subscription, subscription);
+            if retired {
+                freed += delivery.cost;
+            }
+            !retired
+        });
+        queue.bytes -= freed;
+        before - queue.items.len()
+    }
+
+    /// How many STOMP 1.2 `ack` ids this connection has been given.
+    pub fn acks_issued(&self) -> u64 {
+        self.acks_issued.load(Ordering::Acquire)
+    }
+
+    /// Set by the writer once it has stamped `ack` ids below `issued`.
+    pub fn set_acks_issued(&self, issued: u64) {
+        self.acks_issued.store(issued, Ordering::Release);
+    }
+
+    pub fn state(&self) -> OutboxState {
+        self.lock().state
     }
 
     pub fn len(&self) -> usize {

@@ -580,3 +580,227 @@ async fn a_foreign_origin_is_refused_with_403() {
     );
     still_serving(&broker, &mut by).await;
 }
+
+#[tokio::test]
+async fn frames_that_must_not_have_a_body_are_refused() {
+    let broker = start(config()).await;
+    let mut by = bystander(&broker).await;
+    for (frame, command) in [
+        (
+            "SUBSCRIBE\nid:0\ndestination:/topic/a\n\nbody\0",
+            "SUBSCRIBE",
+        ),
+        ("UNSUBSCRIBE\nid:0\n\nbody\0", "UNSUBSCRIBE"),
+        ("BEGIN\ntransaction:t\n\nbody\0", "BEGIN"),
+        ("COMMIT\ntransaction:t\n\nbody\0", "COMMIT"),
+        ("ABORT\ntransaction:t\n\nbody\0", "ABORT"),
+        ("ACK\nid:1\n\nbody\0", "ACK"),
+        ("NACK\nid:1\n\nbody\0", "NACK"),
+        ("DISCONNECT\ncontent-length:4\n\nbody\0", "DISCONNECT"),
+    ] {
+        let mut client = broker.connected().await;
+        client.send(frame).await;
+        assert_eq!(
+            client.expect_error().await,
+            format!("{command} frame must not have a body"),
+            "{frame:?}"
+        );
+    }
+    let mut client = broker.client().await;
+    client.send("CONNECT\naccept-version:1.2\n\nhello\0").await;
+    assert_eq!(
+        client.expect_error().await,
+        "CONNECT frame must not have a body"
+    );
+    still_serving(&broker, &mut by).await;
+}
+
+#[tokio::test]
+async fn ids_longer_than_max_id_bytes_are_refused() {
+    let broker = start(config()).await;
+    let mut by = bystander(&broker).await;
+    let long = "i".repeat(257);
+    for (frame, expected) in [
+        (
+            format!("SUBSCRIBE\nid:{long}\ndestination:/topic/a\n\n\0"),
+            "subscription id is longer than 256 bytes (max-id-bytes)",
+        ),
+        (
+            format!("BEGIN\ntransaction:{long}\n\n\0"),
+            "transaction id is longer than 256 bytes (max-id-bytes)",
+        ),
+        (
+            format!("UNSUBSCRIBE\nid:0\nreceipt:{long}\n\n\0"),
+            "receipt id is longer than 256 bytes (max-id-bytes)",
+        ),
+    ] {
+        let mut client = broker.connected().await;
+        client.send(&frame).await;
+        assert_eq!(client.expect_error().await, expected, "{frame:?}");
+    }
+    // 256 bytes is fine.
+    let mut client = broker.connected().await;
+    let id = "i".repeat(256);
+    client
+        .send(&format!(
+            "SUBSCRIBE\nid:{id}\ndestination:/topic/a\nreceipt:{id}\n\n\0"
+        ))
+        .await;
+    assert_eq!(client.frame().await.command, Command::Receipt);
+    still_serving(&broker, &mut by).await;
+}
+
+#[tokio::test]
+async fn open_transactions_are_bounded_in_bytes() {
+    let mut config = config();
+    config.client_send = ClientSend::Allow;
+    config.max_transaction_bytes = 10_000;
+    let broker = start(config).await;
+    let mut by = bystander(&broker).await;
+    let mut client = broker.connected().await;
+    let body = "b".repeat(4000);
+    client.send("BEGIN\ntransaction:t\n\n\0").await;
+    for _ in 0..2 {
+        client
+            .send(&format!(
+                "SEND\ndestination:/topic/a\ntransaction:t\n\n{body}\0"
+            ))
+            .await;
+    }
+    client
+        .send(&format!(
+            "SEND\ndestination:/topic/a\ntransaction:t\nreceipt:r\n\n{body}\0"
+        ))
+        .await;
+    assert_eq!(
+        client.expect_error().await,
+        "too many bytes in open transactions: this server holds at most 10000 per session \
+         (max-transaction-bytes)"
+    );
+    still_serving(&broker, &mut by).await;
+}
+
+#[tokio::test]
+async fn send_headers_that_cannot_be_passed_on_to_every_version_are_refused() {
+    let mut config = config();
+    config.client_send = ClientSend::Allow;
+    let broker = start(config).await;
+    let mut by = bystander(&broker).await;
+    // A STOMP 1.0 subscriber: no escaping at all, so a raw LF starts a header.
+    let mut old = broker.client().await;
+    old.send("CONNECT\n\n\0").await;
+    assert_eq!(old.frame().await.command, Command::Connected);
+    old.send("SUBSCRIBE\ndestination:/topic/a\nreceipt:r\n\n\0")
+        .await;
+    assert_eq!(old.frame().await.command, Command::Receipt);
+    for (frame, header) in [
+        // An escaped LF (STOMP 1.2) in a value.
+        (
+            "SEND\ndestination:/topic/a\nx-note:a\\nsubscription:evil\n\nhi\0",
+            "x-note",
+        ),
+        // An escaped CR.
+        ("SEND\ndestination:/topic/a\nx-cr:a\\rb\n\nhi\0", "x-cr"),
+        // A raw NUL in a value, which ends the frame for parsers that cut at NUL.
+        ("SEND\ndestination:/topic/a\nx-nul:a\0b\n\nhi\0", "x-nul"),
+        // An escaped colon in a name: STOMP 1.0 cannot write it.
+        ("SEND\ndestination:/topic/a\nx\\cy:z\n\nhi\0", "x:y"),
+    ] {
+        let mut client = broker.connected().await;
+        client.send(frame).await;
+        let message = client.expect_error().await;
+        assert!(
+            message.starts_with(&format!("header {header:?} cannot be passed on")),
+            "{frame:?}: {message}"
+        );
+    }
+    broker.publish("/topic/a", "clean").await;
+    let message = old.frame().await;
+    assert_eq!(
+        &message.body[..],
+        b"clean",
+        "only the clean message arrives"
+    );
+    still_serving(&broker, &mut by).await;
+}
+
+#[tokio::test]
+async fn queued_headers_count_against_outbound_queue_bytes() {
+    let mut config = config();
+    config.outbound_queue_bytes = 1 << 20;
+    config.heartbeat.can_send = Duration::ZERO;
+    let broker = start(config).await;
+    let mut slow = RawWs::open_small_window(broker.addr).await;
+    slow.send_text("CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0")
+        .await;
+    slow.read_frame().await.expect("CONNECTED");
+    slow.send_text("SUBSCRIBE\nid:0\ndestination:/topic/big-headers\nreceipt:r\n\n\0")
+        .await;
+    slow.read_frame().await.expect("RECEIPT");
+    // 60 KB of headers and a one-byte body, 200 times: 12 MB queued for a
+    // reader that reads nothing, far past its 1 MiB budget.
+    let headers: serde_json::Map<String, serde_json::Value> = (0..60)
+        .map(|i| (format!("x-h{i}"), "v".repeat(1000).into()))
+        .collect();
+    let request = serde_json::json!({
+        "destination": "/topic/big-headers",
+        "body": "x",
+        "headers": headers,
+    })
+    .to_string();
+    for _ in 0..200 {
+        let (status, response) = broker.http("POST", "/api/v1/publish", Some(&request)).await;
+        assert_eq!(status, 202, "{response}");
+    }
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    while broker.broker.metrics().slow_consumer_disconnects.get() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reader was never cut off: its queue's headers were not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_peer_still_sending_past_the_limit_receives_the_1009_close() {
+    let broker = start(config()).await;
+    let mut by = bystander(&broker).await;
+    for _ in 0..5 {
+        let ws = RawWs::open(broker.addr).await;
+        let (mut read, mut write) = ws.stream.into_split();
+        // One 16 MiB message, still being sent when the server gives up on it.
+        let sender = tokio::spawn(async move {
+            let mut header = vec![0x80 | OP_BINARY, 0x80 | 127];
+            header.extend_from_slice(&(16u64 << 20).to_be_bytes());
+            header.extend_from_slice(&[0, 0, 0, 0]);
+            let _ = write.write_all(&header).await;
+            let chunk = vec![b'v'; 64 * 1024];
+            for _ in 0..256 {
+                if write.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut received = Vec::new();
+        let read_all = tokio::time::timeout(common::PATIENCE, read.read_to_end(&mut received));
+        let result = read_all
+            .await
+            .expect("the server ends the connection in time");
+        assert!(
+            result.is_ok(),
+            "the client saw {result:?} instead of the close frame"
+        );
+        // The last frame is a close frame (opcode 8) with code 1009.
+        let close = received
+            .windows(4)
+            .rposition(|w| w[0] == 0x88 && w[1] == 2 && w[2..] == 1009u16.to_be_bytes());
+        assert!(
+            close.is_some(),
+            "no 1009 close frame in {} bytes",
+            received.len()
+        );
+        sender.abort();
+    }
+    still_serving(&broker, &mut by).await;
+}

@@ -267,3 +267,64 @@ async fn static_users_still_work_beside_tokens() {
     let (_, reply) = connect(&broker, "login:ops\npasscode:nope\n").await;
     assert_eq!(reply.headers.get("message"), Some("bad credentials"));
 }
+
+/// What a test secret looks like on the command line.
+const SECRET_TEXT: &str = "a test secret of reasonable length";
+
+#[tokio::test]
+async fn jwt_audience_and_issuer_make_their_claims_required() {
+    for (flag, claim, value) in [
+        ("--jwt-audience", "aud", "comments"),
+        ("--jwt-issuer", "iss", "https://auth.example"),
+    ] {
+        let args = [
+            "stompede",
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            SECRET_TEXT,
+            flag,
+            value,
+        ];
+        let broker = start(stompede::Config::load_from(args).unwrap()).await;
+        let with = hs256(json!({"exp": now() + 600, claim: value}));
+        let (_, reply) = connect(&broker, &format!("passcode:{with}\n")).await;
+        assert_eq!(reply.command, Command::Connected, "{flag}: {reply:?}");
+        let without = hs256(json!({"exp": now() + 600}));
+        let (mut client, reply) = connect(&broker, &format!("passcode:{without}\n")).await;
+        assert_eq!(reply.command, Command::Error, "{flag}: {reply:?}");
+        assert_eq!(
+            reply.headers.get("message"),
+            Some(format!("bad token: it has no {claim} claim").as_str())
+        );
+        client.expect_closed().await;
+    }
+}
+
+#[test]
+fn empty_credentials_and_delimiters_in_tokens_are_startup_errors() {
+    let refused = |args: &[&str]| {
+        let args = std::iter::once("stompede").chain(args.iter().copied());
+        stompede::Config::load_from(args)
+            .expect_err("a startup error")
+            .to_string()
+    };
+    let message = refused(&["--jwt-secret", ""]);
+    assert!(message.contains("must not be empty"), "{message}");
+    let message = refused(&["--api-token", ""]);
+    assert!(message.contains("must not be empty"), "{message}");
+    let message = refused(&["--user", "ann:"]);
+    assert!(message.contains("empty passcode"), "{message}");
+    // A token with a comma is not split into two shorter valid tokens.
+    let message = refused(&["--api-token", "long-secret,x"]);
+    assert!(message.contains("must not contain ','"), "{message}");
+    // A passcode with a comma is one passcode, not a second user.
+    let config = stompede::Config::load_from(["stompede", "--user", "ann:pw,bob:x"]).unwrap();
+    assert_eq!(config.users.len(), 1);
+    assert_eq!(config.users[0].passcode, "pw,bob:x");
+    // Several tokens: the flag repeated.
+    let config =
+        stompede::Config::load_from(["stompede", "--api-token", "old", "--api-token", "new"])
+            .unwrap();
+    assert_eq!(config.api_tokens, ["old", "new"]);
+}

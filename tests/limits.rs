@@ -2,6 +2,8 @@
 
 mod common;
 
+mod raw;
+
 use common::{config, http, start};
 use stompede::config::ClientSend;
 use stompede_protocol::Command;
@@ -178,7 +180,9 @@ fn every_new_setting_has_a_flag_and_a_toml_key() {
     let config = stompede::Config::load_from([
         "stompede",
         "--api-token",
-        "a,b",
+        "a",
+        "--api-token",
+        "b",
         "--allow-anonymous",
         "false",
         "--subscribe-prefix",
@@ -449,4 +453,208 @@ async fn without_allowed_origin_only_same_host_origins_are_accepted() {
         .await
         .expect_err("same-host is not implied once origins are listed");
     assert!(refused.to_string().contains("403"), "{refused}");
+}
+
+#[test]
+fn ipv6_clients_are_limited_per_64_bit_prefix() {
+    let mut config = config();
+    config.max_connections_per_ip = 2;
+    let broker = std::sync::Arc::new(stompede::Broker::new(config));
+    let ip = |text: &str| text.parse::<std::net::IpAddr>().unwrap();
+    // One host hands itself addresses from its /64 at will: they count as one.
+    let _a = broker.admit(ip("2001:db8:1:2::1")).unwrap();
+    let _b = broker.admit(ip("2001:db8:1:2:ffff::9")).unwrap();
+    let refused = broker.admit(ip("2001:db8:1:2::3")).err().expect("refused");
+    assert_eq!(
+        refused.to_string(),
+        "too many connections from 2001:db8:1:2::/64: at most 2 (max-connections-per-ip)"
+    );
+    // Another /64 has its own slots; IPv4 addresses are counted one by one.
+    let _c = broker.admit(ip("2001:db8:1:3::1")).unwrap();
+    let _d = broker.admit(ip("192.0.2.1")).unwrap();
+    let _e = broker.admit(ip("192.0.2.1")).unwrap();
+    let _f = broker.admit(ip("192.0.2.2")).unwrap();
+
+    // The prefix length is a setting.
+    let mut config = common::config();
+    config.max_connections_per_ip = 1;
+    config.ipv6_prefix_length = 128;
+    let broker = std::sync::Arc::new(stompede::Broker::new(config));
+    let _a = broker.admit(ip("2001:db8::1")).unwrap();
+    let _b = broker.admit(ip("2001:db8::2")).unwrap();
+}
+
+/// A keep-alive HTTP connection that has had one `/healthz` answered.
+async fn kept_alive(addr: std::net::SocketAddr) -> Result<tokio::net::TcpStream, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET /healthz HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = tokio::time::timeout(common::PATIENCE, stream.read(&mut byte))
+            .await
+            .expect("an answer in time")
+            .map_err(|e| e.to_string())?;
+        if read == 0 {
+            return Err("closed without an answer".into());
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            line.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .expect("content-length")
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await.unwrap();
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("{head}{}", String::from_utf8_lossy(&body)));
+    }
+    Ok(stream)
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_http_connection_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let mut config = config();
+    config.http_idle_timeout = std::time::Duration::from_secs(1);
+    let broker = start(config).await;
+    let mut stream = kept_alive(broker.addr).await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(common::PATIENCE, stream.read_to_end(&mut rest)).await;
+    assert!(
+        read.is_ok(),
+        "the idle connection was still open after {:?}",
+        common::PATIENCE
+    );
+}
+
+#[tokio::test]
+async fn http_connections_per_ip_are_limited() {
+    let mut config = config();
+    config.max_http_connections_per_ip = 2;
+    config.per_ip_limit_exempts_loopback = false;
+    let broker = start(config).await;
+    let first = kept_alive(broker.addr).await.unwrap();
+    let _second = kept_alive(broker.addr).await.unwrap();
+    let refused = kept_alive(broker.addr)
+        .await
+        .expect_err("a third is refused");
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+    assert!(
+        refused.contains(
+            "too many HTTP connections from 127.0.0.1: at most 2 (max-http-connections-per-ip)"
+        ),
+        "{refused}"
+    );
+    drop(first);
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    while kept_alive(broker.addr).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot was never given back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The status line of a WebSocket upgrade sent with `extra` headers.
+async fn upgrade_status(
+    addr: std::net::SocketAddr,
+    extra: &str,
+) -> (String, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = raw::upgrade_request(addr, extra);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = tokio::time::timeout(common::PATIENCE, stream.read(&mut byte))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert_eq!(read, 1, "closed early: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let mut body = Vec::new();
+    if let Some(length) = head.lines().find_map(|line| {
+        let line = line.to_ascii_lowercase();
+        line.strip_prefix("content-length: ")?
+            .trim()
+            .parse::<usize>()
+            .ok()
+    }) {
+        body.resize(length, 0);
+        stream.read_exact(&mut body).await.unwrap();
+    }
+    let status = head.lines().next().unwrap();
+    (
+        format!("{status} {}", String::from_utf8_lossy(&body)),
+        stream,
+    )
+}
+
+#[tokio::test]
+async fn a_trusted_proxys_forwarded_address_is_the_client_for_per_ip_limits() {
+    let mut config = config();
+    config.max_connections_per_ip = 1;
+    config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let broker = start(config).await;
+    let (status, _first) = upgrade_status(broker.addr, "X-Forwarded-For: 198.51.100.7\r\n").await;
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    // Its claim of another address further left is not believed.
+    let (status, _) = upgrade_status(
+        broker.addr,
+        "X-Forwarded-For: 203.0.113.9, 198.51.100.7\r\n",
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 429"), "{status}");
+    assert!(
+        status.contains("too many connections from 198.51.100.7"),
+        "{status}"
+    );
+    let (status, _other) = upgrade_status(broker.addr, "X-Real-IP: 198.51.100.8\r\n").await;
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    // The proxy's own requests (no header) are loopback, exempt.
+    let (status, _proxy) = upgrade_status(broker.addr, "").await;
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    // A forwarded client is not loopback for the API either.
+    let (status, body) = http(
+        broker.addr,
+        "GET",
+        "/api/v1/destinations/%2Ftopic%2Fa",
+        None,
+        &[("x-forwarded-for", "198.51.100.7")],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+}
+
+#[tokio::test]
+async fn forwarded_addresses_from_anyone_else_are_ignored() {
+    let mut config = config();
+    config.max_connections_per_ip = 1;
+    config.per_ip_limit_exempts_loopback = false;
+    config.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+    let broker = start(config).await;
+    let (status, _first) = upgrade_status(broker.addr, "X-Forwarded-For: 198.51.100.7\r\n").await;
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    let (status, _) = upgrade_status(broker.addr, "X-Forwarded-For: 198.51.100.8\r\n").await;
+    assert!(
+        status.contains("too many connections from 127.0.0.1"),
+        "{status}"
+    );
 }

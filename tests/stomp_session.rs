@@ -823,3 +823,69 @@ async fn transactions_hold_at_most_max_transaction_frames() {
         "too many frames in open transactions: this server holds at most 3 per session"
     );
 }
+
+#[tokio::test]
+async fn stomp_1_0_unsubscribe_by_destination_also_ends_a_subscription_with_an_id() {
+    let broker = start(config()).await;
+    let mut client = broker.client().await;
+    client.send("CONNECT\n\n\0").await;
+    assert_eq!(client.frame().await.command, Command::Connected);
+    client
+        .send("SUBSCRIBE\nid:sub-1\ndestination:/topic/old-style\nreceipt:s\n\n\0")
+        .await;
+    assert_eq!(client.frame().await.command, Command::Receipt);
+    broker.wait_for_subscribers("/topic/old-style", 1).await;
+    client
+        .send("UNSUBSCRIBE\ndestination:/topic/old-style\nreceipt:u\n\n\0")
+        .await;
+    let reply = client.frame().await;
+    assert_eq!(reply.command, Command::Receipt, "{reply:?}");
+    broker.wait_for_subscribers("/topic/old-style", 0).await;
+}
+
+#[tokio::test]
+async fn stomp_1_2_acks_of_ids_this_session_was_never_sent_are_refused() {
+    let broker = start(config()).await;
+    let mut client = broker.connected().await;
+    client
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/ack-check\nack:client\nreceipt:s\n\n\0")
+        .await;
+    assert_eq!(client.frame().await.command, Command::Receipt);
+    broker.publish("/topic/ack-check", "one").await;
+    let message = client.frame().await;
+    let ack = message
+        .headers
+        .get("ack")
+        .expect("an ack header")
+        .to_owned();
+    assert_ne!(
+        Some(ack.as_str()),
+        message.headers.get("message-id"),
+        "the ack id is this session's own, not the shared message id"
+    );
+    // Another session's ack ids are not this one's.
+    let mut other = broker.connected().await;
+    other
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/ack-check\nack:client\nreceipt:s\n\n\0")
+        .await;
+    assert_eq!(other.frame().await.command, Command::Receipt);
+    client
+        .send(&format!("ACK\nid:{ack}\nreceipt:a\n\n\0"))
+        .await;
+    assert_eq!(client.frame().await.headers.get("receipt-id"), Some("a"));
+    other.send(&format!("ACK\nid:{ack}\nreceipt:o\n\n\0")).await;
+    let error = other.frame().await;
+    assert_eq!(error.command, Command::Error, "{error:?}");
+    assert_eq!(
+        error.headers.get("message"),
+        Some(
+            format!("ACK of id {ack:?}: this session was never sent a message with that ack id")
+                .as_str()
+        )
+    );
+    client.send("NACK\nid:made-up\n\n\0").await;
+    assert_eq!(
+        client.expect_error().await,
+        "NACK of id \"made-up\": this session was never sent a message with that ack id"
+    );
+}

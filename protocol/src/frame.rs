@@ -198,6 +198,19 @@ impl Headers {
         self.spans.len()
     }
 
+    /// Gives back the storage the decoder reserved beyond what the headers
+    /// use (it grows by doubling), for headers that are kept.
+    pub fn shrink_to_fit(&mut self) {
+        self.text.shrink_to_fit();
+        self.spans.shrink_to_fit();
+    }
+
+    /// Bytes of every name and value, plus a colon and an EOL each: what the
+    /// headers cost written out unescaped (and, within a few bytes, held).
+    pub fn byte_len(&self) -> usize {
+        self.text.len() + 2 * self.spans.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
     }

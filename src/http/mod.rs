@@ -4,6 +4,7 @@ pub mod api;
 pub mod upgrade;
 
 use crate::broker::Broker;
+use crate::client_addr;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -21,6 +22,13 @@ pub async fn route(
 ) -> HttpResponse {
     let started = std::time::Instant::now();
     let label = route_label(&broker, request.uri().path());
+    // Behind a trusted proxy, the client it names is the peer for every per-IP rule.
+    let client = client_addr::client_ip(
+        peer.ip(),
+        request.headers(),
+        &broker.config().trusted_proxies,
+    );
+    let peer = SocketAddr::new(client, peer.port());
     let response = dispatch(broker.clone(), peer, request).await;
     let metrics = broker.metrics();
     metrics

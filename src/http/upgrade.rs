@@ -4,6 +4,7 @@
 use super::{error, HttpResponse};
 use crate::broker::{AdmissionRefusal, Broker};
 use crate::session::connection;
+use crate::session::writer::Gated;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -96,7 +97,7 @@ pub fn handle(
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
+                        Gated::new(TokioIo::new(upgraded)),
                         Role::Server,
                         Some(ws_config),
                     )

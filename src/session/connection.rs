@@ -2,11 +2,11 @@
 //! state machine, writes its replies, drains the outbound queue in batches,
 //! keeps heart-beats, and closes with an ERROR frame when something is wrong.
 
-use crate::broker::SessionSlot;
+use crate::broker::{Broker, SessionSlot};
 use crate::engine::EngineError;
 use crate::metrics::{ErrorReason, Metrics};
 use crate::outbox::{Outbox, OutboxState};
-use crate::session::writer::Writer;
+use crate::session::writer::{Gated, Writer};
 use crate::session::{Flow, Session};
 use bytes::BytesMut;
 use futures_util::StreamExt;
@@ -14,21 +14,29 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use stompede_protocol::{Command, Decoder, Frame, Item, Limits};
-use tokio::io::{AsyncRead, AsyncWrite};
+use stompede_protocol::{Command, Decoder, Frame, Item, Limits, Version};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 /// How long the closing handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// After a 1009 close, how long the peer's further bytes are read and
+/// discarded before the socket is closed (see `linger`). The session keeps
+/// its slot meanwhile: the socket is still open.
+const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 /// A client is declared dead after this many of its heart-beat intervals of silence.
 const HEARTBEAT_TOLERANCE: u32 = 2;
 /// An idle connection gives back a read buffer that grew past this.
 const IDLE_BUFFER_BYTES: usize = 8 * 1024;
+/// A heart-beat deadline that has passed (its write still pending, or reads
+/// paused) is looked at again after this long, not in a busy loop.
+const HEARTBEAT_RETRY: Duration = Duration::from_millis(100);
 
 /// Why the loop ended.
 enum Ending {
@@ -41,7 +49,93 @@ enum Ending {
     Closed(CloseCode),
 }
 
-pub async fn serve<S>(slot: SessionSlot, mut ws: WebSocketStream<S>, connection_id: u64)
+/// The gauges one connection moves (`sessions`, `subscriptions`,
+/// `outbound_queued`), put back when it is dropped: the outbox is closed and
+/// what it still holds is taken off `outbound_queued`.
+struct Gauges {
+    broker: Arc<Broker>,
+    outbox: Arc<Outbox>,
+    /// Counted in `sessions{version}` once connected.
+    version: Option<Version>,
+    /// Counted in `subscriptions`.
+    subscriptions: i64,
+}
+
+impl Gauges {
+    fn connected(&mut self, version: Version) {
+        let sessions = &self.broker.metrics().sessions;
+        sessions.with_label_values(&[version.as_str()]).inc();
+        self.version = Some(version);
+    }
+
+    fn add_subscriptions(&mut self, added: i64) {
+        self.broker.metrics().subscriptions.add(added);
+        self.subscriptions += added;
+    }
+}
+
+impl Drop for Gauges {
+    fn drop(&mut self) {
+        let metrics = self.broker.metrics();
+        self.outbox.set_state(OutboxState::Closed);
+        let mut undelivered = VecDeque::new();
+        self.outbox.drain_into(&mut undelivered);
+        metrics.outbound_queued.sub(undelivered.len() as i64);
+        metrics.subscriptions.sub(self.subscriptions);
+        if let Some(version) = self.version {
+            let sessions = &metrics.sessions;
+            sessions.with_label_values(&[version.as_str()]).dec();
+        }
+    }
+}
+
+/// What woke the connection.
+enum Event {
+    Shutdown,
+    /// The last frame's pending work (see [`Session::take_pending`]) is done.
+    Done(Result<(), EngineError>),
+    /// The outbox's state changed (a slow-consumer mark).
+    Closing,
+    Io(Io),
+    Timer,
+}
+
+/// What the connection's socket did: a write completed, or a message was read.
+enum Io {
+    Written(std::io::Result<()>),
+    Read(Option<Result<Message, WsError>>),
+}
+
+/// Polls the pending write and the next read together, taking turns which
+/// goes first, so a busy writer does not starve reads nor reads the writer.
+/// Cancel safety: neither poll loses data when the other one wins.
+fn poll_io<S>(
+    writer: &mut Writer,
+    ws: &mut WebSocketStream<Gated<S>>,
+    reading: bool,
+    write_first: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Io>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    *write_first = !*write_first;
+    for write in [*write_first, !*write_first] {
+        if write && !writer.is_idle() {
+            if let Poll::Ready(result) = writer.poll_write(ws, cx) {
+                return Poll::Ready(Io::Written(result));
+            }
+        }
+        if !write && reading {
+            if let Poll::Ready(message) = ws.poll_next_unpin(cx) {
+                return Poll::Ready(Io::Read(message));
+            }
+        }
+    }
+    Poll::Pending
+}
+
+pub async fn serve<S>(slot: SessionSlot, mut ws: WebSocketStream<Gated<S>>, connection_id: u64)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -53,6 +147,14 @@ where
         config.outbound_queue_bytes,
     ));
     let mut session = Session::new(broker.clone(), connection_id, outbox.clone());
+    // Puts the gauges back however this task ends (a panic, or the future
+    // dropped mid-await, included).
+    let mut gauges = Gauges {
+        broker: broker.clone(),
+        outbox: outbox.clone(),
+        version: None,
+        subscriptions: 0,
+    };
     let limits = Limits {
         max_headers: config.max_headers,
         max_header_line: config.max_header_line_bytes,
@@ -68,22 +170,195 @@ where
         max_frame_bytes: before_connect,
         ..limits
     });
-    let mut writer = Writer::new(config.ws_write_buffer_bytes);
+    let mut writer = Writer::new(config.ws_write_buffer_bytes, connection_id);
+    // Reading pauses while replies wait behind more than this many pending
+    // bytes (a client that sends but does not read its socket), so replies
+    // cannot pile up; queued messages alone never pause it.
+    let max_pending = config.ws_write_buffer_bytes.max(1);
     let mut inbound = BytesMut::new();
-    let mut replies = Vec::new();
+    let mut replies: Vec<Frame> = Vec::new();
+    let mut write_first = false;
+    let mut reading = true;
     let mut last_read = Instant::now();
     let mut last_write = Instant::now();
-    let timer = sleep_until(last_read + config.connect_timeout);
-    tokio::pin!(timer);
-
+    let connect_deadline = last_read + config.connect_timeout;
     // Work the last frame left (a subscription for the engine to confirm, a
-    // publish), and that frame's flow; its replies wait in `replies` meanwhile.
+    // publish), and that frame's flow; its replies wait in `replies`, and the
+    // next frames in `inbound`, until it is done.
     let mut pending: Option<PendingWork> = None;
     let mut pending_flow = Flow::Continue;
+    let timer = sleep_until(connect_deadline);
+    tokio::pin!(timer);
 
     let ending = 'session: loop {
-        // Every whole frame received is handled here, in order; while a
-        // frame's work is pending, the next ones wait in `inbound`.
+        if writer.is_idle() {
+            match writer.fill_from_outbox(&outbox, metrics) {
+                OutboxState::Open => {}
+                OutboxState::SlowConsumer => break slow_consumer(),
+                OutboxState::Closed => break Ending::Quiet,
+            }
+        }
+        // A write in progress has a deadline: wake up by then at the latest.
+        if let Some(progress) = writer.progress() {
+            let deadline = progress + config.write_timeout;
+            if deadline < timer.deadline() {
+                timer.as_mut().reset(deadline);
+            }
+        }
+        // While a frame's work is pending, reading goes on (heart-beats count)
+        // until one WebSocket message's worth of frames waits.
+        let replies_backed_up = writer.holds_replies() && writer.pending_bytes() > max_pending;
+        let frames_backed_up = pending.is_some() && inbound.len() >= config.ws_max_message_bytes();
+        let can_read = !(replies_backed_up || frames_backed_up);
+        if can_read && !reading {
+            // The client's bytes waited while reading was paused: they are not silence.
+            last_read = Instant::now();
+        }
+        reading = can_read;
+        // Cancel safety: every branch's future can be dropped without losing
+        // data (`notified`, `cancelled`, `Sleep`, and `poll_io`, see there).
+        // Not `biased`: under a steady stream of messages the writer is
+        // always ready, and reads (heart-beats included) must still get turns.
+        let event = tokio::select! {
+            _ = broker.shutting_down() => Event::Shutdown,
+            // A slow-consumer mark wakes the connection even mid-write.
+            _ = outbox.closing.notified() => Event::Closing,
+            // Something was queued; the top of the loop takes it.
+            _ = outbox.ready.notified(), if writer.is_idle() => continue,
+            io = std::future::poll_fn(|cx| poll_io(&mut writer, &mut ws, reading, &mut write_first, cx)) => Event::Io(io),
+            _ = &mut timer => Event::Timer,
+            // Cancel safety: the work is polled again next turn, never dropped half done.
+            done = async { pending.as_mut().expect("guarded by the condition").await }, if pending.is_some() => Event::Done(done),
+        };
+        let message = match event {
+            Event::Shutdown => {
+                let goodbye = Session::error("server is shutting down");
+                break Ending::Error(goodbye, CloseCode::Away, ErrorReason::Shutdown);
+            }
+            Event::Done(done) => {
+                pending = None;
+                let flow = match done {
+                    Ok(()) => pending_flow,
+                    Err(engine_error) => {
+                        // The frame could not be carried out: refuse it after all.
+                        let receipt = replies
+                            .iter()
+                            .find(|reply| reply.command == Command::Receipt)
+                            .and_then(|reply| reply.headers.get("receipt-id"))
+                            .map(str::to_owned);
+                        replies.clear();
+                        replies.push(Session::refusal(
+                            engine_error.to_string(),
+                            receipt.as_deref(),
+                        ));
+                        Flow::Refused(ErrorReason::Unavailable)
+                    }
+                };
+                if let Some(ending) =
+                    finish_frame(flow, &mut replies, &mut writer, &outbox, metrics)
+                {
+                    break ending;
+                }
+                // The frames that waited behind it are handled below.
+                None
+            }
+            Event::Closing => match outbox.state() {
+                OutboxState::Open => continue,
+                OutboxState::SlowConsumer => break slow_consumer(),
+                OutboxState::Closed => break Ending::Quiet,
+            },
+            Event::Io(Io::Written(Ok(()))) => {
+                last_write = Instant::now();
+                writer.report(metrics);
+                continue;
+            }
+            Event::Io(Io::Written(Err(error))) => {
+                tracing::debug!(%error, "socket write failed");
+                break Ending::Quiet;
+            }
+            Event::Io(Io::Read(message)) => Some(message),
+            Event::Timer => {
+                let now = Instant::now();
+                if let Some(progress) = writer.progress() {
+                    if now >= progress + config.write_timeout {
+                        break Ending::Error(
+                            Session::error(format!(
+                                "write timeout: the connection accepted nothing for {:?}",
+                                config.write_timeout
+                            )),
+                            CloseCode::Policy,
+                            ErrorReason::WriteTimeout,
+                        );
+                    }
+                }
+                let mut next = now + Duration::from_secs(24 * 3600);
+                if session.version().is_none() {
+                    if now >= connect_deadline {
+                        break Ending::Error(
+                            Session::error(format!(
+                                "no CONNECT frame within {:?}",
+                                config.connect_timeout
+                            )),
+                            CloseCode::Policy,
+                            ErrorReason::ConnectTimeout,
+                        );
+                    }
+                    next = connect_deadline;
+                }
+                let beats = session.heart_beats();
+                let silence_limit = beats.receive * HEARTBEAT_TOLERANCE;
+                // While reading is paused, the client's bytes may be waiting unread: not silence.
+                if reading && !beats.receive.is_zero() && now >= last_read + silence_limit {
+                    // A message already waiting is not silence either, even
+                    // if the timer won the race against it.
+                    let waiting = std::future::poll_fn(|cx| Poll::Ready(ws.poll_next_unpin(cx)));
+                    match waiting.await {
+                        Poll::Ready(message) => Some(message),
+                        Poll::Pending => {
+                            break Ending::Error(
+                                Session::error(format!(
+                                    "heart-beat timeout: nothing received for {silence_limit:?}"
+                                )),
+                                CloseCode::Policy,
+                                ErrorReason::HeartbeatTimeout,
+                            )
+                        }
+                    }
+                } else {
+                    if !beats.send.is_zero() && writer.is_idle() && now >= last_write + beats.send {
+                        // Written by `poll_io`; `last_write` moves once it is.
+                        writer.queue_heartbeat();
+                    }
+                    if !beats.send.is_zero() {
+                        next = next.min((last_write + beats.send).max(now + HEARTBEAT_RETRY));
+                    }
+                    if !beats.receive.is_zero() {
+                        next = next.min((last_read + silence_limit).max(now + HEARTBEAT_RETRY));
+                    }
+                    if let Some(progress) = writer.progress() {
+                        next = next.min(progress + config.write_timeout);
+                    }
+                    timer.as_mut().reset(next);
+                    continue;
+                }
+            }
+        };
+        // A WebSocket message from the client.
+        if let Some(message) = message {
+            last_read = Instant::now();
+            match message {
+                Some(Ok(Message::Text(text))) => inbound.extend_from_slice(text.as_bytes()),
+                Some(Ok(Message::Binary(bytes))) => inbound.extend_from_slice(&bytes),
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Close(_))) | None => break Ending::Quiet,
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "websocket read failed");
+                    break read_failed(&error);
+                }
+            }
+        }
+        // Every whole frame received is handled here, in order, unless a
+        // frame's work is pending.
         while pending.is_none() {
             match decoder.decode(&mut inbound) {
                 Ok(Some(Item::Frame(frame))) => {
@@ -91,12 +366,9 @@ where
                     let subscriptions_before = session.subscription_count();
                     let flow = session.handle(frame, &mut replies);
                     let added = session.subscription_count() as i64 - subscriptions_before as i64;
-                    metrics.subscriptions.add(added);
+                    gauges.add_subscriptions(added);
                     if let (false, Some(version)) = (was_connected, session.version()) {
-                        metrics
-                            .sessions
-                            .with_label_values(&[version.as_str()])
-                            .inc();
+                        gauges.connected(version);
                         decoder.set_version(version);
                         decoder.set_limits(limits);
                         writer.version = version;
@@ -110,13 +382,10 @@ where
                         pending_flow = flow;
                         break;
                     }
-                    let wrote = !replies.is_empty();
-                    match finish_frame(flow, &mut replies, &mut writer, &outbox, &mut ws, metrics)
-                        .await
+                    if let Some(ending) =
+                        finish_frame(flow, &mut replies, &mut writer, &outbox, metrics)
                     {
-                        Some(ending) => break 'session ending,
-                        None if wrote => last_write = Instant::now(),
-                        None => {}
+                        break 'session ending;
                     }
                 }
                 Ok(Some(Item::HeartBeat)) => {}
@@ -130,123 +399,10 @@ where
         if pending.is_none() && inbound.is_empty() && inbound.capacity() > IDLE_BUFFER_BYTES {
             inbound = BytesMut::new();
         }
-        // Cancel safety: every branch's future can be dropped without losing
-        // data (`notified`, `cancelled`, `next` on a WebSocketStream, `Sleep`).
-        // Not `biased`: under a steady stream of messages the writer branch is
-        // always ready, and reads (heart-beats included) must still get turns.
-        tokio::select! {
-            _ = broker.shutting_down() => {
-                let goodbye = Session::error("server is shutting down");
-                break Ending::Error(goodbye, CloseCode::Away, ErrorReason::Shutdown);
-            }
-            _ = outbox.ready.notified() => {
-                // Cancel safety: the write is raced only against closing, and
-                // after that the connection is dropped whatever was half written.
-                let written = tokio::select! {
-                    written = writer.drain_outbox(&outbox, &mut ws, metrics) => written,
-                    _ = outbox.closing.notified() => Ok(OutboxState::SlowConsumer),
-                };
-                match written {
-                    Ok(OutboxState::Open) => last_write = Instant::now(),
-                    Ok(OutboxState::SlowConsumer) => break slow_consumer(),
-                    Ok(OutboxState::Closed) | Err(_) => break Ending::Quiet,
-                }
-            }
-            // While a frame's work is pending, reading goes on (heart-beats
-            // count) until one WebSocket message's worth of frames waits.
-            message = ws.next(), if pending.is_none() || inbound.len() < config.ws_max_message_bytes() => {
-                last_read = Instant::now();
-                match message {
-                    Some(Ok(Message::Text(text))) => inbound.extend_from_slice(text.as_bytes()),
-                    Some(Ok(Message::Binary(bytes))) => inbound.extend_from_slice(&bytes),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                    Some(Ok(Message::Close(_))) | None => break Ending::Quiet,
-                    Some(Err(error)) => {
-                        tracing::debug!(%error, "websocket read failed");
-                        break read_failed(&error);
-                    }
-                }
-            }
-            // Cancel safety: the work is polled again on the next turn, never dropped half done.
-            done = async { pending.as_mut().expect("guarded by the condition").await }, if pending.is_some() => {
-                pending = None;
-                let flow = match done {
-                    Ok(()) => pending_flow,
-                    Err(engine_error) => {
-                        // The frame could not be carried out: refuse it after all.
-                        let receipt = replies
-                            .iter()
-                            .find(|reply| reply.command == Command::Receipt)
-                            .and_then(|reply| reply.headers.get("receipt-id"))
-                            .map(str::to_owned);
-                        replies.clear();
-                        replies.push(Session::refusal(engine_error.to_string(), receipt.as_deref()));
-                        Flow::Refused(ErrorReason::Unavailable)
-                    }
-                };
-                let wrote = !replies.is_empty();
-                match finish_frame(flow, &mut replies, &mut writer, &outbox, &mut ws, metrics).await {
-                    Some(ending) => break ending,
-                    None if wrote => last_write = Instant::now(),
-                    None => {}
-                }
-            }
-            _ = &mut timer => {
-                let now = Instant::now();
-                if session.version().is_none() {
-                    break Ending::Error(
-                        Session::error(format!(
-                            "no CONNECT frame within {:?}",
-                            config.connect_timeout
-                        )),
-                        CloseCode::Policy,
-                        ErrorReason::ConnectTimeout,
-                    );
-                }
-                let beats = session.heart_beats();
-                let silence_limit = beats.receive * HEARTBEAT_TOLERANCE;
-                if !beats.receive.is_zero() && now >= last_read + silence_limit {
-                    break Ending::Error(
-                        Session::error(format!(
-                            "heart-beat timeout: nothing received for {silence_limit:?}"
-                        )),
-                        CloseCode::Policy,
-                        ErrorReason::HeartbeatTimeout,
-                    );
-                }
-                if !beats.send.is_zero() && now >= last_write + beats.send {
-                    if writer.write_heartbeat(&mut ws).await.is_err() {
-                        break Ending::Quiet;
-                    }
-                    last_write = now;
-                }
-                let mut next = now + Duration::from_secs(24 * 3600);
-                if !beats.send.is_zero() {
-                    next = next.min(last_write + beats.send);
-                }
-                if !beats.receive.is_zero() {
-                    next = next.min(last_read + silence_limit);
-                }
-                timer.as_mut().reset(next);
-            }
-        }
     };
 
-    outbox.set_state(OutboxState::Closed);
-    let mut undelivered = VecDeque::new();
-    outbox.drain_into(&mut undelivered);
-    metrics.outbound_queued.sub(undelivered.len() as i64);
-    drop(undelivered);
-    metrics
-        .subscriptions
-        .sub(session.subscription_count() as i64);
+    drop(gauges);
     session.close();
-    if let Some(version) = session.version() {
-        metrics
-            .sessions
-            .with_label_values(&[version.as_str()])
-            .dec();
-    }
     let goodbye = match ending {
         Ending::Quiet => None,
         Ending::Error(frame, code, reason) => {
@@ -269,29 +425,23 @@ where
 /// A frame's work left for the connection: see [`Session::take_pending`].
 type PendingWork = Pin<Box<dyn Future<Output = Result<(), EngineError>> + Send>>;
 
-/// Writes a handled frame's replies (after what is already queued) and says
+/// Queues a handled frame's replies (after what is already queued) and says
 /// whether the session ends with it.
-async fn finish_frame<S>(
+fn finish_frame(
     flow: Flow,
     replies: &mut Vec<Frame>,
     writer: &mut Writer,
     outbox: &Outbox,
-    ws: &mut WebSocketStream<S>,
     metrics: &Metrics,
-) -> Option<Ending>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) -> Option<Ending> {
     if !replies.is_empty() {
         if let Flow::Refused(reason) = flow {
             metrics.count_error(reason);
         }
-        // Boxed: replies are rare next to deliveries, and their future need
-        // not make every idle connection bigger.
-        match Box::pin(writer.write_replies(replies, outbox, ws, metrics)).await {
-            Ok(OutboxState::Open) => {}
-            Ok(OutboxState::SlowConsumer) => return Some(slow_consumer()),
-            Ok(OutboxState::Closed) | Err(_) => return Some(Ending::Quiet),
+        match writer.queue_replies(replies, outbox, metrics) {
+            OutboxState::Open => {}
+            OutboxState::SlowConsumer => return Some(slow_consumer()),
+            OutboxState::Closed => return Some(Ending::Quiet),
         }
     }
     match flow {
@@ -301,27 +451,58 @@ where
     }
 }
 
-/// Writes the ERROR frame (if any) and the close frame, each within `CLOSE_TIMEOUT`.
+/// Writes what is still pending, the ERROR frame (if any) and the close
+/// frame, each within `CLOSE_TIMEOUT`; a peer that does not take them is
+/// dropped.
 async fn say_goodbye<S>(
     writer: &mut Writer,
-    ws: &mut WebSocketStream<S>,
+    ws: &mut WebSocketStream<Gated<S>>,
     error: Option<Frame>,
     code: CloseCode,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if let Some(frame) = error {
-        let _ = tokio::time::timeout(
-            CLOSE_TIMEOUT,
-            writer.write_frames(std::iter::once(frame), ws),
-        )
-        .await;
+    writer.queue_frames(error.into_iter());
+    match tokio::time::timeout(CLOSE_TIMEOUT, writer.finish(ws)).await {
+        Ok(Ok(())) => {}
+        // Half a frame may be written: nothing more can go after it.
+        Ok(Err(_)) | Err(_) => return,
     }
     let close = CloseFrame {
         code,
         reason: Utf8Bytes::from_static(""),
     };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(close))).await;
+    if tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(close)))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    // A peer told off in the middle of sending (a message over the limit:
+    // 1009) still has bytes in flight; closing now would answer them with a
+    // reset, and the reset can destroy the close frame before the peer reads
+    // it. (Other closes follow a whole message or frame.)
+    if code == CloseCode::Size {
+        let _ = tokio::time::timeout(LINGER_TIMEOUT, linger(ws.get_mut())).await;
+    }
+}
+
+/// A lingering close, as nginx does it: shut down our sending side (the
+/// peer reads the close frame, then end of stream), and read and discard
+/// what the peer still sends until it closes too (or `LINGER_TIMEOUT`).
+async fn linger<S>(socket: &mut Gated<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if socket.shutdown().await.is_err() {
+        return;
+    }
+    let mut discard = [0u8; 2048];
+    while let Ok(read) = socket.read(&mut discard).await {
+        if read == 0 {
+            break;
+        }
+    }
 }
 
 /// A WebSocket-level read error: tell the client, with the close code RFC 6455 gives it.

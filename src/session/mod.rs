@@ -3,6 +3,6 @@
 
 pub mod connection;
 pub mod state;
-mod writer;
+pub mod writer;
 
 pub use state::{Flow, Session};

@@ -10,6 +10,7 @@ use crate::destination;
 use crate::metrics::ErrorReason;
 use crate::outbox::Outbox;
 use crate::registry::{Subscriber, SubscriberKey};
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +43,9 @@ pub struct HeartBeats {
 struct SubscriptionEntry {
     destination: Arc<str>,
     key: SubscriberKey,
+    /// The id its subscriber was registered with (the same `Arc`, so its
+    /// queued deliveries can be told apart from a later subscription's).
+    subscription: Arc<str>,
 }
 
 /// A protocol error: becomes an ERROR frame, then the connection closes.
@@ -84,6 +88,8 @@ pub struct Session {
     transactions: HashMap<String, Vec<Frame>>,
     /// BEGINs plus frames held by open transactions (bounded by `max-transaction-frames`).
     transaction_frames: usize,
+    /// Bytes of the frames held by open transactions (bounded by `max-transaction-bytes`).
+    transaction_bytes: usize,
     /// Who CONNECT proved this session is (`Anonymous` until then).
     identity: Identity,
     /// Bounds this session's SENDs (`max-sends-per-second`, `send-burst`).
@@ -144,6 +150,7 @@ impl Session {
             transactions: HashMap::new(),
             transaction_frames: 0,
             pending: Pending::default(),
+            transaction_bytes: 0,
         }
     }
 
@@ -172,9 +179,12 @@ impl Session {
     pub fn handle(&mut self, frame: Frame, out: &mut Vec<Frame>) -> Flow {
         let receipt = frame.headers.get("receipt").map(str::to_owned);
         let command = frame.command;
-        let result = match self.version {
-            None => self.handle_connect(frame, out),
-            Some(version) => self.handle_connected(frame, version),
+        let result = match self.check_shape(&frame) {
+            Err(refusal) => Err(refusal),
+            Ok(()) => match self.version {
+                None => self.handle_connect(frame, out),
+                Some(version) => self.handle_connected(frame, version),
+            },
         };
         match result {
             Err(refusal) => {
@@ -195,6 +205,37 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Checks every frame gets before its command is handled: only SEND may
+    /// carry a body (a body elsewhere is a client bug or an attempt to make
+    /// the broker hold bytes), and the ids the broker may store are at most
+    /// `max-id-bytes` long.
+    fn check_shape(&self, frame: &Frame) -> Outcome {
+        let command = frame.command;
+        if !frame.body.is_empty() && command.is_client_command() && command != Command::Send {
+            return Err(Refusal::new(format!(
+                "{command} frame must not have a body"
+            )));
+        }
+        let limit = self.broker.config().max_id_bytes;
+        let stored = match command {
+            Command::Subscribe => Some(("subscription", "id")),
+            Command::Begin => Some(("transaction", "transaction")),
+            _ => None,
+        };
+        let ids = stored
+            .into_iter()
+            .chain(std::iter::once(("receipt", "receipt")));
+        for (what, header) in ids {
+            if frame.headers.get(header).is_some_and(|id| id.len() > limit) {
+                return Err(Refusal::new(format!(
+                    "{what} id is longer than {limit} bytes (max-id-bytes)"
+                ))
+                .because(ErrorReason::Limit));
+            }
+        }
+        Ok(())
     }
 
     /// An ERROR frame for a reason found outside a frame (a decode error, a
@@ -325,9 +366,10 @@ impl Session {
             sequence: self.next_subscription_sequence,
         };
         self.next_subscription_sequence = self.next_subscription_sequence.wrapping_add(1);
+        let subscription: Arc<str> = Arc::from(id);
         let subscriber = Subscriber {
             outbox: self.outbox.clone(),
-            subscription: Arc::from(id),
+            subscription: subscription.clone(),
             ack,
             version,
         };
@@ -340,6 +382,7 @@ impl Session {
             SubscriptionEntry {
                 destination: Arc::from(destination),
                 key,
+                subscription,
             },
         );
         Ok(())
@@ -348,14 +391,51 @@ impl Session {
     fn unsubscribe(&mut self, frame: &Frame, version: Version) -> Outcome {
         let id = match (frame.headers.get("id"), version) {
             (Some(id), _) => id,
-            (None, Version::V1_0) => required(frame, "destination")?,
+            (None, Version::V1_0) => {
+                let destination = required(frame, "destination")?;
+                return self.unsubscribe_destination(destination);
+            }
             (None, _) => return Err(missing(frame, "id")),
         };
         let entry = self.subscriptions.remove(id).ok_or_else(|| {
             Refusal::new(format!("no subscription with id {id:?} in this session"))
         })?;
-        self.broker.unsubscribe(&entry.destination, entry.key);
+        self.end_subscription(entry);
         Ok(())
+    }
+
+    /// STOMP 1.0's UNSUBSCRIBE by `destination`: ends this session's
+    /// subscriptions to it, whether or not their SUBSCRIBE gave an `id`
+    /// (a walk over at most `max-subscriptions-per-session` entries).
+    fn unsubscribe_destination(&mut self, destination: &str) -> Outcome {
+        let ids: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, entry)| &*entry.destination == destination)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if ids.is_empty() {
+            return Err(Refusal::new(format!(
+                "no subscription to {destination:?} in this session"
+            )));
+        }
+        for id in ids {
+            if let Some(entry) = self.subscriptions.remove(&id) {
+                self.end_subscription(entry);
+            }
+        }
+        Ok(())
+    }
+
+    fn end_subscription(&self, entry: SubscriptionEntry) {
+        self.broker.unsubscribe(&entry.destination, entry.key);
+        self.forget_queued(&entry);
+    }
+
+    /// Drops what is still queued for a subscription that ended.
+    fn forget_queued(&self, entry: &SubscriptionEntry) {
+        let dropped = self.outbox.retire(&entry.subscription);
+        self.broker.metrics().outbound_queued.sub(dropped as i64);
     }
 
     fn send(&mut self, frame: Frame) -> Outcome {
@@ -370,6 +450,7 @@ impl Session {
         destination::validate(destination).map_err(Refusal::new)?;
         let config = self.broker.config();
         destination::check_send(destination, &config.send_prefixes).map_err(forbidden)?;
+        check_passable_headers(&frame)?;
         if !self.send_budget.take(Instant::now()) {
             return Err(Refusal::new(format!(
                 "too many SENDs: this server allows {} per second per session (burst {})",
@@ -377,6 +458,8 @@ impl Session {
             ))
             .because(ErrorReason::Limit));
         }
+        // Held in a transaction or queued in outboxes: keep a copy, not the read buffer.
+        let frame = detached(frame);
         if let Some(transaction) = frame.headers.get("transaction") {
             return self.hold_in_transaction(transaction.to_owned(), frame);
         }
@@ -401,7 +484,8 @@ impl Session {
     fn acknowledge(&mut self, frame: Frame, version: Version) -> Outcome {
         match version {
             Version::V1_2 => {
-                required(&frame, "id")?;
+                let id = required(&frame, "id")?;
+                self.check_ack_id(frame.command, id)?;
             }
             Version::V1_1 => {
                 required(&frame, "message-id")?;
@@ -417,11 +501,32 @@ impl Session {
             }
         }
         if let Some(transaction) = frame.headers.get("transaction") {
-            return self.hold_in_transaction(transaction.to_owned(), frame);
+            return self.hold_in_transaction(transaction.to_owned(), detached(frame));
         }
         // Messages are not persisted, so there is nothing to redeliver or forget:
         // a valid ACK or NACK needs no further work.
         Ok(())
+    }
+
+    /// STOMP 1.2: whether `id` is an `ack` id this session was sent
+    /// (`{connection}.{n}`, see `session::writer`): checked by its parts,
+    /// with no memory per message.
+    fn check_ack_id(&self, command: Command, id: &str) -> Outcome {
+        let sent = id
+            .split_once('.')
+            .and_then(|(connection, n)| {
+                Some((connection.parse::<u64>().ok()?, n.parse::<u64>().ok()?))
+            })
+            .is_some_and(|(connection, n)| {
+                connection == self.connection_id && n < self.outbox.acks_issued()
+            });
+        if sent {
+            Ok(())
+        } else {
+            Err(Refusal::new(format!(
+                "{command} of id {id:?}: this session was never sent a message with that ack id"
+            )))
+        }
     }
 
     fn begin(&mut self, frame: &Frame) -> Outcome {
@@ -457,6 +562,7 @@ impl Session {
             .remove(transaction)
             .ok_or_else(|| Refusal::new(format!("no open transaction {transaction:?}")))?;
         self.transaction_frames -= frames.len() + 1;
+        self.transaction_bytes -= frames.iter().map(held_bytes).sum::<usize>();
         Ok(frames)
     }
 
@@ -464,7 +570,17 @@ impl Session {
         if !self.transactions.contains_key(&transaction) {
             return Err(Refusal::new(format!("no open transaction {transaction:?}")));
         }
+        let bytes = held_bytes(&frame);
+        let limit = self.broker.config().max_transaction_bytes;
+        if self.transaction_bytes + bytes > limit {
+            return Err(Refusal::new(format!(
+                "too many bytes in open transactions: this server holds at most {limit} per \
+                 session (max-transaction-bytes)"
+            ))
+            .because(ErrorReason::Limit));
+        }
         self.reserve_transaction_frame()?;
+        self.transaction_bytes += bytes;
         self.transactions
             .get_mut(&transaction)
             .expect("checked above")
@@ -491,6 +607,7 @@ impl Session {
         }
         self.transactions.clear();
         self.transaction_frames = 0;
+        self.transaction_bytes = 0;
     }
 }
 
@@ -508,6 +625,43 @@ fn negotiate(can: Duration, wants: Duration) -> Duration {
     } else {
         can.max(wants)
     }
+}
+
+/// What a frame held in a transaction costs `max-transaction-bytes`.
+fn held_bytes(frame: &Frame) -> usize {
+    frame.body.len() + frame.headers.byte_len()
+}
+
+/// A SEND's headers go to subscribers of every version, and STOMP 1.0
+/// escapes nothing: a control character (a NUL ends the frame for parsers
+/// that cut at NUL, a CR or LF starts a new header line) or a colon in a
+/// name cannot be written safely to all of them, so it is refused here, as
+/// the HTTP API refuses control characters.
+fn check_passable_headers(frame: &Frame) -> Outcome {
+    for (name, value) in frame.headers.iter() {
+        let reason = if name.chars().chain(value.chars()).any(char::is_control) {
+            "it contains a control character (NUL, CR, LF, ...)"
+        } else if name.contains(':') {
+            "its name contains a colon"
+        } else {
+            continue;
+        };
+        return Err(Refusal::new(format!(
+            "header {name:?} cannot be passed on to every subscriber: {reason}"
+        )));
+    }
+    Ok(())
+}
+
+/// `frame` with its body copied into a buffer of its own size, and its
+/// headers' storage shrunk to what they use. A decoded body is a view into
+/// the connection's read buffer (up to one WebSocket message), and keeping
+/// the view would keep all of it; the decoder grows header storage by
+/// doubling.
+fn detached(mut frame: Frame) -> Frame {
+    frame.body = Bytes::copy_from_slice(&frame.body);
+    frame.headers.shrink_to_fit();
+    frame
 }
 
 fn required<'a>(frame: &'a Frame, name: &str) -> Result<&'a str, Refusal> {
@@ -757,11 +911,7 @@ mod tests {
         });
         harness.feed(begin("t"));
         harness.feed(send("/topic/a").header("transaction", "t"));
-        harness.feed(
-            Frame::new(Command::Ack)
-                .header("id", "1")
-                .header("transaction", "t"),
-        );
+        harness.feed(send("/topic/a").header("transaction", "t"));
         let (message, reason) = harness.refused(send("/topic/a").header("transaction", "t"));
         assert_eq!(
             message,

@@ -7,19 +7,27 @@
 //! comments would keep that buffer for as long as it stays connected. Here a
 //! batch is encoded once, straight from the shared [`PreparedMessage`] into
 //! one buffer, written, and the buffer is given back when the queue is empty.
-//! tungstenite still reads, answers pings and does the closing handshake; the
-//! two never interleave mid-frame because tungstenite's own pending bytes are
-//! flushed before each of our writes, and ours are always written whole
-//! before control returns to the connection loop.
+//!
+//! Writing is poll-based ([`Writer::poll_write`]) so that the connection can
+//! read, and watch its deadlines, while a write waits for a slow socket.
+//! tungstenite still reads, answers pings and does the closing handshake;
+//! the two never interleave mid-frame: tungstenite's pending bytes are
+//! flushed before each of our batches, and while a batch is half written the
+//! [`Gated`] socket makes tungstenite's own writes wait (it keeps them and
+//! retries, reading meanwhile).
 
 use crate::metrics::Metrics;
 use crate::outbox::{Delivery, Outbox, OutboxState};
 use bytes::{Buf, BufMut, BytesMut};
-use futures_util::SinkExt;
+use futures_util::Sink;
 use std::collections::VecDeque;
 use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll, Waker};
 use stompede_protocol::{encode, encoded_len, Frame, PreparedMessage, Version};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 /// Deliveries kept in the reused batch between rounds; a larger batch
@@ -32,119 +40,297 @@ const OPCODE_BINARY: u8 = 0x2;
 /// FIN bit: every message is sent as one frame.
 const FIN: u8 = 0x80;
 
+/// The connection's socket, with a gate on the writes that come through
+/// tungstenite (pongs, the close frame): while the [`Writer`] is in the
+/// middle of its own bytes, those wait, so they never land mid-frame.
+#[derive(Debug)]
+pub struct Gated<S> {
+    inner: S,
+    /// Set while the writer has a batch half written.
+    closed: bool,
+    /// tungstenite's task, to wake once the gate opens again.
+    waiting: Option<Waker>,
+}
+
+impl<S> Gated<S> {
+    pub fn new(inner: S) -> Gated<S> {
+        Gated {
+            inner,
+            closed: false,
+            waiting: None,
+        }
+    }
+
+    fn close_gate(&mut self) {
+        self.closed = true;
+    }
+
+    fn open_gate(&mut self) {
+        self.closed = false;
+        if let Some(waker) = self.waiting.take() {
+            waker.wake();
+        }
+    }
+
+    fn wait(&mut self, cx: &Context<'_>) -> Poll<io::Result<()>> {
+        if self.closed {
+            self.waiting = Some(cx.waker().clone());
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Gated<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Gated<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.wait(cx))?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.wait(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.wait(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Encodes frames for this connection's STOMP version and writes them.
 pub struct Writer {
     pub version: Version,
-    /// Encoded bytes not yet written. Empty between writes; when a write is
-    /// cancelled half-way, what is left is written before anything else.
+    /// Encoded whole WebSocket frames not yet written.
     pending: BytesMut,
-    /// Deliveries taken from the outbox.
+    /// Whether the gate is closed for the bytes in `pending`.
+    holding_gate: bool,
+    /// Whether `pending` holds replies (queued because of what the client
+    /// sent, so reading more could pile up more of them).
+    holds_replies: bool,
+    /// When the current write last made progress (it began, or the kernel
+    /// took bytes); `None` while nothing is pending. `write-timeout` counts from here.
+    progress: Option<Instant>,
+    /// Deliveries taken from the outbox, encoded in the same round.
     batch: VecDeque<Delivery>,
-    /// A batch is written once it reaches this many bytes (`ws-write-buffer-bytes`).
+    /// Deliveries in `pending`, counted in the metrics once written.
+    unreported: usize,
+    /// When the oldest of them was published.
+    oldest: Option<std::time::Instant>,
+    /// One round takes about this many bytes from the outbox (`ws-write-buffer-bytes`).
     max_write_bytes: usize,
+    /// STOMP 1.2 `ack` ids are `{connection_id}.{n}`, `n` counting up.
+    connection_id: u64,
+    acks_issued: u64,
+    /// The `ack` id being written (reused, so stamping allocates nothing).
+    ack_text: String,
 }
 
 impl Writer {
-    pub fn new(max_write_bytes: usize) -> Writer {
+    pub fn new(max_write_bytes: usize, connection_id: u64) -> Writer {
         Writer {
             version: Version::V1_2,
             pending: BytesMut::new(),
+            holding_gate: false,
+            holds_replies: false,
+            progress: None,
             batch: VecDeque::new(),
+            unreported: 0,
+            oldest: None,
             max_write_bytes: max_write_bytes.max(1),
+            connection_id,
+            acks_issued: 0,
+            ack_text: String::new(),
         }
     }
 
-    /// Writes everything queued, round after round until the outbox is empty.
-    pub async fn drain_outbox<S>(
-        &mut self,
-        outbox: &Outbox,
-        ws: &mut WebSocketStream<S>,
-        metrics: &Metrics,
-    ) -> io::Result<OutboxState>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        loop {
-            let state = outbox.drain_into(&mut self.batch);
-            let frames = self.batch.len();
-            metrics.outbound_queued.sub(frames as i64);
-            if state != OutboxState::Open || frames == 0 {
-                self.batch.clear();
-                if self.batch.capacity() > RETAINED_BATCH_CAPACITY {
-                    self.batch = VecDeque::new();
-                }
-                return Ok(state);
+    /// Whether nothing is waiting to be written.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Bytes waiting to be written.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether replies wait among the pending bytes.
+    pub fn holds_replies(&self) -> bool {
+        self.holds_replies
+    }
+
+    /// When the write in progress last moved (`None`: no write in progress).
+    pub fn progress(&self) -> Option<Instant> {
+        self.progress
+    }
+
+    /// Encodes one round of queued deliveries (about `ws-write-buffer-bytes`)
+    /// into the pending bytes; returns the outbox's state.
+    pub fn fill_from_outbox(&mut self, outbox: &Outbox, metrics: &Metrics) -> OutboxState {
+        self.fill(outbox, metrics, self.max_write_bytes)
+    }
+
+    fn fill(&mut self, outbox: &Outbox, metrics: &Metrics, max_bytes: usize) -> OutboxState {
+        let state = outbox.drain_up_to(&mut self.batch, max_bytes);
+        let frames = self.batch.len();
+        metrics.outbound_queued.sub(frames as i64);
+        if state == OutboxState::Open && frames > 0 {
+            self.mark_started();
+            if self.oldest.is_none() {
+                self.oldest = self.batch.front().map(|delivery| delivery.published_at);
             }
-            let oldest = self.batch.front().map(|delivery| delivery.published_at);
+            let acks_before = self.acks_issued;
             while let Some(delivery) = self.batch.pop_front() {
                 self.put_delivery(&delivery);
-                if self.pending.len() >= self.max_write_bytes {
-                    self.write_pending(ws).await?;
-                }
             }
-            self.write_pending(ws).await?;
-            metrics.messages_delivered.inc_by(frames as u64);
-            metrics.outbound_batch_frames.observe(frames as f64);
-            // One latency sample per batch: its oldest delivery, the worst case.
-            if let Some(oldest) = oldest {
-                metrics
-                    .delivery_latency
-                    .observe(oldest.elapsed().as_secs_f64());
+            if self.acks_issued != acks_before {
+                outbox.set_acks_issued(self.acks_issued);
             }
+            self.unreported += frames;
         }
+        self.batch.clear();
+        if self.batch.capacity() > RETAINED_BATCH_CAPACITY {
+            self.batch = VecDeque::new();
+        }
+        state
     }
 
-    /// Writes what is already queued (a MESSAGE caused by the session's own
-    /// SEND goes out before the reply to it), then the replies.
-    pub async fn write_replies<S>(
+    /// Queues the replies after everything the outbox holds (a MESSAGE
+    /// caused by the session's own SEND goes out before the reply to it).
+    pub fn queue_replies(
         &mut self,
         replies: &mut Vec<Frame>,
         outbox: &Outbox,
-        ws: &mut WebSocketStream<S>,
         metrics: &Metrics,
-    ) -> io::Result<OutboxState>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let state = self.drain_outbox(outbox, ws, metrics).await?;
+    ) -> OutboxState {
+        let state = self.fill(outbox, metrics, usize::MAX);
         if state == OutboxState::Open {
-            self.write_frames(replies.drain(..), ws).await?;
+            self.queue_frames(replies.drain(..));
         }
-        Ok(state)
+        replies.clear();
+        state
     }
 
-    /// Encodes and writes `frames` in one write.
-    pub async fn write_frames<S>(
-        &mut self,
-        frames: impl Iterator<Item = Frame>,
-        ws: &mut WebSocketStream<S>,
-    ) -> io::Result<()>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+    /// Encodes `frames` after whatever is pending.
+    pub fn queue_frames(&mut self, frames: impl Iterator<Item = Frame>) {
         for frame in frames {
+            self.mark_started();
+            self.holds_replies = true;
             let text = std::str::from_utf8(&frame.body).is_ok();
             put_header(&mut self.pending, text, encoded_len(&frame, self.version));
             encode(&frame, self.version, &mut self.pending);
         }
-        self.write_pending(ws).await
     }
 
     /// A heart-beat: one EOL in a text message.
-    pub async fn write_heartbeat<S>(&mut self, ws: &mut WebSocketStream<S>) -> io::Result<()>
+    pub fn queue_heartbeat(&mut self) {
+        self.mark_started();
+        put_header(&mut self.pending, true, 1);
+        self.pending.put_u8(b'\n');
+    }
+
+    fn mark_started(&mut self) {
+        if self.progress.is_none() {
+            self.progress = Some(Instant::now());
+        }
+    }
+
+    /// Counts the deliveries of the writes completed since the last call.
+    pub fn report(&mut self, metrics: &Metrics) {
+        if self.unreported == 0 {
+            return;
+        }
+        metrics.messages_delivered.inc_by(self.unreported as u64);
+        metrics
+            .outbound_batch_frames
+            .observe(self.unreported as f64);
+        // One latency sample per batch: its oldest delivery, the worst case.
+        if let Some(oldest) = self.oldest.take() {
+            metrics
+                .delivery_latency
+                .observe(oldest.elapsed().as_secs_f64());
+        }
+        self.unreported = 0;
+    }
+
+    /// Writes the pending bytes: first whatever tungstenite has queued (a
+    /// pong), then ours with tungstenite's writes held back, then gives the
+    /// buffer back (an idle connection keeps none). Ready once everything is
+    /// written. Cancel safety: nothing is lost when it returns `Pending`;
+    /// the next call goes on where this one stopped.
+    pub fn poll_write<S>(
+        &mut self,
+        ws: &mut WebSocketStream<Gated<S>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        put_header(&mut self.pending, true, 1);
-        self.pending.put_u8(b'\n');
-        self.write_pending(ws).await
+        if self.pending.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        if !self.holding_gate {
+            ready!(Sink::<Message>::poll_flush(Pin::new(&mut *ws), cx))
+                .map_err(io::Error::other)?;
+            ws.get_mut().close_gate();
+            self.holding_gate = true;
+        }
+        let socket = ws.get_mut();
+        while !self.pending.is_empty() {
+            let written = ready!(Pin::new(&mut socket.inner).poll_write(cx, &self.pending))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.pending.advance(written);
+            self.progress = Some(Instant::now());
+        }
+        ready!(Pin::new(&mut socket.inner).poll_flush(cx))?;
+        socket.open_gate();
+        self.holding_gate = false;
+        self.holds_replies = false;
+        self.progress = None;
+        self.pending = BytesMut::new();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes everything pending.
+    pub async fn finish<S>(&mut self, ws: &mut WebSocketStream<Gated<S>>) -> io::Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        std::future::poll_fn(|cx| self.poll_write(ws, cx)).await
     }
 
     fn put_delivery(&mut self, delivery: &Delivery) {
         let message: &PreparedMessage = &delivery.message;
-        let ack = delivery
-            .ack
-            .then(|| message.headers().get("message-id").unwrap_or_default());
+        // STOMP 1.2 acknowledges by an `ack` id of this session's own; 1.0
+        // and 1.1 by the shared `message-id`.
+        let ack = match (delivery.ack, self.version) {
+            (false, _) => None,
+            (true, Version::V1_2) => {
+                use std::fmt::Write;
+                self.ack_text.clear();
+                let _ = write!(self.ack_text, "{}.{}", self.connection_id, self.acks_issued);
+                self.acks_issued += 1;
+                Some(self.ack_text.as_str())
+            }
+            (true, _) => Some(message.headers().get("message-id").unwrap_or_default()),
+        };
         let len = message.len_for(self.version, &delivery.subscription, ack);
         // Headers are always UTF-8, so the frame is text exactly when its body is.
         put_header(&mut self.pending, message.body_is_utf8(), len);
@@ -155,29 +341,6 @@ impl Writer {
             len,
             "len_for and write_for disagree"
         );
-    }
-
-    /// Writes all pending bytes, after whatever tungstenite itself has queued
-    /// (a pong), then gives the buffer back: an idle connection keeps none.
-    async fn write_pending<S>(&mut self, ws: &mut WebSocketStream<S>) -> io::Result<()>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        ws.flush().await.map_err(io::Error::other)?;
-        let socket = ws.get_mut();
-        while !self.pending.is_empty() {
-            let written = socket.write(&self.pending).await?;
-            if written == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            self.pending.advance(written);
-        }
-        socket.flush().await?;
-        self.pending = BytesMut::new();
-        Ok(())
     }
 }
 

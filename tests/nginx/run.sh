@@ -92,7 +92,7 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=localhost" \
   -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 
 # ---- stompede ---------------------------------------------------------------
-"$stompede" --listen "127.0.0.1:$broker_port" --api-token "$token" --heartbeat 1000,1000 \
+"$stompede" --listen "127.0.0.1:$broker_port" --api-token "$token" --trusted-proxy 127.0.0.1 --heartbeat 1000,1000 \
   >"$work/stompede.log" 2>&1 &
 stompede_pid=$!
 wait_for "http://127.0.0.1:$broker_port/healthz"

@@ -29,7 +29,18 @@ pub struct RawWs {
 impl RawWs {
     /// Opens a WebSocket (no subprotocol) and reads the 101 response.
     pub async fn open(addr: SocketAddr) -> RawWs {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        RawWs::handshake(TcpStream::connect(addr).await.unwrap(), addr).await
+    }
+
+    /// Like [`open`](Self::open), with a 4 KiB receive buffer, so that a
+    /// client that stops reading fills the server's socket quickly.
+    pub async fn open_small_window(addr: SocketAddr) -> RawWs {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        RawWs::handshake(socket.connect(addr).await.unwrap(), addr).await
+    }
+
+    async fn handshake(mut stream: TcpStream, addr: SocketAddr) -> RawWs {
         stream
             .write_all(upgrade_request(addr, "").as_bytes())
             .await
