@@ -531,3 +531,155 @@ async fn a_node_killed_with_sigkill_stops_counting_and_the_others_keep_serving()
     .await;
     assert_eq!((status, reply["subscribers"].as_u64()), (202, Some(1)));
 }
+
+/// A TCP proxy in front of Redis whose Redis-to-node direction can be
+/// stalled: the node then stops reading what Redis sends it, as a stuck
+/// node would.
+struct StallingProxy {
+    port: u16,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StallingProxy {
+    async fn start(redis_port: u16) -> StallingProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stalled = std::sync::Arc::new(AtomicBool::new(false));
+        let stall = stalled.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await
+                else {
+                    continue;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                });
+                let stall = stall.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 16 * 1024];
+                    loop {
+                        while stall.load(Ordering::SeqCst) {
+                            sleep(Duration::from_millis(10)).await;
+                        }
+                        match server_read.read(&mut buffer).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(read) => {
+                                if client_write.write_all(&buffer[..read]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    // Redis closed the link: so does the node's side.
+                    let _ = client_write.shutdown().await;
+                });
+            }
+        });
+        StallingProxy { port, stalled }
+    }
+
+    fn stall(&self, stalled: bool) {
+        self.stalled
+            .store(stalled, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_node_is_cut_by_redis_without_slowing_the_others_and_comes_back() {
+    logs();
+    let redis = Redis::start();
+    // Redis cuts a pub/sub client that has more than 256 KiB waiting.
+    redis.cli(&[
+        "CONFIG",
+        "SET",
+        "client-output-buffer-limit",
+        "pubsub 256kb 128kb 1",
+    ]);
+    let proxy = StallingProxy::start(redis.port).await;
+    let healthy = nodes(&redis, &["healthy"]).await.remove(0);
+    // Room for the burst the socket buffers release when it reads again.
+    let stuck = start(Config {
+        outbound_queue_bytes: 64 << 20,
+        outbound_queue_frames: 4096,
+        ..node(&format!("redis://127.0.0.1:{}", proxy.port), "stuck")
+    })
+    .await;
+    wait_until(
+        || stuck.broker.engine_status().up,
+        "the stuck node comes up",
+    )
+    .await;
+    let mut healthy_reader = subscriber(&healthy, "/topic/busy").await;
+    let mut stuck_reader = subscriber(&stuck, "/topic/busy").await;
+    // It reads whatever reaches it, so that its own queue is not what fails.
+    let stuck_reads = tokio::spawn(async move {
+        loop {
+            match stuck_reader.next_frame().await {
+                Some(frame) if &frame.body[..] == b"last" => return Ok(()),
+                Some(frame) if frame.command == Command::Message => continue,
+                other => return Err(format!("the stuck node's reader got {other:?}")),
+            }
+        }
+    });
+
+    proxy.stall(true);
+    // Far more than the kernel's socket buffers between Redis and the node hold.
+    const MESSAGES: usize = 400;
+    let body = "x".repeat(32 * 1024);
+    for _ in 0..MESSAGES {
+        let (status, reply) = publish(
+            &healthy,
+            serde_json::json!({"destination": "/topic/busy", "body": body}),
+        )
+        .await;
+        assert_eq!(
+            status, 202,
+            "publishing is not slowed by the stuck node: {reply}"
+        );
+        // The healthy node's reader gets every one of them (reading as it
+        // goes, so it is no slow consumer itself).
+        assert_eq!(healthy_reader.frame().await.body.len(), body.len());
+    }
+
+    // Redis has cut the stuck node's pub/sub link; once it reads again it
+    // reconnects, subscribes again, and gets what is published from then on.
+    proxy.stall(false);
+    let deadline = Instant::now() + PATIENCE * 2;
+    while stuck.broker.metrics().engine_reconnects.get() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stuck node never reconnected"
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, _) = publish(
+            &healthy,
+            serde_json::json!({"destination": "/topic/busy", "body": "later"}),
+        )
+        .await;
+        assert_eq!(status, 202);
+        if redis.numsub("stompede:{/topic/busy}") == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stuck node never subscribed again"
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _) = publish(
+        &healthy,
+        serde_json::json!({"destination": "/topic/busy", "body": "last"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    // Its session stayed open: it gets "last" (after whatever reached it before the cut).
+    stuck_reads.await.unwrap().unwrap();
+}
