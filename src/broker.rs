@@ -2,6 +2,7 @@
 //! registry, the metrics, admission (session slots) and shutdown. Callers get
 //! methods that say what they may do, not the fields.
 
+use crate::admission::HandshakeLimiter;
 use crate::auth::AuthPolicy;
 use crate::config::Config;
 use crate::fanout;
@@ -31,6 +32,8 @@ pub struct Broker {
     sessions: AtomicUsize,
     /// Open WebSocket sessions per client IP (bounded by `max-connections-per-ip`).
     sessions_per_ip: Arc<IpLimiter>,
+    /// WebSocket handshakes per second (`max-handshakes-per-second`).
+    handshakes: HandshakeLimiter,
     next_connection_id: AtomicU64,
     next_message_id: AtomicU64,
     /// Distinguishes message ids across restarts.
@@ -79,6 +82,8 @@ impl Broker {
             .map(|since| since.as_millis())
             .unwrap_or_default();
         let sessions_per_ip = Arc::new(IpLimiter::new(config.ipv6_prefix_length));
+        let handshakes =
+            HandshakeLimiter::new(config.max_handshakes_per_second, config.handshake_burst);
         Broker {
             auth: config.auth_policy(),
             config,
@@ -88,6 +93,7 @@ impl Broker {
             tasks: TaskTracker::new(),
             sessions: AtomicUsize::new(0),
             sessions_per_ip,
+            handshakes,
             next_connection_id: AtomicU64::new(1),
             next_message_id: AtomicU64::new(1),
             boot_id: format!("{boot:x}"),
@@ -161,6 +167,11 @@ impl Broker {
     /// Destinations with at least one subscriber on this node.
     pub fn destination_count(&self) -> usize {
         self.registry.destination_count()
+    }
+
+    /// Takes one of `max-handshakes-per-second`, or says how long until one is free.
+    pub fn admit_handshake(&self) -> Result<(), Duration> {
+        self.handshakes.check()
     }
 
     /// Reserves a session slot for a client at `peer`: one of

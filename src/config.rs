@@ -199,6 +199,17 @@ pub struct Config {
     #[arg(long, default_value = "10", value_parser = positive_seconds)]
     pub http_idle_timeout: Duration,
 
+    /// WebSocket handshakes admitted per second on average, past `handshake-burst`; the next get
+    /// 503 with `Retry-After` (0: no limit), so a connect storm cannot starve the readers already
+    /// connected.
+    #[arg(long, default_value_t = crate::admission::DEFAULT_HANDSHAKES_PER_SECOND)]
+    pub max_handshakes_per_second: u32,
+
+    /// WebSocket handshakes admitted at once above `max-handshakes-per-second`.
+    #[arg(long, default_value_t = crate::admission::DEFAULT_HANDSHAKE_BURST,
+          value_parser = at_least_one::<u32>)]
+    pub handshake_burst: u32,
+
     /// Most subscriptions one session may hold.
     #[arg(long, default_value_t = 64, value_parser = at_least_one::<usize>)]
     pub max_subscriptions_per_session: usize,

@@ -2,6 +2,7 @@
 //! answers 101 and hands the upgraded connection to a session.
 
 use super::{error, HttpResponse};
+use crate::admission;
 use crate::broker::{AdmissionRefusal, Broker};
 use crate::session::connection;
 use crate::session::writer::Gated;
@@ -66,6 +67,9 @@ pub fn handle(
             )
         }
     };
+    if let Err(wait) = broker.admit_handshake() {
+        return too_many_handshakes(&broker, wait);
+    }
     let slot = match broker.admit(peer.ip()) {
         Ok(slot) => slot,
         Err(refusal) => {
@@ -121,6 +125,22 @@ pub fn handle(
     response
         .body(Full::default())
         .expect("static response parts are valid")
+}
+
+/// 503 with `Retry-After`, counted: past `max-handshakes-per-second`.
+/// (Browsers cannot read it; the example page's jittered backoff is what
+/// spreads them.)
+fn too_many_handshakes(broker: &Broker, wait: std::time::Duration) -> HttpResponse {
+    broker.metrics().handshakes_refused.inc();
+    let seconds = admission::retry_after_seconds(wait);
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("too many handshakes; try again in {seconds} s (max-handshakes-per-second)"),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
 }
 
 /// Whether a comma-separated header contains `token` (case-insensitive).
