@@ -395,6 +395,15 @@ impl Config {
             .unwrap_or(self.max_frame_bytes + WS_FRAMING_SLACK)
     }
 
+    /// The largest WebSocket message before CONNECT succeeds: the pre-CONNECT
+    /// frame budget plus framing slack (at most `ws-max-message-bytes`).
+    pub fn ws_max_message_bytes_before_connect(&self) -> usize {
+        let frame = self
+            .max_frame_bytes_before_connect
+            .min(self.max_frame_bytes);
+        (frame + WS_FRAMING_SLACK).min(self.ws_max_message_bytes())
+    }
+
     /// `ws-max-frame-bytes`, or its default.
     pub fn ws_max_frame_bytes(&self) -> usize {
         self.ws_max_frame_bytes

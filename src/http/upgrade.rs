@@ -5,6 +5,7 @@ use super::{error, HttpResponse};
 use crate::admission;
 use crate::broker::{AdmissionRefusal, Broker};
 use crate::session::connection;
+use crate::session::message_limit::MessageLimit;
 use crate::session::writer::Gated;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -92,6 +93,7 @@ pub fn handle(
         .write_buffer_size(0)
         .max_message_size(Some(config.ws_max_message_bytes()))
         .max_frame_size(Some(config.ws_max_frame_bytes()));
+    let before_connect_limit = config.ws_max_message_bytes_before_connect();
     let connection_id = broker.next_connection_id();
     let span = tracing::info_span!("session", id = connection_id, %peer);
     let on_upgrade = hyper::upgrade::on(request);
@@ -101,7 +103,10 @@ pub fn handle(
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let ws = WebSocketStream::from_raw_socket(
-                        Gated::new(TokioIo::new(upgraded)),
+                        Gated::new(MessageLimit::new(
+                            TokioIo::new(upgraded),
+                            before_connect_limit,
+                        )),
                         Role::Server,
                         Some(ws_config),
                     )

@@ -5,6 +5,7 @@
 use crate::broker::{Broker, SessionSlot};
 use crate::metrics::ErrorReason;
 use crate::outbox::{Outbox, OutboxState};
+use crate::session::message_limit::{MessageLimit, TooLargeBeforeConnect};
 use crate::session::writer::{Gated, Writer};
 use crate::session::{Flow, Session};
 use bytes::BytesMut;
@@ -130,8 +131,11 @@ where
     Poll::Pending
 }
 
-pub async fn serve<S>(slot: SessionSlot, mut ws: WebSocketStream<Gated<S>>, connection_id: u64)
-where
+pub async fn serve<S>(
+    slot: SessionSlot,
+    mut ws: WebSocketStream<Gated<MessageLimit<S>>>,
+    connection_id: u64,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let broker = slot.broker().clone();
@@ -324,6 +328,7 @@ where
                         gauges.connected(version);
                         decoder.set_version(version);
                         decoder.set_limits(limits);
+                        ws.get_mut().inner_mut().lift();
                         writer.version = version;
                         tracing::debug!(version = version.as_str(), "session connected");
                         // Heart-beats start now: let the timer pick the new deadline.
@@ -456,6 +461,17 @@ fn read_failed(error: &tokio_tungstenite::tungstenite::Error) -> Ending {
             CloseCode::Protocol,
             ErrorReason::WebSocket,
         ),
+        Error::Io(io) => match io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<TooLargeBeforeConnect>())
+        {
+            Some(too_large) => (
+                too_large.to_string(),
+                CloseCode::Size,
+                ErrorReason::TooLarge,
+            ),
+            None => return Ending::Quiet,
+        },
         _ => return Ending::Quiet,
     };
     Ending::Error(Session::error(message), code, reason)
