@@ -2,6 +2,7 @@
 //! registry, the metrics, admission (session slots) and shutdown. Callers get
 //! methods that say what they may do, not the fields.
 
+use crate::admission::HandshakeLimiter;
 use crate::auth::AuthPolicy;
 use crate::config::{Config, EngineKind};
 use crate::engine::{self, Confirmation, Engine, EngineError, EngineStatus, Publication};
@@ -34,6 +35,8 @@ pub struct Broker {
     sessions: AtomicUsize,
     /// Open WebSocket sessions per client IP (bounded by `max-connections-per-ip`).
     sessions_per_ip: Arc<IpLimiter>,
+    /// WebSocket handshakes per second (`max-handshakes-per-second`).
+    handshakes: HandshakeLimiter,
     next_connection_id: AtomicU64,
     next_message_id: AtomicU64,
     /// Names this node in logs, in `/readyz` and in message ids.
@@ -108,6 +111,8 @@ impl Broker {
             )),
         };
         let sessions_per_ip = Arc::new(IpLimiter::new(config.ipv6_prefix_length));
+        let handshakes =
+            HandshakeLimiter::new(config.max_handshakes_per_second, config.handshake_burst);
         Broker {
             auth: config.auth_policy(),
             config,
@@ -117,6 +122,7 @@ impl Broker {
             tasks: TaskTracker::new(),
             sessions: AtomicUsize::new(0),
             sessions_per_ip,
+            handshakes,
             next_connection_id: AtomicU64::new(1),
             next_message_id: AtomicU64::new(1),
             node_id,
@@ -223,6 +229,11 @@ impl Broker {
     /// Destinations with at least one subscriber on this node.
     pub fn destination_count(&self) -> usize {
         self.hub.destination_count()
+    }
+
+    /// Takes one of `max-handshakes-per-second`, or says how long until one is free.
+    pub fn admit_handshake(&self) -> Result<(), Duration> {
+        self.handshakes.check()
     }
 
     /// Reserves a session slot for a client at `peer`: one of

@@ -199,6 +199,17 @@ pub struct Config {
     #[arg(long, default_value = "10", value_parser = positive_seconds)]
     pub http_idle_timeout: Duration,
 
+    /// WebSocket handshakes admitted per second on average, past `handshake-burst`; the next get
+    /// 503 with `Retry-After` (0: no limit), so a connect storm cannot starve the readers already
+    /// connected.
+    #[arg(long, default_value_t = crate::admission::DEFAULT_HANDSHAKES_PER_SECOND)]
+    pub max_handshakes_per_second: u32,
+
+    /// WebSocket handshakes admitted at once above `max-handshakes-per-second`.
+    #[arg(long, default_value_t = crate::admission::DEFAULT_HANDSHAKE_BURST,
+          value_parser = at_least_one::<u32>)]
+    pub handshake_burst: u32,
+
     /// Most subscriptions one session may hold.
     #[arg(long, default_value_t = 64, value_parser = at_least_one::<usize>)]
     pub max_subscriptions_per_session: usize,
@@ -442,6 +453,15 @@ impl Config {
     pub fn ws_max_message_bytes(&self) -> usize {
         self.ws_max_message_bytes
             .unwrap_or(self.max_frame_bytes + WS_FRAMING_SLACK)
+    }
+
+    /// The largest WebSocket message before CONNECT succeeds: the pre-CONNECT
+    /// frame budget plus framing slack (at most `ws-max-message-bytes`).
+    pub fn ws_max_message_bytes_before_connect(&self) -> usize {
+        let frame = self
+            .max_frame_bytes_before_connect
+            .min(self.max_frame_bytes);
+        (frame + WS_FRAMING_SLACK).min(self.ws_max_message_bytes())
     }
 
     /// `ws-max-frame-bytes`, or its default.

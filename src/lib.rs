@@ -4,6 +4,7 @@
 //! comment API POSTs each new comment to `/api/v1/publish`, and the broker
 //! pushes it to every subscriber. See the README for the architecture.
 
+pub mod admission;
 pub mod auth;
 pub mod broker;
 pub mod client_addr;

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub messages_delivered: IntCounter,
     pub slow_consumer_disconnects: IntCounter,
     pub slow_consumer_drops: IntCounter,
+    /// WebSocket handshakes answered 503 past `max-handshakes-per-second`.
+    pub handshakes_refused: IntCounter,
     /// ERROR frames sent, by reason.
     pub errors: IntCounterVec,
     /// Deliveries waiting in outbound queues, all connections together.
@@ -177,6 +179,13 @@ impl Metrics {
                     "slow_consumer_drops_total",
                     "Messages dropped for a subscriber whose outbound queue was full \
                      (slow-consumer = drop)",
+                ),
+            ),
+            handshakes_refused: register(
+                &registry,
+                IntCounter::new(
+                    "handshakes_refused_total",
+                    "WebSocket handshakes answered 503 past max-handshakes-per-second",
                 ),
             ),
             errors: register(

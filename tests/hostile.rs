@@ -257,13 +257,17 @@ async fn a_websocket_message_over_the_limit_closes_with_1009() {
     let broker = start(config()).await;
     let mut by = bystander(&broker).await;
     let mut ws = RawWs::open(broker.addr).await;
-    let mut frame = b"CONNECT\naccept-version:1.2\nbig:".to_vec();
+    ws.send_text("CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0")
+        .await;
+    ws.read_frame().await.expect("CONNECTED");
+    let mut frame = b"SEND\ndestination:/topic/a\nbig:".to_vec();
     frame.extend(std::iter::repeat_n(b'v', 1 << 20)); // a megabyte header value in one message
     ws.send_frame(OP_BINARY, &frame).await;
     let (data, code) = ws.until_close().await;
     assert_eq!(code, Some(1009));
     let error = String::from_utf8_lossy(&data.concat()).into_owned();
     assert!(error.contains("too large"), "{error}");
+    assert!(error.contains("ws-max-message-bytes"), "{error}");
     still_serving(&broker, &mut by).await;
 }
 
@@ -352,9 +356,10 @@ async fn thousands_of_subscribes_stop_at_the_per_session_limit_and_leave_nothing
 async fn a_flood_of_heart_beats_is_harmless() {
     let broker = start(config()).await;
     let mut by = bystander(&broker).await;
-    // Before CONNECT: EOLs are heart-beats, not a frame, so no budget is used.
+    // Before CONNECT: EOLs are heart-beats, not a frame, so no budget is used
+    // (in messages within the pre-CONNECT message limit).
     let mut client = broker.client().await;
-    send_chunked(&mut client, &vec![b'\n'; 1 << 20], 32 * 1024).await;
+    send_chunked(&mut client, &vec![b'\n'; 1 << 20], 4 * 1024).await;
     client.send("CONNECT\naccept-version:1.2\n\n\0").await;
     assert_eq!(client.frame().await.command, Command::Connected);
     // After CONNECT, with CRLFs too.
@@ -802,5 +807,38 @@ async fn a_peer_still_sending_past_the_limit_receives_the_1009_close() {
         );
         sender.abort();
     }
+    still_serving(&broker, &mut by).await;
+}
+
+#[tokio::test]
+async fn a_websocket_message_over_the_pre_connect_budget_closes_with_1009_before_connect() {
+    let broker = start(config()).await;
+    let mut by = bystander(&broker).await;
+    // 10 KB in one message before CONNECT: past max-frame-bytes-before-connect
+    // (4096) plus framing slack, refused at the WebSocket layer.
+    let mut ws = RawWs::open(broker.addr).await;
+    let mut frame = b"CONNECT\naccept-version:1.2\nbig:".to_vec();
+    frame.extend(std::iter::repeat_n(b'v', 10_000));
+    frame.extend_from_slice(b"\n\n\0");
+    ws.send_frame(OP_BINARY, &frame).await;
+    let (data, code) = ws.until_close().await;
+    assert_eq!(code, Some(1009));
+    let error = String::from_utf8_lossy(&data.concat()).into_owned();
+    assert!(error.contains("before CONNECT"), "{error}");
+    // Once connected, the same size is fine.
+    let mut ws = RawWs::open(broker.addr).await;
+    ws.send_text("CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0")
+        .await;
+    ws.read_frame().await.expect("CONNECTED");
+    let mut frame = b"SUBSCRIBE\nid:0\ndestination:/topic/a\nreceipt:r\nbig:".to_vec();
+    frame.extend(std::iter::repeat_n(b'v', 7_000));
+    frame.extend_from_slice(b"\n\n\0");
+    ws.send_frame(OP_BINARY, &frame).await;
+    let (_, receipt) = ws.read_frame().await.expect("RECEIPT");
+    assert!(
+        receipt.starts_with(b"RECEIPT"),
+        "{}",
+        String::from_utf8_lossy(&receipt)
+    );
     still_serving(&broker, &mut by).await;
 }

@@ -384,3 +384,30 @@ async fn max_headers_limits_the_headers_of_a_publish() {
     assert_eq!(response["error"], "too many headers: at most 2");
     assert_eq!(response.get("subscribers"), None);
 }
+
+#[tokio::test]
+async fn a_json_body_arrives_as_the_publisher_wrote_it_compacted_at_most() {
+    let broker = start(config()).await;
+    let mut client = broker.connected().await;
+    client
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/raw\nreceipt:r\n\n\0")
+        .await;
+    client.frame().await;
+    // Key order, a big integer (a comment id), floats as written, escaped
+    // Unicode, and whitespace inside strings all survive; only whitespace
+    // between tokens goes.
+    let body = r#"{ "zeta": 1, "id" : 12345678901234567890123, "score": 1.10, "tiny": 1e-400,
+        "text": "caf\u00e9 \ud83d\ude00 \"quoted\"  two  spaces", "list": [ 3 , 2 , 1 ], "nested": {"b": null, "a": true} }"#;
+    let request = format!(r#"{{"destination": "/topic/raw", "body": {body}}}"#);
+    let (status, response) = broker.http("POST", "/api/v1/publish", Some(&request)).await;
+    assert_eq!(status, 202, "{response}");
+    let message = client.frame().await;
+    assert_eq!(
+        message.headers.get("content-type"),
+        Some("application/json")
+    );
+    assert_eq!(
+        std::str::from_utf8(&message.body).unwrap(),
+        r#"{"zeta":1,"id":12345678901234567890123,"score":1.10,"tiny":1e-400,"text":"caf\u00e9 \ud83d\ude00 \"quoted\"  two  spaces","list":[3,2,1],"nested":{"b":null,"a":true}}"#
+    );
+}

@@ -658,3 +658,77 @@ async fn forwarded_addresses_from_anyone_else_are_ignored() {
         "{status}"
     );
 }
+
+#[tokio::test]
+async fn handshakes_past_the_rate_get_503_with_retry_after() {
+    let mut config = config();
+    config.max_handshakes_per_second = 1;
+    config.handshake_burst = 2;
+    let broker = start(config).await;
+    let (status, _a) = upgrade_status(broker.addr, "").await;
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    let (status, _b) = upgrade_status(broker.addr, "").await;
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    let (status, _) = upgrade_status(broker.addr, "").await;
+    assert!(status.starts_with("HTTP/1.1 503"), "{status}");
+    assert!(status.contains("too many handshakes"), "{status}");
+    let (code, body) = http(
+        broker.addr,
+        "GET",
+        "/ws",
+        None,
+        &[
+            ("upgrade", "websocket"),
+            ("connection", "upgrade"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-version", "13"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(broker.broker.metrics().handshakes_refused.get(), 2);
+    // Later on, handshakes are admitted again.
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    loop {
+        let (status, _c) = upgrade_status(broker.addr, "").await;
+        if status.starts_with("HTTP/1.1 101") {
+            break;
+        }
+        assert!(status.starts_with("HTTP/1.1 503"), "{status}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never admitted again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_503_for_the_handshake_rate_says_when_to_retry() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = config();
+    config.max_handshakes_per_second = 1;
+    config.handshake_burst = 1;
+    let broker = start(config).await;
+    let (status, _a) = upgrade_status(broker.addr, "").await;
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    let mut stream = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    let request = raw::upgrade_request(broker.addr, "");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 503"), "{head}");
+    let retry_after: u64 = head
+        .lines()
+        .find_map(|line| line.strip_prefix("retry-after: "))
+        .expect("a Retry-After header")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+}

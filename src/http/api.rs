@@ -25,8 +25,9 @@ struct PublishRequest {
     destination: Option<String>,
     /// Broadcast: every destination.
     destinations: Option<Vec<String>>,
-    /// A string is sent as is (text/plain); anything else as compact JSON.
-    body: Option<serde_json::Value>,
+    /// A string is sent as is (text/plain); anything else as the JSON text
+    /// the publisher wrote, compacted at most (see `raw_json`).
+    body: Option<Box<serde_json::value::RawValue>>,
     /// A binary body, base64-encoded (application/octet-stream).
     body_base64: Option<String>,
     #[serde(default)]
@@ -196,10 +197,14 @@ fn publication(
             .map_err(|reason| format!("{reason}: {destination:?}"))?;
     }
     let (body, default_content_type) = match (request.body, request.body_base64) {
-        (Some(serde_json::Value::String(text)), None) => {
+        (Some(raw), None) if raw.get().starts_with('"') => {
+            let text: String = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
             (Bytes::from(text), "text/plain;charset=utf-8")
         }
-        (Some(value), None) => (Bytes::from(value.to_string()), "application/json"),
+        (Some(raw), None) => (
+            Bytes::from(super::raw_json::compact(raw.get())),
+            "application/json",
+        ),
         (None, Some(encoded)) => (
             base64::engine::general_purpose::STANDARD
                 .decode(encoded)

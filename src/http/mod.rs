@@ -1,6 +1,7 @@
 //! The HTTP side of the one listener: the WebSocket upgrade and the JSON API.
 
 pub mod api;
+pub mod raw_json;
 pub mod upgrade;
 
 use crate::broker::Broker;

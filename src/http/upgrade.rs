@@ -2,8 +2,10 @@
 //! answers 101 and hands the upgraded connection to a session.
 
 use super::{error, HttpResponse};
+use crate::admission;
 use crate::broker::{AdmissionRefusal, Broker};
 use crate::session::connection;
+use crate::session::message_limit::MessageLimit;
 use crate::session::writer::Gated;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -66,6 +68,9 @@ pub fn handle(
             )
         }
     };
+    if let Err(wait) = broker.admit_handshake() {
+        return too_many_handshakes(&broker, wait);
+    }
     let slot = match broker.admit(peer.ip()) {
         Ok(slot) => slot,
         Err(refusal) => {
@@ -88,6 +93,7 @@ pub fn handle(
         .write_buffer_size(0)
         .max_message_size(Some(config.ws_max_message_bytes()))
         .max_frame_size(Some(config.ws_max_frame_bytes()));
+    let before_connect_limit = config.ws_max_message_bytes_before_connect();
     let connection_id = broker.next_connection_id();
     let span = tracing::info_span!("session", id = connection_id, %peer);
     let on_upgrade = hyper::upgrade::on(request);
@@ -97,7 +103,10 @@ pub fn handle(
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let ws = WebSocketStream::from_raw_socket(
-                        Gated::new(TokioIo::new(upgraded)),
+                        Gated::new(MessageLimit::new(
+                            TokioIo::new(upgraded),
+                            before_connect_limit,
+                        )),
                         Role::Server,
                         Some(ws_config),
                     )
@@ -121,6 +130,22 @@ pub fn handle(
     response
         .body(Full::default())
         .expect("static response parts are valid")
+}
+
+/// 503 with `Retry-After`, counted: past `max-handshakes-per-second`.
+/// (Browsers cannot read it; the example page's jittered backoff is what
+/// spreads them.)
+fn too_many_handshakes(broker: &Broker, wait: std::time::Duration) -> HttpResponse {
+    broker.metrics().handshakes_refused.inc();
+    let seconds = admission::retry_after_seconds(wait);
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("too many handshakes; try again in {seconds} s (max-handshakes-per-second)"),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
 }
 
 /// Whether a comma-separated header contains `token` (case-insensitive).

@@ -6,6 +6,7 @@ use crate::broker::{Broker, SessionSlot};
 use crate::engine::EngineError;
 use crate::metrics::{ErrorReason, Metrics};
 use crate::outbox::{Outbox, OutboxState};
+use crate::session::message_limit::{MessageLimit, TooLargeBeforeConnect};
 use crate::session::writer::{Gated, Writer};
 use crate::session::{Flow, Session};
 use bytes::BytesMut;
@@ -135,8 +136,11 @@ where
     Poll::Pending
 }
 
-pub async fn serve<S>(slot: SessionSlot, mut ws: WebSocketStream<Gated<S>>, connection_id: u64)
-where
+pub async fn serve<S>(
+    slot: SessionSlot,
+    mut ws: WebSocketStream<Gated<MessageLimit<S>>>,
+    connection_id: u64,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let broker = slot.broker().clone();
@@ -371,6 +375,7 @@ where
                         gauges.connected(version);
                         decoder.set_version(version);
                         decoder.set_limits(limits);
+                        ws.get_mut().inner_mut().lift();
                         writer.version = version;
                         tracing::debug!(version = version.as_str(), "session connected");
                         // Heart-beats start now: let the timer pick the new deadline.
@@ -524,6 +529,17 @@ fn read_failed(error: &tokio_tungstenite::tungstenite::Error) -> Ending {
             CloseCode::Protocol,
             ErrorReason::WebSocket,
         ),
+        Error::Io(io) => match io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<TooLargeBeforeConnect>())
+        {
+            Some(too_large) => (
+                too_large.to_string(),
+                CloseCode::Size,
+                ErrorReason::TooLarge,
+            ),
+            None => return Ending::Quiet,
+        },
         _ => return Ending::Quiet,
     };
     Ending::Error(Session::error(message), code, reason)

@@ -2,6 +2,7 @@
 //! frames out, no sockets); [`connection`] is the I/O loop around it.
 
 pub mod connection;
+pub mod message_limit;
 pub mod state;
 pub mod writer;
 

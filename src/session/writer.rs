@@ -61,6 +61,11 @@ impl<S> Gated<S> {
         }
     }
 
+    /// The socket inside.
+    pub fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
     fn close_gate(&mut self) {
         self.closed = true;
     }
