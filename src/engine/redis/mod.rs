@@ -47,6 +47,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Most destinations in one SUBSCRIBE, UNSUBSCRIBE or HSET command.
 const MAX_CHANNELS_PER_COMMAND: usize = 1000;
+/// Most commands waiting in a client's queue for Redis (fred's own queue is
+/// unbounded by default); publishes are what fills it, and one refused past
+/// it answers 503.
+const MAX_QUEUED_COMMANDS: usize = 65_536;
 /// How soon the interest task looks again when the pub/sub link is down or a
 /// SUBSCRIBE failed.
 const INTEREST_RETRY: Duration = Duration::from_millis(100);
@@ -199,6 +203,8 @@ impl RedisEngine {
                     // A command is tried once: a publish that failed answers 503
                     // instead of being replayed later, perhaps twice.
                     connection.max_command_attempts = 1;
+                    // Past it a command fails at once (a publish answers 503).
+                    connection.max_command_buffer_len = MAX_QUEUED_COMMANDS;
                     connection.tcp.nodelay = Some(true);
                 })
                 // Retries forever, 100 ms doubling up to the cap, with fred's jitter.
