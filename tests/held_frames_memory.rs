@@ -24,16 +24,6 @@ const PADDING: usize = 60_000;
 /// the sessions' buffers and the allocator.
 const ALLOWED_GROWTH: usize = 24 << 20;
 
-fn rss_bytes() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .unwrap();
-    let kib: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_frames_do_not_keep_their_read_buffers() {
     let mut config = config();
@@ -54,7 +44,7 @@ async fn held_frames_do_not_keep_their_read_buffers() {
     warm.send("ABORT\ntransaction:t\nreceipt:w\n\n\0").await;
     assert_eq!(warm.frame().await.command, Command::Receipt);
 
-    let before = rss_bytes();
+    let before = common::rss_bytes();
     let mut sessions = Vec::new();
     for _ in 0..SESSIONS {
         let mut client = broker.connected().await;
@@ -70,7 +60,7 @@ async fn held_frames_do_not_keep_their_read_buffers() {
         assert_eq!(receipt.command, Command::Receipt, "{receipt:?}");
         sessions.push(client);
     }
-    let grown = rss_bytes().saturating_sub(before);
+    let grown = common::rss_bytes().saturating_sub(before);
     eprintln!("RSS grew by {} KiB", grown >> 10);
     assert!(
         grown < ALLOWED_GROWTH,

@@ -21,16 +21,6 @@ const HEAVY_ACKS: usize = 4;
 const HEADERS_PER_ACK: usize = 60;
 const HEADER_VALUE_BYTES: usize = 950;
 
-fn rss_bytes() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .unwrap();
-    let kib: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
 /// SECURITY.md's "what one session can make the broker hold", outbound
 /// queue and pending writes aside: read buffer, one WebSocket message, one
 /// frame being decoded, transactions, subscriptions, the connection itself.
@@ -105,14 +95,14 @@ async fn two_hundred_sessions_at_their_worst_stay_within_the_documented_budget()
     let mut warm = RawWs::open(broker.addr).await;
     do_its_worst(&mut warm, SESSIONS, &config).await;
 
-    let before = rss_bytes();
+    let before = common::rss_bytes();
     let mut sessions = Vec::new();
     for session in 0..SESSIONS {
         let mut reader = RawWs::open(broker.addr).await;
         do_its_worst(&mut reader, session, &config).await;
         sessions.push(reader);
     }
-    let grown = rss_bytes().saturating_sub(before);
+    let grown = common::rss_bytes().saturating_sub(before);
     assert_eq!(
         broker.broker.destination_count(),
         (SESSIONS + 1) * config.max_subscriptions_per_session

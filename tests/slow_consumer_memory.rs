@@ -27,16 +27,6 @@ const QUEUE_BYTES: usize = 1 << 20;
 /// written, allocator slack. Far less than what was published.
 const SLACK_BYTES: usize = 8 << 20;
 
-fn rss_bytes() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .unwrap();
-    let kib: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_never_reads_is_cut_off_and_memory_stays_bounded() {
     let mut config = config();
@@ -103,7 +93,7 @@ async fn a_subscriber_that_never_reads_is_cut_off_and_memory_stays_bounded() {
     });
 
     let headers = Headers::new();
-    let baseline = rss_bytes();
+    let baseline = common::rss_bytes();
     let mut peak = baseline;
     for sent in 1..=MESSAGES {
         // A fresh body each time, as real comments are: a queue that kept them
@@ -123,7 +113,7 @@ async fn a_subscriber_that_never_reads_is_cut_off_and_memory_stays_bounded() {
             );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        peak = peak.max(rss_bytes());
+        peak = peak.max(common::rss_bytes());
     }
     let _healthy = tokio::time::timeout(common::PATIENCE, reader)
         .await

@@ -27,6 +27,17 @@ pub struct TestBroker {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// This process's resident memory, from /proc/self/status.
+pub fn rss_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .unwrap();
+    let kib: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
 pub fn config() -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),

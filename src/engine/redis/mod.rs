@@ -310,6 +310,20 @@ impl Shared {
         groups.into_values().collect()
     }
 
+    /// The SUBSCRIBE or UNSUBSCRIBE commands `destinations` need: per hash
+    /// slot, at most `MAX_CHANNELS_PER_COMMAND` each, with their channels.
+    fn commands_for(&self, destinations: &[Arc<str>]) -> Vec<(Vec<Arc<str>>, Vec<String>)> {
+        let names: Vec<&str> = destinations.iter().map(|d| &**d).collect();
+        let mut commands = Vec::new();
+        for group in self.by_slot(&names) {
+            for chunk in group.chunks(MAX_CHANNELS_PER_COMMAND) {
+                let channels = chunk.iter().map(|d| self.settings.channel(d)).collect();
+                commands.push((chunk.iter().map(|d| Arc::from(*d)).collect(), channels));
+            }
+        }
+        commands
+    }
+
     fn is_up(&self) -> bool {
         self.commands.is_connected() && self.pubsub.is_connected()
     }
@@ -569,13 +583,7 @@ impl Shared {
     /// SUBSCRIBEs `destinations` (in as few commands as the chunk size allows)
     /// and wakes whoever waits for them.
     async fn subscribe(&self, destinations: Vec<Arc<str>>) {
-        let names: Vec<&str> = destinations.iter().map(|d| &**d).collect();
-        let groups = self.by_slot(&names);
-        for chunk in groups
-            .iter()
-            .flat_map(|group| group.chunks(MAX_CHANNELS_PER_COMMAND))
-        {
-            let channels: Vec<String> = chunk.iter().map(|d| self.settings.channel(d)).collect();
+        for (chunk, channels) in self.commands_for(&destinations) {
             self.metrics().engine_subscribe_commands.inc();
             tracing::debug!(channels = channels.len(), "redis SUBSCRIBE");
             let command = async {
@@ -585,7 +593,6 @@ impl Shared {
                     self.pubsub.subscribe(channels).await
                 }
             };
-            let chunk: Vec<Arc<str>> = chunk.iter().map(|d| Arc::from(*d)).collect();
             match self.timed("subscribe", command).await {
                 Ok(()) => {
                     self.metrics()
@@ -627,13 +634,7 @@ impl Shared {
     }
 
     async fn unsubscribe(&self, destinations: Vec<Arc<str>>) {
-        let names: Vec<&str> = destinations.iter().map(|d| &**d).collect();
-        let groups = self.by_slot(&names);
-        for chunk in groups
-            .iter()
-            .flat_map(|group| group.chunks(MAX_CHANNELS_PER_COMMAND))
-        {
-            let channels: Vec<String> = chunk.iter().map(|d| self.settings.channel(d)).collect();
+        for (chunk, channels) in self.commands_for(&destinations) {
             let command = async {
                 if self.clustered {
                     self.pubsub.sunsubscribe(channels).await
@@ -641,7 +642,6 @@ impl Shared {
                     self.pubsub.unsubscribe(channels).await
                 }
             };
-            let chunk: Vec<Arc<str>> = chunk.iter().map(|d| Arc::from(*d)).collect();
             if let Err(error) = self.timed("unsubscribe", command).await {
                 // Harmless: extra messages are fanned out to nobody; the next
                 // reconnect (which subscribes only what has readers) cleans up.
