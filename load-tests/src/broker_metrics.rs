@@ -31,6 +31,16 @@ impl std::fmt::Display for RegistryCounts {
 
 /// One `GET` of the metrics URL (loopback only, like every target).
 pub async fn scrape(url: &str) -> Result<RegistryCounts, String> {
+    let (status, body) = get(url).await?;
+    if status != 200 {
+        return Err(format!("{url}: HTTP {status}"));
+    }
+    parse(&body).map_err(|e| format!("{url}: {e}"))
+}
+
+/// One `GET` of a loopback `http://` URL: the status and the body (read
+/// to the end; the request asks the server to close). At most 1 MiB and 5 s.
+pub async fn get(url: &str) -> Result<(u16, String), String> {
     let target = Target::parse(url, "http")?;
     let fetch = async {
         let mut stream = tokio::net::TcpStream::connect(target.addr)
@@ -60,13 +70,13 @@ pub async fn scrape(url: &str) -> Result<RegistryCounts, String> {
     let (head, body) = answer
         .split_once("\r\n\r\n")
         .ok_or_else(|| format!("{url}: not an HTTP answer"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!(
-            "{url}: {}",
-            head.lines().next().unwrap_or_default()
-        ));
-    }
-    parse(body).map_err(|e| format!("{url}: {e}"))
+    let status = head
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| head.strip_prefix("HTTP/1.0 "))
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("{url}: not an HTTP answer"))?;
+    Ok((status, body.to_string()))
 }
 
 /// Reads the three gauges out of Prometheus text.

@@ -29,7 +29,9 @@ const STAGES: [&str; 3] = ["tcp connect", "websocket handshake", "CONNECTED"];
 /// Everything needed to open connections; shared by all of a worker's tasks.
 #[derive(Debug)]
 pub struct Dialer {
-    pub target: Target,
+    /// The nodes (one or more `--url`s): connection `index` goes to
+    /// `targets[index % len]`, so connections are dealt over them in turn.
+    pub targets: Vec<Target>,
     pub timeout: Duration,
     connect_frame: Bytes,
 }
@@ -77,32 +79,50 @@ pub struct Session {
 }
 
 impl Dialer {
-    pub fn new(target: Target, creds: Credentials, timeout: Duration) -> Arc<Dialer> {
+    /// A dialer for `targets` (at least one).
+    pub fn new(targets: Vec<Target>, creds: Credentials, timeout: Duration) -> Arc<Dialer> {
+        assert!(!targets.is_empty(), "a dialer needs a target");
         let connect_frame = frames::connect_frame(&creds);
         Arc::new(Dialer {
-            target,
+            targets,
             timeout,
             connect_frame,
         })
     }
 
+    /// Which of the targets connection `index` goes to.
+    pub fn node_of(&self, index: u64) -> usize {
+        node_of(index, self.targets.len())
+    }
+
     /// Opens connection number `index` of the run (the index picks the
-    /// source address) and CONNECTs. Bounded by the dialer's timeout.
+    /// source address and the node) and CONNECTs. Bounded by the dialer's
+    /// timeout.
     pub async fn open(&self, index: u64) -> Result<Session, SetupError> {
+        self.open_on(self.node_of(index), index).await
+    }
+
+    /// Like `open`, to `targets[node]` whatever the index.
+    pub async fn open_on(&self, node: usize, index: u64) -> Result<Session, SetupError> {
         let stage = AtomicUsize::new(0);
-        match tokio::time::timeout(self.timeout, self.open_inner(index, &stage)).await {
+        let target = &self.targets[node % self.targets.len()];
+        match tokio::time::timeout(self.timeout, self.open_inner(target, index, &stage)).await {
             Ok(r) => r,
             Err(_) => Err(SetupError::Timeout(STAGES[stage.load(Ordering::Relaxed)])),
         }
     }
 
-    async fn open_inner(&self, index: u64, stage: &AtomicUsize) -> Result<Session, SetupError> {
-        let stream = tcp_connect(self.target.addr, index)
+    async fn open_inner(
+        &self,
+        target: &Target,
+        index: u64,
+        stage: &AtomicUsize,
+    ) -> Result<Session, SetupError> {
+        let stream = tcp_connect(target.addr, index)
             .await
             .map_err(SetupError::Tcp)?;
         stage.store(1, Ordering::Relaxed);
-        let mut req = self
-            .target
+        let mut req = target
             .url
             .as_str()
             .into_client_request()
@@ -239,6 +259,11 @@ pub fn error_text(f: &stompede_protocol::Frame) -> String {
     }
 }
 
+/// Which of `nodes` targets connection `index` goes to: round-robin.
+pub fn node_of(index: u64, nodes: usize) -> usize {
+    (index % nodes.max(1) as u64) as usize
+}
+
 /// TCP connect from a loopback source address picked by `index`.
 pub async fn tcp_connect(addr: SocketAddr, index: u64) -> std::io::Result<TcpStream> {
     let stream = if addr.is_ipv4() {
@@ -250,4 +275,14 @@ pub async fn tcp_connect(addr: SocketAddr, index: u64) -> std::io::Result<TcpStr
     };
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn connections_are_dealt_over_the_nodes_in_turn() {
+        let nodes: Vec<usize> = (0..6).map(|i| super::node_of(i, 3)).collect();
+        assert_eq!(nodes, [0, 1, 2, 0, 1, 2]);
+        assert_eq!(super::node_of(7, 1), 0);
+    }
 }

@@ -10,8 +10,10 @@
 //! `broker_metrics.rs` underneath.
 
 mod broker_metrics;
+mod cluster;
 mod conn;
 mod fleet;
+mod floor;
 mod format;
 mod frames;
 mod publisher;
@@ -46,14 +48,26 @@ struct Cli {
 /// Options every scenario shares.
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct Common {
-    /// The broker's WebSocket URL (loopback only).
+    /// The broker's WebSocket URL (loopback only). Repeatable, one per node
+    /// of a cluster: connections are dealt over the URLs in turn (connection
+    /// i to URL i mod N, in worker processes too).
     #[arg(long, global = true, default_value = "ws://127.0.0.1:8080/ws")]
-    pub url: String,
-    /// How to publish: `api` (POST /api/v1/publish on the --url's host and
-    /// port), an explicit `http://.../api/v1/publish` URL, or `stomp`
-    /// (STOMP SEND over WebSocket, for brokers without the HTTP API).
+    pub url: Vec<String>,
+    /// How to publish: `api` (POST /api/v1/publish on the first --url's host
+    /// and port), an explicit `http://.../api/v1/publish` URL, or `stomp`
+    /// (STOMP SEND over WebSocket to the first --url, for brokers without
+    /// the HTTP API).
     #[arg(long, global = true, default_value = "api")]
     pub publish: String,
+    /// With several --urls and `--publish api` or `stomp`: each publisher
+    /// sends message k to node k mod N (one HTTP connection, or one STOMP
+    /// session, per node) instead of all to the first.
+    #[arg(long, global = true)]
+    pub publish_round_robin: bool,
+    /// The engine to record in the report (e.g. `rabbitmq`); without it the
+    /// tool reads `engine.name` from each node's GET /readyz (stompede).
+    #[arg(long, global = true)]
+    pub engine_label: Option<String>,
     /// CONNECT `login` header.
     #[arg(long, global = true)]
     pub login: Option<String>,

@@ -23,10 +23,47 @@ use tokio_tungstenite::tungstenite::Message;
 /// Most messages sent in one burst when a publisher is behind schedule.
 const MAX_BURST: u64 = 4096;
 
+/// Where a publisher's messages go.
 #[derive(Debug, Clone)]
 pub enum Via {
-    Http(Target),
-    Stomp,
+    /// HTTP API endpoints: one, or several taken in turn (message k to
+    /// endpoint k mod N), each over its own keep-alive connection.
+    Http(Vec<Target>),
+    /// STOMP SEND: to the dialer's first node, or with `round_robin` to
+    /// each of its nodes in turn (one session per node).
+    Stomp { round_robin: bool },
+}
+
+impl Via {
+    /// The HTTP endpoints (none for STOMP SEND).
+    pub fn http_targets(&self) -> &[Target] {
+        match self {
+            Via::Http(targets) => targets,
+            Via::Stomp { .. } => &[],
+        }
+    }
+
+    /// For the report: where publishes go, given how many `--url`s there are.
+    pub fn describe(&self, nodes: usize) -> String {
+        match self {
+            Via::Http(targets) if targets.len() == 1 => {
+                format!("POST {} (one node)", targets[0].url)
+            }
+            Via::Http(targets) => format!(
+                "POST round-robin over {} nodes: {}",
+                targets.len(),
+                targets
+                    .iter()
+                    .map(|t| t.authority.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Via::Stomp { round_robin: true } if nodes > 1 => {
+                format!("STOMP SEND round-robin over the {nodes} --urls")
+            }
+            Via::Stomp { .. } => "STOMP SEND to the first --url".into(),
+        }
+    }
 }
 
 /// Answers and errors seen by a publisher's reader.
@@ -37,19 +74,25 @@ struct Answers {
     first_error: Mutex<Option<String>>,
 }
 
+/// One connection to one node.
 enum Link {
     Http {
         write: OwnedWriteHalf,
         host: String,
         path: String,
+        /// Requests due in this burst.
+        buf: Vec<u8>,
     },
     Stomp {
         sink: SplitSink<crate::conn::Ws, Message>,
+        /// Whether this burst fed it anything to flush.
+        fed: bool,
     },
 }
 
 pub struct Publisher {
-    link: Link,
+    /// One link per node published to; message k goes to `links[k % len]`.
+    links: Vec<Link>,
     answers: Arc<Answers>,
     /// Destination indexes this publisher owns, and their names.
     dests: Vec<u32>,
@@ -84,31 +127,45 @@ impl Publisher {
     ) -> Result<Publisher, String> {
         let answers = Arc::new(Answers::default());
         let names = dests.iter().map(|d| format!("{prefix}{d}")).collect();
-        let link = match via {
-            Via::Http(t) => {
-                let stream = tcp_connect(t.addr, index)
-                    .await
-                    .map_err(|e| format!("publisher: connecting to {}: {e}", t.url))?;
-                let (read, write) = stream.into_split();
-                tokio::spawn(read_http_answers(read, answers.clone()));
-                Link::Http {
-                    write,
-                    host: t.authority.clone(),
-                    path: t.path.clone(),
+        let mut links = Vec::new();
+        match via {
+            Via::Http(targets) => {
+                for (node, t) in targets.iter().enumerate() {
+                    // Source addresses apart for each node's connection.
+                    let source = index * targets.len() as u64 + node as u64;
+                    let stream = tcp_connect(t.addr, source)
+                        .await
+                        .map_err(|e| format!("publisher: connecting to {}: {e}", t.url))?;
+                    let (read, write) = stream.into_split();
+                    tokio::spawn(read_http_answers(read, answers.clone()));
+                    links.push(Link::Http {
+                        write,
+                        host: t.authority.clone(),
+                        path: t.path.clone(),
+                        buf: Vec::with_capacity(64 * 1024),
+                    });
                 }
             }
-            Via::Stomp => {
-                let s = dialer
-                    .open(index)
-                    .await
-                    .map_err(|e| format!("publisher: {}", e.cause()))?;
-                let (sink, stream) = s.ws.split();
-                tokio::spawn(read_stomp_answers(stream, s.inbox, answers.clone()));
-                Link::Stomp { sink }
+            Via::Stomp { round_robin } => {
+                let nodes = if *round_robin {
+                    dialer.targets.len()
+                } else {
+                    1
+                };
+                for node in 0..nodes {
+                    let source = index * nodes as u64 + node as u64;
+                    let s = dialer
+                        .open_on(node, source)
+                        .await
+                        .map_err(|e| format!("publisher: {}", e.cause()))?;
+                    let (sink, stream) = s.ws.split();
+                    tokio::spawn(read_stomp_answers(stream, s.inbox, answers.clone()));
+                    links.push(Link::Stomp { sink, fed: false });
+                }
             }
-        };
+        }
         Ok(Publisher {
-            link,
+            links,
             answers,
             dests,
             names,
@@ -137,13 +194,12 @@ impl Publisher {
         );
         let mut k: u64 = 0;
         let mut max_lag = 0u64;
-        let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         let mut body: Vec<u8> = Vec::with_capacity(self.body_size + 64);
         let mut error: Option<String> = None;
+        let links = self.links.len() as u64;
         'run: loop {
             let now = now_ns();
             let mut burst = 0;
-            buf.clear();
             loop {
                 let due = due_ns(start, k, rate);
                 if due > now || due >= end || burst >= MAX_BURST {
@@ -161,11 +217,12 @@ impl Publisher {
                     self.body_size,
                     &mut body,
                 );
-                match &mut self.link {
-                    Link::Http { host, path, .. } => {
-                        http_request(&mut buf, host, path, &self.names[j], &body)
-                    }
-                    Link::Stomp { sink } => {
+                match &mut self.links[(k % links) as usize] {
+                    Link::Http {
+                        host, path, buf, ..
+                    } => http_request(buf, host, path, &self.names[j], &body),
+                    Link::Stomp { sink, fed } => {
+                        *fed = true;
                         if let Err(e) = sink
                             .feed(Message::Binary(send_frame(
                                 &self.names[j],
@@ -183,15 +240,25 @@ impl Publisher {
                 burst += 1;
             }
             if burst > 0 {
-                let r = match &mut self.link {
-                    Link::Http { write, .. } => write
-                        .write_all(&buf)
-                        .await
-                        .map_err(|e| format!("HTTP write: {e}")),
-                    Link::Stomp { sink } => {
-                        sink.flush().await.map_err(|e| format!("STOMP send: {e}"))
-                    }
-                };
+                let mut r = Ok(());
+                for link in &mut self.links {
+                    let written = match link {
+                        Link::Http { write, buf, .. } if !buf.is_empty() => {
+                            let written = write
+                                .write_all(buf)
+                                .await
+                                .map_err(|e| format!("HTTP write: {e}"));
+                            buf.clear();
+                            written
+                        }
+                        Link::Stomp { sink, fed } if *fed => {
+                            *fed = false;
+                            sink.flush().await.map_err(|e| format!("STOMP send: {e}"))
+                        }
+                        _ => Ok(()),
+                    };
+                    r = r.and(written);
+                }
                 self.written += burst;
                 counter.fetch_add(burst, Ordering::Relaxed);
                 if let Err(e) = r {
@@ -209,7 +276,7 @@ impl Publisher {
             }
         }
         // HTTP: wait (bounded) for the answers to everything written.
-        if matches!(self.link, Link::Http { .. }) {
+        if matches!(self.links[0], Link::Http { .. }) {
             let deadline = now_ns() + 10_000_000_000;
             while self.answers.accepted.load(Ordering::Relaxed)
                 + self.answers.failed.load(Ordering::Relaxed)
@@ -237,7 +304,7 @@ impl Publisher {
             sent,
             published: k,
             // A STOMP SEND without receipt gets no answer: "accepted" means written.
-            accepted: if matches!(self.link, Link::Stomp { .. }) {
+            accepted: if matches!(self.links[0], Link::Stomp { .. }) {
                 k - failed.min(k)
             } else {
                 accepted

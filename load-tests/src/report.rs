@@ -1,6 +1,7 @@
 //! The end of a run: a human-readable table on stdout and a JSON file with
 //! every figure and the exact parameters.
 
+use crate::floor::Floor;
 use crate::format::{self, ms};
 use crate::stats::Percentiles;
 use serde::Serialize;
@@ -11,6 +12,9 @@ pub struct Report {
     pub scenario: &'static str,
     pub json: serde_json::Map<String, Value>,
     rows: Vec<(String, String)>,
+    /// This box's floor, if measured: latency and rate rows are also read
+    /// against it.
+    floor: Option<Floor>,
 }
 
 impl Report {
@@ -31,6 +35,36 @@ impl Report {
             scenario,
             json,
             rows: Vec::new(),
+            floor: None,
+        }
+    }
+
+    /// Records this box's floor (`floor` in the JSON, a row in the table);
+    /// from then on latency rows and `in_floors` read figures against it.
+    pub fn set_floor(&mut self, floor: Result<Floor, String>) {
+        match floor {
+            Ok(floor) => {
+                self.row("box floor", floor.describe());
+                self.set("floor", &floor);
+                self.floor = Some(floor);
+            }
+            Err(error) => {
+                self.row("box floor", format!("not measured: {error}"));
+                self.set("floor", Value::Null);
+            }
+        }
+    }
+
+    /// " [= N cores of unbatched send()]" for a rate of `per_sec` sends'
+    /// worth of work (deliveries, setups), or "" without a floor.
+    pub fn in_floors(&self, per_sec: f64) -> String {
+        match &self.floor {
+            Some(floor) => format!(
+                " [x floor {:.1} us = {:.2} cores of unbatched send()]",
+                floor.send_us,
+                floor.rate_in_floors(per_sec)
+            ),
+            None => String::new(),
         }
     }
 
@@ -49,8 +83,18 @@ impl Report {
         self.rows.push((format!("-- {title}"), String::new()));
     }
 
+    /// Percentiles, and with a floor, p50 and p99 in floors (how many
+    /// unbatched loopback sends each is worth).
     pub fn latency_row(&mut self, name: &str, percentiles: &Percentiles) {
-        self.row(name, format::percentiles(percentiles));
+        let mut text = format::percentiles(percentiles);
+        if let Some(floor) = &self.floor {
+            text += &format!(
+                " [p50 {:.0}, p99 {:.0} floors]",
+                floor.latency_in_floors(percentiles.p50_ms),
+                floor.latency_in_floors(percentiles.p99_ms)
+            );
+        }
+        self.row(name, text);
     }
 
     /// Prints the table and writes the JSON file; returns its path.

@@ -18,7 +18,9 @@ pub type Failures = BTreeMap<String, u64>;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerSpec {
     pub index: usize,
-    pub url: String,
+    /// The nodes' WebSocket URLs: connection `i` (a global index) goes to
+    /// `urls[i % len]`.
+    pub urls: Vec<String>,
     pub creds: Credentials,
     pub setup_timeout_ms: u64,
     pub dest_prefix: String,
@@ -94,6 +96,9 @@ pub struct Ready {
     pub subscribed: u64,
     /// Subscribed connections per destination.
     pub per_dest: Vec<u64>,
+    /// Subscribed connections per node (`urls`' order).
+    #[serde(default)]
+    pub per_node: Vec<u64>,
     pub failures: Failures,
     pub setup: HistData,
     pub setup_secs: f64,

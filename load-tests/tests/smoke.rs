@@ -269,6 +269,15 @@ fn churn_smoke() {
 /// stompede's connection, subscription and destination gauges, read from
 /// its `/metrics` (`http://ADDR/metrics`).
 fn registry(metrics_url: &str) -> [f64; 3] {
+    [
+        metric(metrics_url, "stompede_connections"),
+        metric(metrics_url, "stompede_subscriptions"),
+        metric(metrics_url, "stompede_destinations"),
+    ]
+}
+
+/// One sample (`name` with its labels, as written) of stompede's `/metrics`.
+fn metric(metrics_url: &str, name: &str) -> f64 {
     let rest = metrics_url.strip_prefix("http://").unwrap();
     let (addr, path) = rest.split_at(rest.find('/').unwrap());
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
@@ -282,20 +291,53 @@ fn registry(metrics_url: &str) -> [f64; 3] {
     .unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
-    let gauge = |name: &str| -> f64 {
-        answer
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {name} in {answer}"))
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    [
-        gauge("stompede_connections"),
-        gauge("stompede_subscriptions"),
-        gauge("stompede_destinations"),
-    ]
+    answer
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {answer}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Several `--url`s: connections are dealt over them in turn, in worker
+/// processes too (each node's count of upgrades says so), and the report
+/// names the nodes, their engine (from `/readyz`) and the box's floor.
+#[test]
+fn subscribers_are_spread_over_several_urls() {
+    if std::env::var("STOMPEDE_LOAD_SMOKE_URL").is_ok() {
+        return; // needs two stompede nodes
+    }
+    let (mut first, second) = (broker(), broker());
+    first.extra.extend(
+        ["--url", &second.url, "--per-worker", "100"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let v = run(
+        &first,
+        &[
+            "idle",
+            "--connections",
+            "200",
+            "--destinations",
+            "4",
+            "--settle",
+            "0",
+        ],
+    );
+    assert_eq!(v["setup"]["subscribed"], 200);
+    assert_eq!(v["setup"]["per_node"], serde_json::json!([100, 100]), "{v}");
+    assert_eq!(v["tool"]["worker_processes"], 2);
+    let upgrades = r#"stompede_http_requests_total{route="websocket",status="101"}"#;
+    for node in [&first, &second] {
+        assert_eq!(metric(node.metrics_url.as_ref().unwrap(), upgrades), 100.0);
+    }
+    let cluster = &v["cluster"];
+    assert_eq!(cluster["nodes"], 2, "{cluster}");
+    assert_eq!(cluster["engine"], "memory", "{cluster}");
+    assert_eq!(cluster["engine_source"], "readyz", "{cluster}");
+    assert!(v["floor"]["send_us"].as_f64().unwrap() > 0.0, "{v}");
 }
 
 #[test]

@@ -77,7 +77,8 @@ pub async fn run(common: &Common, args: ChurnArgs) -> Result<(), String> {
         "churn",
         steady_open,
         args.duration + args.settle + args.hold,
-    )?;
+    )
+    .await?;
     let workers = plan::worker_count(steady_open, common.per_worker);
     let specs = (0..workers)
         .map(|worker| {
@@ -128,10 +129,11 @@ pub async fn run(common: &Common, args: ChurnArgs) -> Result<(), String> {
     let (churn, setup_latency) = merge::activities(&activity);
     let achieved_rate = rate(churn.ok, churn.elapsed_secs);
     let mut report = run.report(&args);
+    let vs_floor = report.in_floors(achieved_rate);
     report.row(
         "connects",
         format!(
-            "{} of {} in {:.1} s = {}/s (target {}/s); skipped at the open limit {}",
+            "{} of {} in {:.1} s = {}/s (target {}/s); skipped at the open limit {}{vs_floor}",
             churn.ok,
             churn.attempted,
             churn.elapsed_secs,

@@ -76,7 +76,8 @@ pub async fn run(common: &Common, args: FanoutArgs) -> Result<(), String> {
         "fanout",
         args.subscribers,
         args.duration * rates.len() as f64,
-    )?;
+    )
+    .await?;
     let subscribers = plan::assign(args.subscribers, args.destinations, &args.skew)?;
     let specs = run.worker_specs(args.subscribers, args.destinations, &subscribers);
     let (mut fleet, subscribed) = run

@@ -28,7 +28,8 @@ pub struct IdleArgs {
 }
 
 pub async fn run(common: &Common, args: IdleArgs) -> Result<(), String> {
-    let mut run = RunContext::new(common, "idle", args.connections, args.settle + args.hold)?;
+    let mut run =
+        RunContext::new(common, "idle", args.connections, args.settle + args.hold).await?;
     if common.broker_pid.is_none() {
         eprintln!("stompede-load: no --broker-pid: the broker's memory cannot be measured, only the connections held");
     }

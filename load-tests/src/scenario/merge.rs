@@ -32,6 +32,8 @@ pub struct SetupSummary {
     pub failures: Failures,
     pub seconds: f64,
     pub latency: Percentiles,
+    /// Subscribed connections per node (the `--url`s' order).
+    pub per_node: Vec<u64>,
 }
 
 /// The workers' `Ready`s: the summary, and the subscribed connections per
@@ -45,8 +47,18 @@ pub fn readies(readies: &[Ready], destinations: u32) -> (SetupSummary, Vec<u64>)
             }
         }
     }
+    let mut per_node: Vec<u64> = Vec::new();
+    for ready in readies {
+        if per_node.len() < ready.per_node.len() {
+            per_node.resize(ready.per_node.len(), 0);
+        }
+        for (node, count) in ready.per_node.iter().enumerate() {
+            per_node[node] += count;
+        }
+    }
     let latency = histograms(readies.iter().map(|r| r.setup.clone()));
     let summary = SetupSummary {
+        per_node,
         subscribed: readies.iter().map(|r| r.subscribed).sum(),
         failures: failures(readies.iter().map(|r| &r.failures)),
         seconds: readies.iter().map(|r| r.setup_secs).fold(0.0, f64::max),

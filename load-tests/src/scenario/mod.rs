@@ -16,8 +16,10 @@ mod plan;
 mod step;
 pub mod storm;
 
+use crate::cluster::Cluster;
 use crate::conn::Dialer;
 use crate::fleet::Fleet;
+use crate::floor::Floor;
 use crate::format;
 use crate::frames::Credentials;
 use crate::report::{latency_svg, Report};
@@ -45,6 +47,10 @@ pub struct RunContext<'a> {
     pub meter: Meter,
     /// Whether the workers are child processes (known once started).
     worker_processes: bool,
+    /// This box's floor, measured as the run began.
+    floor: Result<Floor, String>,
+    /// The nodes and engine, as they answered when the run began.
+    pub cluster: Cluster,
 }
 
 /// The checking subscribers once every worker has set its up.
@@ -56,8 +62,9 @@ pub struct Subscribed {
 
 impl<'a> RunContext<'a> {
     /// Checks the bounds every run obeys (`connections` at once, phases of
-    /// `seconds` in all), builds the dialer, and takes the "before" samples.
-    pub fn new(
+    /// `seconds` in all), builds the dialer, measures the box's floor, asks
+    /// the nodes who they are, and takes the "before" samples.
+    pub async fn new(
         common: &'a Common,
         scenario: &'static str,
         connections: u64,
@@ -78,9 +85,20 @@ impl<'a> RunContext<'a> {
                 "--per-worker must be between 1 and 19500 (20,000 open files per process)".into(),
             );
         }
-        let target = Target::parse(&common.url, "ws")?;
+        let targets = ws_targets(common)?;
+        let via = step::publish_via(common)?;
+        let floor = tokio::task::spawn_blocking(Floor::measure)
+            .await
+            .unwrap_or_else(|e| Err(format!("floor: {e}")));
+        let cluster = Cluster::probe(
+            &targets,
+            via.http_targets(),
+            via.describe(targets.len()),
+            common.engine_label.as_deref(),
+        )
+        .await;
         let dialer = Dialer::new(
-            target,
+            targets,
             credentials(common),
             Duration::from_secs_f64(common.setup_timeout),
         );
@@ -90,6 +108,8 @@ impl<'a> RunContext<'a> {
             dialer,
             meter: Meter::new(common.broker_pid),
             worker_processes: false,
+            floor,
+            cluster,
         })
     }
 
@@ -98,7 +118,7 @@ impl<'a> RunContext<'a> {
     pub fn worker_spec(&self, index: usize, destinations: u32) -> WorkerSpec {
         WorkerSpec {
             index,
-            url: self.common.url.clone(),
+            urls: self.common.url.clone(),
             creds: credentials(self.common),
             setup_timeout_ms: (self.common.setup_timeout * 1000.0) as u64,
             dest_prefix: self.common.dest_prefix.clone(),
@@ -164,7 +184,29 @@ impl<'a> RunContext<'a> {
         params.insert("common".into(), to_json(self.common));
         params.insert(self.scenario.into(), to_json(args));
         let mut report = Report::new(self.scenario, Value::Object(params));
-        report.row("broker", self.common.url.clone());
+        report.row("broker", self.common.url.join(" "));
+        report.row("engine", self.cluster.describe());
+        for node in &self.cluster.node_list {
+            let who = match (&node.node, &node.error) {
+                (Some(id), _) => format!(
+                    "node {id}, engine {}{}",
+                    node.engine.as_deref().unwrap_or("?"),
+                    match node.engine_up {
+                        Some(false) => " (DOWN)",
+                        _ => "",
+                    }
+                ),
+                (None, Some(error)) => format!("no /readyz: {error}"),
+                (None, None) => "no /readyz".into(),
+            };
+            report.row(
+                format!("  {}", node.readyz),
+                format!("{} ({who})", node.role),
+            );
+        }
+        report.row("publishing", self.cluster.publishing.clone());
+        report.set("cluster", &self.cluster);
+        report.set_floor(self.floor.clone());
         report
     }
 
@@ -206,7 +248,26 @@ pub fn setup_rows(report: &mut Report, summary: &SetupSummary, what: &str) {
             format::failures(&summary.failures)
         ),
     );
+    if summary.per_node.len() > 1 {
+        let counts: Vec<String> = summary.per_node.iter().map(u64::to_string).collect();
+        report.row(
+            format!("{what} per --url"),
+            format!("{} (in --url order)", counts.join(" / ")),
+        );
+    }
     report.latency_row("setup latency", &summary.latency);
+}
+
+/// The `--url`s, parsed (loopback only).
+fn ws_targets(common: &Common) -> Result<Vec<Target>, String> {
+    if common.url.is_empty() {
+        return Err("give at least one --url".into());
+    }
+    common
+        .url
+        .iter()
+        .map(|url| Target::parse(url, "ws"))
+        .collect()
 }
 
 fn credentials(common: &Common) -> Credentials {

@@ -34,18 +34,26 @@ pub fn drain_idle(secs: f64) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// How the `--publish` option says to publish.
+/// How `--publish` and `--publish-round-robin` say to publish: to the
+/// first `--url` (or the explicit URL), or to every `--url` in turn.
 pub fn publish_via(common: &Common) -> Result<Via, String> {
+    let first = common.url.first().ok_or("give at least one --url")?;
+    let round_robin = common.publish_round_robin;
+    let api = |ws_url: &String| {
+        let ws = Target::parse(ws_url, "ws")?;
+        Target::parse(&format!("http://{}/api/v1/publish", ws.authority), "http")
+    };
     match common.publish.as_str() {
-        "stomp" => Ok(Via::Stomp),
-        "api" => {
-            let ws = Target::parse(&common.url, "ws")?;
-            Ok(Via::Http(Target::parse(
-                &format!("http://{}/api/v1/publish", ws.authority),
-                "http",
-            )?))
-        }
-        url => Ok(Via::Http(Target::parse(url, "http")?)),
+        "stomp" => Ok(Via::Stomp { round_robin }),
+        "api" if round_robin => Ok(Via::Http(
+            common.url.iter().map(api).collect::<Result<_, _>>()?,
+        )),
+        "api" => Ok(Via::Http(vec![api(first)?])),
+        _ if round_robin => Err(
+            "--publish-round-robin goes with --publish api or stomp (the nodes are the --urls)"
+                .into(),
+        ),
+        url => Ok(Via::Http(vec![Target::parse(url, "http")?])),
     }
 }
 
@@ -320,10 +328,11 @@ pub fn step_rows(report: &mut Report, step: &StepReport) {
     if let Some(error) = &step.publish_error {
         report.row("publish error", error.clone());
     }
+    let vs_floor = report.in_floors(step.deliveries_per_sec);
     report.row(
         "delivered",
         format!(
-            "{} of {} to {} subscribers = {}/s (drain {:.1} s)",
+            "{} of {} to {} subscribers = {}/s (drain {:.1} s){vs_floor}",
             step.delivered,
             step.expected_deliveries,
             step.subscribers,
@@ -357,4 +366,55 @@ pub fn step_rows(report: &mut Report, step: &StepReport) {
         format!("CPU {}", of_one_core(step.tool_cpu_percent)),
     );
     report.row("verdict", verdict(step.passed));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn common(args: &[&str]) -> Common {
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            common: Common,
+        }
+        let mut argv = vec!["stompede-load"];
+        argv.extend_from_slice(args);
+        Cli::parse_from(argv).common
+    }
+
+    fn hosts(via: &Via) -> Vec<String> {
+        via.http_targets()
+            .iter()
+            .map(|t| t.authority.clone())
+            .collect()
+    }
+
+    #[test]
+    fn publishing_goes_to_the_first_node_or_round_robin() {
+        let two = [
+            "--url",
+            "ws://127.0.0.1:1/ws",
+            "--url",
+            "ws://127.0.0.1:2/ws",
+        ];
+        let via = publish_via(&common(&two)).unwrap();
+        assert_eq!(hosts(&via), ["127.0.0.1:1"]);
+        let mut args = two.to_vec();
+        args.push("--publish-round-robin");
+        let via = publish_via(&common(&args)).unwrap();
+        assert_eq!(hosts(&via), ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert!(via.describe(2).contains("round-robin"));
+        args.extend(["--publish", "http://127.0.0.1:3/api/v1/publish"]);
+        assert!(publish_via(&common(&args)).is_err());
+        let mut explicit = two.to_vec();
+        explicit.extend(["--publish", "http://127.0.0.1:3/api/v1/publish"]);
+        let via = publish_via(&common(&explicit)).unwrap();
+        assert_eq!(hosts(&via), ["127.0.0.1:3"]);
+        let via = publish_via(&common(&["--publish", "stomp"])).unwrap();
+        assert!(via.http_targets().is_empty());
+        // One --url is the default, as before.
+        assert_eq!(common(&[]).url, ["ws://127.0.0.1:8080/ws"]);
+    }
 }

@@ -68,7 +68,8 @@ pub async fn run(common: &Common, args: StormArgs) -> Result<(), String> {
         "storm",
         args.connections + args.background_subscribers,
         args.timeout + args.baseline,
-    )?;
+    )
+    .await?;
     let subscribers = plan::assign(
         args.background_subscribers,
         args.background_destinations,
@@ -162,10 +163,11 @@ pub async fn run(common: &Common, args: StormArgs) -> Result<(), String> {
             storm.ok, storm.attempted
         ),
     );
+    let vs_floor = report.in_floors(achieved_rate);
     report.row(
         "time to set up all",
         format!(
-            "{:.2} s (target rate {}/s, achieved {}/s)",
+            "{:.2} s (target rate {}/s, achieved {}/s){vs_floor}",
             storm.elapsed_secs,
             human(args.rate),
             human(achieved_rate)

@@ -151,9 +151,16 @@ async fn run_inner(
     commands: &mut mpsc::UnboundedReceiver<Command>,
     events: &mpsc::UnboundedSender<Event>,
 ) -> Result<(), String> {
-    let target = Target::parse(&spec.url, "ws")?;
+    let targets = spec
+        .urls
+        .iter()
+        .map(|url| Target::parse(url, "ws"))
+        .collect::<Result<Vec<_>, _>>()?;
+    if targets.is_empty() {
+        return Err("a worker needs at least one URL".into());
+    }
     let dialer = Dialer::new(
-        target,
+        targets,
         spec.creds.clone(),
         Duration::from_millis(spec.setup_timeout_ms),
     );
@@ -215,16 +222,19 @@ async fn run_inner(
         }
     }
     let mut per_dest = vec![0u64; spec.destinations as usize];
-    for subscriber in &subscribers {
+    let mut per_node = vec![0u64; dialer.targets.len()];
+    for (position, subscriber) in subscribers.iter().enumerate() {
         if subscriber.alive.load(Ordering::Relaxed) {
             if let Some(count) = per_dest.get_mut(subscriber.dest as usize) {
                 *count += 1;
             }
+            per_node[dialer.node_of(spec.first_conn + position as u64)] += 1;
         }
     }
     let ready = Ready {
         subscribed: per_dest.iter().sum(),
         per_dest,
+        per_node,
         failures: setups.failures(),
         setup: setups.latency(),
         setup_secs: (now_ns() - started) as f64 / 1e9,
