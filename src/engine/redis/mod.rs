@@ -51,6 +51,11 @@ const MAX_CHANNELS_PER_COMMAND: usize = 1000;
 /// unbounded by default); publishes are what fills it, and one refused past
 /// it answers 503.
 const MAX_QUEUED_COMMANDS: usize = 65_536;
+/// How long the interest task waits, once woken, for more destinations to
+/// come before it sends its SUBSCRIBE: a crowd of readers of many new
+/// destinations then costs a few commands, not one per destination. It
+/// delays a first reader's RECEIPT by as much.
+const INTEREST_GATHER: Duration = Duration::from_millis(2);
 /// How soon the interest task looks again when the pub/sub link is down or a
 /// SUBSCRIBE failed.
 const INTEREST_RETRY: Duration = Duration::from_millis(100);
@@ -173,6 +178,10 @@ struct Shared {
     /// Set when Redis may have lost this node's counts (at start, after a
     /// reconnect or a failed report): the next report writes them all.
     report_all: AtomicBool,
+    /// Other nodes' readers of a destination and when they were read, for
+    /// `cluster_counts`; entries older than an interval are dropped by the
+    /// report task, so it holds what was asked for within one interval.
+    count_cache: DashMap<Arc<str>, (Instant, usize)>,
     /// Nodes that reported within the liveness bound, this one excluded.
     other_live_nodes: RwLock<Vec<String>>,
     stop: CancellationToken,
@@ -230,6 +239,7 @@ impl RedisEngine {
             wake_interest: Notify::new(),
             counts_changed: DashMap::new(),
             report_all: AtomicBool::new(true),
+            count_cache: DashMap::new(),
             other_live_nodes: RwLock::new(Vec::new()),
             stop: CancellationToken::new(),
         });
@@ -461,18 +471,39 @@ impl Shared {
         if nodes.is_empty() || destinations.is_empty() {
             return Ok(0);
         }
-        let fields: Vec<String> = destinations.iter().map(|d| d.to_string()).collect();
+        // What was read within the last interval is reused: counts are that
+        // old anyway, and a hot destination then costs one HMGET per node per
+        // interval instead of one per publish.
+        let fresh = |at: &Instant| at.elapsed() < self.settings.count_interval;
+        let mut total = 0;
+        let mut missing = Vec::new();
+        for destination in destinations {
+            match self.count_cache.get(*destination) {
+                Some(entry) if fresh(&entry.0) => total += entry.1,
+                _ => missing.push(destination.to_string()),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(total);
+        }
         let pipeline = self.commands.pipeline();
         for node in &nodes {
             let _: () = pipeline
-                .hmget(self.settings.readers_key(node), fields.clone())
+                .hmget(self.settings.readers_key(node), missing.clone())
                 .await
                 .map_err(|e| self.unavailable(e.to_string()))?;
         }
-        // Summed whatever the nesting: fred returns a one-command pipeline's
-        // reply, and a one-field HMGET's, without the enclosing array.
         let replies: Value = self.timed("count", pipeline.all()).await?;
-        Ok(sum_counts(&replies))
+        let now = Instant::now();
+        for (destination, count) in missing
+            .into_iter()
+            .zip(counts_per_field(replies, nodes.len()))
+        {
+            total += count;
+            self.count_cache
+                .insert(Arc::from(destination), (now, count));
+        }
+        Ok(total)
     }
 
     // ---- interest --------------------------------------------------------
@@ -535,7 +566,10 @@ impl Shared {
             // Cancel safety: `notified`, `cancelled` and `sleep` lose nothing when dropped.
             tokio::select! {
                 _ = self.stop.cancelled() => return,
-                _ = self.wake_interest.notified() => {}
+                _ = self.wake_interest.notified() => {
+                    // Let the readers arriving together gather into one command.
+                    tokio::time::sleep(INTEREST_GATHER).await;
+                }
                 _ = sleep_until_or_forever(next_linger) => {}
             }
             if !self.pubsub.is_connected() {
@@ -744,6 +778,9 @@ impl Shared {
                 _ = self.stop.cancelled() => return,
                 _ = ticks.tick() => {}
             }
+            let interval = self.settings.count_interval;
+            self.count_cache
+                .retain(|_, (read_at, _)| read_at.elapsed() < interval);
             if !self.commands.is_connected() {
                 self.report_all.store(true, Relaxed);
                 continue;
@@ -913,6 +950,26 @@ impl Shared {
     }
 }
 
+/// The readers of each field of one HMGET sent to each of `nodes` nodes,
+/// added up over the nodes. fred returns a one-command pipeline's reply, and
+/// a one-field HMGET's, without the enclosing array: both are undone here.
+fn counts_per_field(reply: Value, nodes: usize) -> Vec<usize> {
+    let unwrap = |value: Value, expected: usize| match value {
+        Value::Array(values) if expected > 1 || values.len() == 1 => values,
+        other => vec![other],
+    };
+    let mut totals: Vec<usize> = Vec::new();
+    for node_reply in unwrap(reply, nodes) {
+        for (field, value) in unwrap(node_reply, usize::MAX).iter().enumerate() {
+            if totals.len() <= field {
+                totals.resize(field + 1, 0);
+            }
+            totals[field] += sum_counts(value);
+        }
+    }
+    totals
+}
+
 /// Every count in a reply of HMGETs, nested or not (nil is 0).
 fn sum_counts(reply: &Value) -> usize {
     match reply {
@@ -968,6 +1025,27 @@ mod tests {
             "sp:{/topic/a}idem:k"
         );
         assert_eq!(settings.readers_key("n1"), "sp:readers:n1");
+    }
+
+    #[test]
+    fn counts_are_read_per_field_however_fred_nests_the_replies() {
+        let count = |n: i64| Value::Bytes(n.to_string().into());
+        let array = |values: Vec<Value>| Value::Array(values);
+        // One node, one field: the bare value.
+        assert_eq!(counts_per_field(count(3), 1), [3]);
+        // One node, two fields.
+        assert_eq!(
+            counts_per_field(array(vec![count(3), Value::Null]), 1),
+            [3, 0]
+        );
+        // Two nodes, one field each.
+        assert_eq!(counts_per_field(array(vec![count(3), count(4)]), 2), [7]);
+        // Two nodes, two fields.
+        let reply = array(vec![
+            array(vec![count(1), count(2)]),
+            array(vec![count(10), Value::Null]),
+        ]);
+        assert_eq!(counts_per_field(reply, 2), [11, 2]);
     }
 
     #[test]
