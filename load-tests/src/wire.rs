@@ -47,6 +47,10 @@ pub struct StormSpec {
     /// Storm connections subscribe to `{prefix}storm.{i % destinations}`.
     pub destinations: u32,
     pub first_conn: u64,
+    /// A setup refused with a 503 handshake is tried again, with jittered
+    /// backoff, until this long after its first try (0: never).
+    #[serde(default)]
+    pub retry_refused_ms: u64,
 }
 
 /// This worker's share of the churn.

@@ -46,6 +46,13 @@ pub struct StormArgs {
     /// Most seconds the storm may take.
     #[arg(long, default_value_t = 120.0)]
     pub timeout: f64,
+    /// Seconds a storm connection refused with 503 (admission control:
+    /// max-handshakes-per-second) keeps trying, as a browser backing off with
+    /// jitter would (0.5-1 s, doubling, at most 8 s between tries); retries
+    /// are counted apart from failures, and a setup's time runs from its
+    /// first try. 0: a refusal is a failure.
+    #[arg(long, default_value_t = 0.0)]
+    pub retry_refused: f64,
     /// Most seconds to wait after a step for late deliveries.
     #[arg(long, default_value_t = 10.0)]
     pub drain: f64,
@@ -89,6 +96,7 @@ pub async fn run(common: &Common, args: StormArgs) -> Result<(), String> {
             concurrency: (args.concurrency / workers).max(1),
             destinations: args.storm_destinations,
             first_conn: subscribers.len() as u64 + before,
+            retry_refused_ms: (args.retry_refused * 1000.0) as u64,
         });
     }
     let (mut fleet, subscribed) = run

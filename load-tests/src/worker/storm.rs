@@ -20,6 +20,7 @@ pub(super) async fn run(
     stop: watch::Receiver<bool>,
 ) -> ActivityResult {
     let start = now_ns();
+    let retry_refused_ms = spec.retry_refused_ms;
     let in_flight = Arc::new(Semaphore::new(spec.concurrency.max(1)));
     let setups = Arc::new(SetupLog::new(start));
     let mut dialing = JoinSet::new();
@@ -42,7 +43,9 @@ pub(super) async fn run(
         let destination = format!("{prefix}storm.{}", index % spec.destinations.max(1) as u64);
         let (dialer, setups, state) = (dialer.clone(), setups.clone(), state.clone());
         dialing.spawn(async move {
-            let session = setups.dial(&dialer, index, &destination).await;
+            let session = setups
+                .dial_retrying(&dialer, index, &destination, retry_refused_ms)
+                .await;
             drop(permit);
             state.counters.count_activity_setup(session.is_some());
             session
