@@ -52,9 +52,14 @@ async fn wait_until(mut condition: impl FnMut() -> bool, what: &str) {
     }
 }
 
+/// How long a cluster test waits for one frame: it crosses a Redis and
+/// two nodes, all sharing two cores with the other tests of this file. A
+/// lost message still fails the test, only later.
+const FRAME_PATIENCE: Duration = Duration::from_secs(20);
+
 /// A STOMP 1.2 client subscribed to `destination`, its RECEIPT read.
 async fn subscriber(node: &TestBroker, destination: &str) -> Client {
-    let mut client = node.connected().await;
+    let mut client = node.connected().await.with_patience(FRAME_PATIENCE);
     client
         .send(&format!(
             "SUBSCRIBE\nid:0\ndestination:{destination}\nreceipt:r\n\n\0"

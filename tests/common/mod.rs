@@ -151,9 +151,18 @@ pub struct Client {
     pub subprotocol: Option<String>,
     buffer: BytesMut,
     decoder: Decoder,
+    /// How long `message` waits (PATIENCE unless `with_patience` says otherwise).
+    patience: Duration,
 }
 
 impl Client {
+    /// Waits up to `patience` for each message instead of PATIENCE (for
+    /// tests whose frames cross several processes, such as a Redis).
+    pub fn with_patience(mut self, patience: Duration) -> Client {
+        self.patience = patience;
+        self
+    }
+
     pub async fn open(
         url: &str,
         subprotocols: &[&str],
@@ -180,6 +189,7 @@ impl Client {
             subprotocol,
             buffer: BytesMut::new(),
             decoder: Decoder::new(limits),
+            patience: PATIENCE,
         })
     }
 
@@ -190,7 +200,7 @@ impl Client {
 
     /// The next WebSocket message, as received (None when closed).
     pub async fn message(&mut self) -> Option<Message> {
-        match tokio::time::timeout(PATIENCE, self.ws.next())
+        match tokio::time::timeout(self.patience, self.ws.next())
             .await
             .expect("a message within the patience time")
         {

@@ -886,7 +886,7 @@ impl Shared {
         let mut reconnects = self.pubsub.reconnect_rx();
         let mut command_reconnects = self.commands.reconnect_rx();
         let mut errors = self.pubsub.error_rx();
-        let (mut was_up, mut connected_before) = (false, false);
+        let (mut was_up, mut connected_before, mut was_listening) = (false, false, false);
         let mut check = tokio::time::interval(Duration::from_millis(250));
         loop {
             // Cancel safety: broadcast `recv`, `tick` and `cancelled` lose nothing when dropped.
@@ -907,6 +907,11 @@ impl Shared {
                 _ = check.tick() => false,
             };
             let up = self.is_up();
+            let listening = self.pubsub.is_connected();
+            if was_listening && !listening {
+                self.interest_unconfirmed();
+            }
+            was_listening = listening;
             if up != was_up {
                 self.metrics().engine_up.set(up as i64);
                 if up {
@@ -929,6 +934,25 @@ impl Shared {
                 self.resubscribe_all().await;
             }
         }
+    }
+
+    /// The pub/sub link dropped: every subscription is unconfirmed until it
+    /// is made again, so that no RECEIPT promises what Redis may not deliver
+    /// (a message published elsewhere before this node subscribes again).
+    /// The interest task subscribes them all again once the link is back.
+    fn interest_unconfirmed(&self) {
+        let mut unconfirmed = Vec::new();
+        for mut entry in self.interest.iter_mut() {
+            if matches!(*entry, Interest::Subscribed | Interest::Lingering(_)) {
+                *entry = Interest::Pending(Vec::new());
+                unconfirmed.push(entry.key().clone());
+            }
+        }
+        self.interest_changed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(unconfirmed);
+        self.wake_interest.notify_one();
     }
 
     /// After the pub/sub link came back: subscribe again to everything this
