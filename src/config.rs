@@ -316,6 +316,11 @@ pub struct Config {
     #[arg(long, default_value_t = 8192, value_parser = at_least_one::<usize>)]
     pub redis_input_queue: usize,
 
+    /// Most commands one Redis client queues while waiting for Redis (publishes fill it); past
+    /// it a publish answers 503 at once.
+    #[arg(long, default_value_t = 65_536, value_parser = at_least_one::<usize>)]
+    pub redis_max_queued_commands: usize,
+
     /// Seconds between two reports of this node's reader counts to Redis; cluster-wide counts
     /// are at most about this old, and a dead node's readers stop counting within 3 intervals.
     #[arg(long, default_value = "1", value_parser = positive_seconds)]

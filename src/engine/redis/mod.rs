@@ -47,10 +47,6 @@ use tokio_util::sync::CancellationToken;
 
 /// Most destinations in one SUBSCRIBE, UNSUBSCRIBE or HSET command.
 const MAX_CHANNELS_PER_COMMAND: usize = 1000;
-/// Most commands waiting in a client's queue for Redis (fred's own queue is
-/// unbounded by default); publishes are what fills it, and one refused past
-/// it answers 503.
-const MAX_QUEUED_COMMANDS: usize = 65_536;
 /// How long the interest task waits, once woken, for more destinations to
 /// come before it sends its SUBSCRIBE: a crowd of readers of many new
 /// destinations then costs a few commands, not one per destination. It
@@ -91,6 +87,7 @@ pub struct RedisSettings {
     pub command_timeout: Duration,
     pub reconnect_max_delay: Duration,
     pub input_queue: usize,
+    pub max_queued_commands: usize,
     pub count_interval: Duration,
     pub interest_linger: Duration,
     pub idempotency_window: Duration,
@@ -105,6 +102,7 @@ impl RedisSettings {
             command_timeout: config.redis_command_timeout,
             reconnect_max_delay: config.redis_reconnect_max_delay,
             input_queue: config.redis_input_queue,
+            max_queued_commands: config.redis_max_queued_commands,
             count_interval: config.reader_count_interval,
             interest_linger: config.interest_linger,
             idempotency_window: config.idempotency_window,
@@ -212,8 +210,9 @@ impl RedisEngine {
                     // A command is tried once: a publish that failed answers 503
                     // instead of being replayed later, perhaps twice.
                     connection.max_command_attempts = 1;
-                    // Past it a command fails at once (a publish answers 503).
-                    connection.max_command_buffer_len = MAX_QUEUED_COMMANDS;
+                    // fred's own queue is unbounded by default; past this a
+                    // command fails at once (a publish answers 503).
+                    connection.max_command_buffer_len = settings.max_queued_commands;
                     connection.tcp.nodelay = Some(true);
                 })
                 // Retries forever, 100 ms doubling up to the cap, with fred's jitter.
@@ -1036,6 +1035,7 @@ mod tests {
             command_timeout: Duration::from_secs(1),
             reconnect_max_delay: Duration::from_secs(1),
             input_queue: 1,
+            max_queued_commands: 1,
             count_interval: Duration::from_secs(1),
             interest_linger: Duration::ZERO,
             idempotency_window: Duration::from_secs(1),
