@@ -22,16 +22,21 @@ impl Redis {
 
     /// Starts a Redis without persistence on `port` and waits for PING.
     pub fn start_on(port: u16) -> Redis {
+        let mut redis = Redis::stopped(port);
+        redis.resume();
+        redis
+    }
+
+    /// A Redis on `port` with its own empty directory, not started yet.
+    fn stopped(port: u16) -> Redis {
         let dir =
             std::env::temp_dir().join(format!("stompede-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = Redis {
+        Redis {
             port,
             dir,
             child: None,
-        };
-        redis.resume();
-        redis
+        }
     }
 
     pub fn url(&self) -> String {
@@ -112,15 +117,7 @@ impl RedisCluster {
     pub fn start() -> RedisCluster {
         let mut masters = Vec::new();
         for _ in 0..3 {
-            let port = free_cluster_port();
-            let dir =
-                std::env::temp_dir().join(format!("stompede-redis-{}-{port}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let mut redis = Redis {
-                port,
-                dir,
-                child: None,
-            };
+            let mut redis = Redis::stopped(free_cluster_port());
             redis.resume_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]);
             masters.push(redis);
         }
