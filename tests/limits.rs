@@ -101,19 +101,7 @@ async fn connections_per_ip_are_limited_with_429() {
         .err()
         .expect("a third connection is refused");
     assert!(refused.to_string().contains("429"), "{refused}");
-    let (status, body) = http(
-        broker.addr,
-        "GET",
-        "/ws",
-        None,
-        &[
-            ("upgrade", "websocket"),
-            ("connection", "upgrade"),
-            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-            ("sec-websocket-version", "13"),
-        ],
-    )
-    .await;
+    let (status, body) = common::upgrade(broker.addr, &[]).await;
     assert_eq!(status, 429);
     assert_eq!(
         body["error"],
@@ -672,19 +660,7 @@ async fn handshakes_past_the_rate_get_503_with_retry_after() {
     let (status, _) = upgrade_status(broker.addr, "").await;
     assert!(status.starts_with("HTTP/1.1 503"), "{status}");
     assert!(status.contains("too many handshakes"), "{status}");
-    let (code, body) = http(
-        broker.addr,
-        "GET",
-        "/ws",
-        None,
-        &[
-            ("upgrade", "websocket"),
-            ("connection", "upgrade"),
-            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-            ("sec-websocket-version", "13"),
-        ],
-    )
-    .await;
+    let (code, body) = common::upgrade(broker.addr, &[]).await;
     assert_eq!(code, 503, "{body}");
     assert_eq!(broker.broker.metrics().handshakes_refused.get(), 2);
     // Later on, handshakes are admitted again.

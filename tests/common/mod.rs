@@ -273,6 +273,19 @@ impl Client {
 }
 
 /// One HTTP/1.1 request over a fresh connection; returns status and JSON body.
+/// A WebSocket upgrade request sent as plain HTTP (with `extra` headers),
+/// for tests of how the upgrade is refused: the status and the JSON body.
+pub async fn upgrade(addr: SocketAddr, extra: &[(&str, &str)]) -> (u16, serde_json::Value) {
+    let mut headers = vec![
+        ("upgrade", "websocket"),
+        ("connection", "upgrade"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("sec-websocket-version", "13"),
+    ];
+    headers.extend_from_slice(extra);
+    http(addr, "GET", "/ws", None, &headers).await
+}
+
 pub async fn http(
     addr: SocketAddr,
     method: &str,
