@@ -67,14 +67,7 @@ impl PreparedMessage {
 
     /// The number of bytes [`write_for`](Self::write_for) writes.
     pub fn len_for(&self, version: Version, subscription: &str, ack: Option<&str>) -> usize {
-        let ack_len = ack.map_or(0, |ack| "ack:".len() + escaped_len(ack, version, true) + 1);
-        "MESSAGE\nsubscription:".len()
-            + escaped_len(subscription, version, true)
-            + 1
-            + ack_len
-            + self.encoded_headers(version).len()
-            + self.body.len()
-            + 1
+        self.len_for_with(version, subscription, ack, &[])
     }
 
     /// Writes the whole MESSAGE frame for one subscriber.
@@ -85,13 +78,58 @@ impl PreparedMessage {
         ack: Option<&str>,
         out: &mut BytesMut,
     ) {
-        out.reserve(self.len_for(version, subscription, ack));
+        self.write_for_with(version, subscription, ack, &[], out)
+    }
+
+    /// The number of bytes [`write_for_with`](Self::write_for_with) writes.
+    pub fn len_for_with(
+        &self,
+        version: Version,
+        subscription: &str,
+        ack: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> usize {
+        let ack_len = ack.map_or(0, |ack| "ack:".len() + escaped_len(ack, version, true) + 1);
+        let extra_len: usize = extra
+            .iter()
+            .map(|(name, value)| {
+                escaped_len(name, version, true) + 1 + escaped_len(value, version, true) + 1
+            })
+            .sum();
+        "MESSAGE\nsubscription:".len()
+            + escaped_len(subscription, version, true)
+            + 1
+            + ack_len
+            + extra_len
+            + self.encoded_headers(version).len()
+            + self.body.len()
+            + 1
+    }
+
+    /// Writes the whole MESSAGE frame for one subscriber, with `extra`
+    /// headers of its own after `subscription` and `ack` (so they too win
+    /// over the publisher's).
+    pub fn write_for_with(
+        &self,
+        version: Version,
+        subscription: &str,
+        ack: Option<&str>,
+        extra: &[(&str, &str)],
+        out: &mut BytesMut,
+    ) {
+        out.reserve(self.len_for_with(version, subscription, ack, extra));
         out.put_slice(b"MESSAGE\nsubscription:");
         write_escaped(subscription, version, true, out);
         out.put_u8(b'\n');
         if let Some(ack) = ack {
             out.put_slice(b"ack:");
             write_escaped(ack, version, true, out);
+            out.put_u8(b'\n');
+        }
+        for (name, value) in extra {
+            write_escaped(name, version, true, out);
+            out.put_u8(b':');
+            write_escaped(value, version, true, out);
             out.put_u8(b'\n');
         }
         out.put_slice(self.encoded_headers(version));

@@ -546,6 +546,25 @@ mod encoding {
     }
 
     #[test]
+    fn prepared_message_stamps_extra_headers_of_one_subscriber() {
+        let headers = [("destination", "/a"), ("x-gap", "false")]
+            .into_iter()
+            .collect();
+        let msg = PreparedMessage::new(headers, bytes::Bytes::from_static(b"hi"));
+        let extra = [("x-gap", "true")];
+        for version in [Version::V1_0, Version::V1_1, Version::V1_2] {
+            let mut out = BytesMut::new();
+            msg.write_for_with(version, "s", None, &extra, &mut out);
+            assert_eq!(out.len(), msg.len_for_with(version, "s", None, &extra));
+            let f = decode_one(&out);
+            assert_eq!(f.headers.get("x-gap"), Some("true"), "the stamp wins");
+        }
+        let mut out = BytesMut::new();
+        msg.write_for_with(Version::V1_2, "s", Some("7"), &extra, &mut out);
+        assert!(out.starts_with(b"MESSAGE\nsubscription:s\nack:7\nx-gap:true\ndestination:/a\n"));
+    }
+
+    #[test]
     fn prepared_message_with_empty_and_binary_body() {
         let msg = PreparedMessage::new(
             [("destination", "/a")].into_iter().collect(),
