@@ -133,6 +133,7 @@ fn registry_benches(c: &mut Criterion) {
                     let message = Arc::new(fanout::prepare(
                         "/topic/hot",
                         "1-1",
+                        None,
                         &Headers::new(),
                         body.clone(),
                     ));

@@ -5,10 +5,13 @@
 use crate::admission::HandshakeLimiter;
 use crate::auth::AuthPolicy;
 use crate::config::{Config, EngineKind};
-use crate::engine::{self, Confirmation, Engine, EngineError, EngineStatus, Publication};
+use crate::engine::{self, Engine, EngineError, EngineStatus, HistoryPage, Publication};
+use crate::engine::{Confirmation, Subscribed};
+use crate::history::{HistorySettings, ReplayRequest};
 use crate::hub::Hub;
 use crate::ip_limit::{is_loopback, ClientNet, IpLimiter, IpSlot};
 use crate::metrics::Metrics;
+use crate::outbox::Delivery;
 use crate::registry::{Subscriber, SubscriberKey};
 use bytes::Bytes;
 use std::future::Future;
@@ -104,6 +107,12 @@ impl Broker {
                     window: config.idempotency_window,
                     max_keys: config.idempotency_keys_max,
                 },
+                HistorySettings {
+                    size: config.history_size,
+                    ttl: config.history_ttl,
+                    max_bytes: config.history_max_bytes,
+                },
+                format!("{node_id}-{boot:x}"),
             ),
             EngineKind::Redis => Engine::Redis(engine::redis::RedisEngine::start(
                 hub.clone(),
@@ -194,17 +203,47 @@ impl Broker {
         Ok(())
     }
 
-    /// Adds one subscription (the session has checked it may). The
+    /// Adds one subscription (the session has checked it may), with the
+    /// messages from history it asked for queued before the live ones. The
     /// confirmation resolves once every later publish, on any node, reaches it.
     pub fn subscribe(
         &self,
         destination: &str,
         key: SubscriberKey,
         subscriber: Subscriber,
-    ) -> Confirmation {
-        self.hub.subscribe(destination, key, subscriber);
+        request: &ReplayRequest,
+    ) -> Subscribed {
+        let metrics = self.metrics();
+        let subscribed = self.engine.subscribe(destination, request, |replayed| {
+            let outbox = subscriber.outbox.clone();
+            let (subscription, ack) = (subscriber.subscription.clone(), subscriber.ack);
+            self.hub.subscribe(destination, key, subscriber);
+            let now = std::time::Instant::now();
+            let queued = outbox.push_replayed(
+                replayed
+                    .iter()
+                    .map(|message| Delivery::new(message.clone(), subscription.clone(), ack, now)),
+            );
+            metrics.outbound_queued.add(queued as i64);
+            metrics.history_replayed.inc_by(queued as u64);
+        });
+        if let Some(recovered) = subscribed.recovered {
+            let label = if recovered { "true" } else { "false" };
+            metrics.resumes.with_label_values(&[label]).inc();
+        }
         self.engine.count_changed(destination);
-        self.engine.interest(destination)
+        subscribed
+    }
+
+    /// A destination's history for the HTTP API (`None`: the engine keeps none).
+    pub fn history(
+        &self,
+        destination: &str,
+        epoch: Option<&str>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Option<HistoryPage> {
+        self.engine.history(destination, epoch, after, limit)
     }
 
     /// Removes one subscription.

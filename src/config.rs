@@ -341,6 +341,21 @@ pub struct Config {
     #[arg(long, default_value_t = 100_000, value_parser = at_least_one::<usize>)]
     pub idempotency_keys_max: usize,
 
+    /// Messages each destination keeps for resume (`x-since-offset`) and catch-up
+    /// (`x-history`); 0 keeps none (offsets are still assigned, so readers see gaps).
+    #[arg(long, default_value_t = 100)]
+    pub history_size: usize,
+
+    /// Seconds a destination's messages are kept after its last publish; its offset and epoch
+    /// outlive them (see `history-max-bytes`).
+    #[arg(long, default_value = "300", value_parser = positive_seconds)]
+    pub history_ttl: Duration,
+
+    /// Memory engine: most bytes the history of all destinations may hold, offsets and epochs
+    /// included; past it whole destinations are forgotten, least recently published first.
+    #[arg(long, default_value_t = 256 * 1024 * 1024, value_parser = at_least_one::<usize>)]
+    pub history_max_bytes: usize,
+
     /// Log format (filter with RUST_LOG, default `info`).
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,

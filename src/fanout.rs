@@ -6,6 +6,7 @@
 //! pub/sub) would sit behind the same call.
 
 use crate::config::SlowConsumerPolicy;
+use crate::history::Position;
 use crate::metrics::Metrics;
 use crate::outbox::{Delivery, OutboxState, PushError};
 use crate::registry::Registry;
@@ -23,22 +24,35 @@ pub const RESERVED_HEADERS: &[&str] = &[
     "transaction",
     "content-length",
     "ack",
+    OFFSET_HEADER,
+    EPOCH_HEADER,
+    "x-gap",
 ];
+
+/// A message's place in its destination's history (see `history`).
+pub const OFFSET_HEADER: &str = "x-offset";
+pub const EPOCH_HEADER: &str = "x-epoch";
 
 pub fn is_reserved(name: &str) -> bool {
     RESERVED_HEADERS.contains(&name)
 }
 
-/// Builds the shared MESSAGE: broker headers first, then the publisher's.
+/// Builds the shared MESSAGE: broker headers first (with the message's
+/// offset and epoch when the engine keeps a history), then the publisher's.
 pub fn prepare(
     destination: &str,
     message_id: &str,
+    position: Option<&Position>,
     publisher_headers: &Headers,
     body: Bytes,
 ) -> PreparedMessage {
-    let mut headers = Headers::with_capacity(publisher_headers.len() + 2);
+    let mut headers = Headers::with_capacity(publisher_headers.len() + 4);
     headers.push("destination", destination);
     headers.push("message-id", message_id);
+    if let Some(position) = position {
+        headers.push(OFFSET_HEADER, position.offset.to_string());
+        headers.push(EPOCH_HEADER, &*position.epoch);
+    }
     for (name, value) in publisher_headers.iter() {
         if !is_reserved(name) {
             headers.push(name, value);
@@ -73,6 +87,7 @@ pub fn deliver(
                     metrics.slow_consumer_disconnects.inc();
                 }
                 SlowConsumerPolicy::Drop => {
+                    subscriber.outbox.note_gap(&subscriber.subscription);
                     metrics.slow_consumer_drops.inc();
                 }
             },

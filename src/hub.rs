@@ -8,7 +8,7 @@ use crate::metrics::Metrics;
 use crate::registry::{Registry, Subscriber, SubscriberKey};
 use bytes::Bytes;
 use std::sync::Arc;
-use stompede_protocol::Headers;
+use stompede_protocol::{Headers, PreparedMessage};
 
 pub struct Hub {
     registry: Registry,
@@ -38,11 +38,23 @@ impl Hub {
         headers: &Headers,
         body: Bytes,
     ) -> usize {
-        let message = Arc::new(fanout::prepare(destination, message_id, headers, body));
+        let message = Arc::new(fanout::prepare(
+            destination,
+            message_id,
+            None,
+            headers,
+            body,
+        ));
+        self.deliver_prepared(destination, &message)
+    }
+
+    /// Queues a message prepared by the caller for every local subscriber
+    /// of `destination`; returns how many there were.
+    pub fn deliver_prepared(&self, destination: &str, message: &Arc<PreparedMessage>) -> usize {
         fanout::deliver(
             &self.registry,
             destination,
-            &message,
+            message,
             self.slow_consumer,
             &self.metrics,
         )

@@ -12,6 +12,7 @@ pub mod config;
 pub mod destination;
 pub mod engine;
 pub mod fanout;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod ip_limit;

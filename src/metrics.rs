@@ -58,6 +58,17 @@ pub struct Metrics {
     pub engine_input_invalid: IntCounter,
     /// Redis round trip of a publish, of a count, of an interest change.
     pub engine_roundtrip: HistogramVec,
+    /// Memory engine: bytes held by every destination's history (`history-max-bytes`).
+    pub history_bytes: IntGauge,
+    /// Memory engine: destinations with a history (an offset, an epoch, maybe messages).
+    pub history_destinations: IntGauge,
+    /// Memory engine: destinations forgotten past `history-max-bytes` (their readers' next
+    /// resume gets `x-recovered:false`).
+    pub history_evictions: IntCounter,
+    /// Messages sent from history (`x-since-offset`, `x-history`), before the live stream.
+    pub history_replayed: IntCounter,
+    /// SUBSCRIBEs with `x-since-offset`, by whether history covered the gap.
+    pub resumes: IntCounterVec,
 }
 
 /// Why a session was sent an ERROR frame: the `reason` label of `errors_total`.
@@ -309,9 +320,50 @@ impl Metrics {
                     &["operation"],
                 ),
             ),
+            history_bytes: register(
+                &registry,
+                IntGauge::new(
+                    "history_bytes",
+                    "Bytes held by the history of every destination (memory engine)",
+                ),
+            ),
+            history_destinations: register(
+                &registry,
+                IntGauge::new(
+                    "history_destinations",
+                    "Destinations with a history: an offset, an epoch, maybe messages (memory engine)",
+                ),
+            ),
+            history_evictions: register(
+                &registry,
+                IntCounter::new(
+                    "history_evicted_destinations_total",
+                    "Destinations whose history was forgotten past history-max-bytes (memory engine)",
+                ),
+            ),
+            history_replayed: register(
+                &registry,
+                IntCounter::new(
+                    "history_replayed_messages_total",
+                    "Messages sent from history (x-since-offset, x-history) before the live stream",
+                ),
+            ),
+            resumes: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "resumes_total",
+                        "SUBSCRIBEs with x-since-offset, by whether history covered the gap",
+                    ),
+                    &["recovered"],
+                ),
+            ),
             registry,
         };
         metrics.engine_up.set(1);
+        for recovered in ["true", "false"] {
+            metrics.resumes.with_label_values(&[recovered]);
+        }
         for reason in ErrorReason::ALL {
             metrics.errors.with_label_values(&[reason.label()]);
         }

@@ -1,14 +1,22 @@
 //! One connection's bounded outbound queue.
 //!
 //! Publishers push deliveries without waiting; the connection's writer drains
-//! everything queued at once and writes it in one batch. The queue is bounded
-//! both in frames and in bytes; a push that does not fit is refused, and the
-//! caller applies the slow-consumer policy.
+//! what is queued, one socket write's worth at a time. Live deliveries are
+//! bounded both in frames and in bytes; a push that does not fit is refused,
+//! and the caller applies the slow-consumer policy.
+//!
+//! Two other kinds of items share the queue, so that everything reaches the
+//! client in the order it was queued, and are not held to those bounds:
+//! - messages replayed from history for a new subscription (bounded by
+//!   `history-size` per subscription), queued before any live message of it;
+//! - the session's replies (RECEIPT, ERROR), which wait behind the messages
+//!   queued before them (bounded by the connection, which stops reading
+//!   while replies wait behind more than `ws-write-buffer-bytes`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use stompede_protocol::PreparedMessage;
+use stompede_protocol::{Frame, PreparedMessage};
 use tokio::sync::Notify;
 
 /// A MESSAGE waiting for one subscriber: the shared encoding plus the
@@ -21,6 +29,9 @@ pub struct Delivery {
     pub ack: bool,
     /// When the message was handed to the fan-out (for latency metrics).
     pub published_at: std::time::Instant,
+    /// Messages of this subscription were dropped before this one
+    /// (`slow-consumer drop`): it is written with `x-gap:true`.
+    pub gap: bool,
     cost: usize,
 }
 
@@ -37,7 +48,35 @@ impl Delivery {
             subscription,
             ack,
             published_at,
+            gap: false,
             cost,
+        }
+    }
+}
+
+/// What waits in an outbox.
+#[derive(Debug)]
+pub enum Queued {
+    /// A live MESSAGE, counted against the queue's bounds.
+    Message(Delivery),
+    /// A MESSAGE from history, queued when its subscription began.
+    Replayed(Delivery),
+    /// A reply to the client's frames.
+    Reply(Frame),
+}
+
+impl Queued {
+    fn cost(&self) -> usize {
+        match self {
+            Queued::Message(delivery) | Queued::Replayed(delivery) => delivery.cost,
+            Queued::Reply(frame) => reply_cost(frame),
+        }
+    }
+
+    fn delivery(&self) -> Option<&Delivery> {
+        match self {
+            Queued::Message(delivery) | Queued::Replayed(delivery) => Some(delivery),
+            Queued::Reply(_) => None,
         }
     }
 }
@@ -56,6 +95,10 @@ pub fn delivery_cost(message: &PreparedMessage, subscription: &str) -> usize {
         + 2 * message.headers().byte_len()
         + subscription.len()
         + DELIVERY_OVERHEAD_BYTES
+}
+
+fn reply_cost(frame: &Frame) -> usize {
+    frame.body.len() + frame.headers.byte_len() + DELIVERY_OVERHEAD_BYTES
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,9 +135,61 @@ pub struct Outbox {
 
 #[derive(Debug)]
 struct Queue {
-    items: VecDeque<Delivery>,
-    bytes: usize,
+    items: VecDeque<Queued>,
+    /// Live messages queued, and what they cost (the bounded part).
+    live: usize,
+    live_bytes: usize,
+    /// What replayed messages and replies cost.
+    other_bytes: usize,
+    replies: usize,
     state: OutboxState,
+    /// Subscriptions that lost a message (`slow-consumer drop`) since their
+    /// last queued one; at most one entry per subscription of the session.
+    gapped: Vec<Arc<str>>,
+}
+
+impl Queue {
+    fn take_front(&mut self) -> Option<Queued> {
+        let item = self.items.pop_front()?;
+        self.forget(&item);
+        Some(item)
+    }
+
+    fn forget(&mut self, item: &Queued) {
+        match item {
+            Queued::Message(delivery) => {
+                self.live -= 1;
+                self.live_bytes -= delivery.cost;
+            }
+            Queued::Replayed(delivery) => self.other_bytes -= delivery.cost,
+            Queued::Reply(frame) => {
+                self.replies -= 1;
+                self.other_bytes -= reply_cost(frame);
+            }
+        }
+    }
+
+    fn add(&mut self, item: Queued) {
+        match &item {
+            Queued::Message(delivery) => {
+                self.live += 1;
+                self.live_bytes += delivery.cost;
+            }
+            Queued::Replayed(delivery) => self.other_bytes += delivery.cost,
+            Queued::Reply(frame) => {
+                self.replies += 1;
+                self.other_bytes += reply_cost(frame);
+            }
+        }
+        self.items.push_back(item);
+    }
+
+    /// Gives back memory after a burst so idle connections stay small.
+    fn shrink_when_empty(&mut self) {
+        if self.items.is_empty() && self.items.capacity() > 64 {
+            self.items = VecDeque::new();
+        }
+    }
 }
 
 impl Outbox {
@@ -102,8 +197,12 @@ impl Outbox {
         Outbox {
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
-                bytes: 0,
+                live: 0,
+                live_bytes: 0,
+                other_bytes: 0,
+                replies: 0,
                 state: OutboxState::Open,
+                gapped: Vec::new(),
             }),
             ready: Notify::new(),
             closing: Notify::new(),
@@ -121,26 +220,93 @@ impl Outbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn push(&self, delivery: Delivery) -> Result<(), PushError> {
+    /// Queues a live message, within the queue's bounds.
+    pub fn push(&self, mut delivery: Delivery) -> Result<(), PushError> {
         let mut queue = self.lock();
         if queue.state != OutboxState::Open {
             return Err(PushError::Closed);
         }
         // An empty queue accepts one delivery even over the byte limit, so a
         // single large message can still get through.
-        if queue.items.len() >= self.max_frames
-            || (!queue.items.is_empty() && queue.bytes + delivery.cost > self.max_bytes)
+        if queue.live >= self.max_frames
+            || (queue.live > 0 && queue.live_bytes + delivery.cost > self.max_bytes)
         {
             return Err(PushError::Full);
         }
+        if !queue.gapped.is_empty() {
+            if let Some(at) = queue
+                .gapped
+                .iter()
+                .position(|gapped| Arc::ptr_eq(gapped, &delivery.subscription))
+            {
+                queue.gapped.swap_remove(at);
+                delivery.gap = true;
+            }
+        }
         let was_empty = queue.items.is_empty();
-        queue.bytes += delivery.cost;
-        queue.items.push_back(delivery);
+        queue.add(Queued::Message(delivery));
         drop(queue);
         if was_empty {
             self.ready.notify_one();
         }
         Ok(())
+    }
+
+    /// Notes that a message for `subscription` was dropped (`slow-consumer
+    /// drop`): its next one carries `x-gap:true`.
+    pub fn note_gap(&self, subscription: &Arc<str>) {
+        let mut queue = self.lock();
+        if !queue
+            .gapped
+            .iter()
+            .any(|gapped| Arc::ptr_eq(gapped, subscription))
+        {
+            queue.gapped.push(subscription.clone());
+        }
+    }
+
+    /// Queues messages from history for a new subscription, outside the
+    /// live bounds; returns how many were queued.
+    pub fn push_replayed(&self, deliveries: impl Iterator<Item = Delivery>) -> usize {
+        let mut queue = self.lock();
+        if queue.state != OutboxState::Open {
+            return 0;
+        }
+        let was_empty = queue.items.is_empty();
+        let before = queue.items.len();
+        for delivery in deliveries {
+            queue.add(Queued::Replayed(delivery));
+        }
+        let queued = queue.items.len() - before;
+        drop(queue);
+        if was_empty && queued > 0 {
+            self.ready.notify_one();
+        }
+        queued
+    }
+
+    /// Queues the session's replies after everything queued so far; returns the state.
+    pub fn push_replies(&self, replies: &mut Vec<Frame>) -> OutboxState {
+        let mut queue = self.lock();
+        let state = queue.state;
+        if state == OutboxState::Open {
+            let was_empty = queue.items.is_empty();
+            for reply in replies.drain(..) {
+                queue.add(Queued::Reply(reply));
+            }
+            drop(queue);
+            if was_empty {
+                self.ready.notify_one();
+            }
+        }
+        replies.clear();
+        state
+    }
+
+    /// Replies waiting, and the bytes of everything queued.
+    pub fn waiting_replies(&self) -> (usize, usize) {
+        let queue = self.lock();
+        (queue.replies, queue.live_bytes + queue.other_bytes)
     }
 
     /// Marks the connection for disconnection and wakes its writer, which
@@ -157,10 +323,13 @@ impl Outbox {
 
     /// Moves everything queued into `batch` (which must be empty) and returns
     /// the state. Swapping keeps both allocations for the next round.
-    pub fn drain_into(&self, batch: &mut VecDeque<Delivery>) -> OutboxState {
+    pub fn drain_into(&self, batch: &mut VecDeque<Queued>) -> OutboxState {
         let mut queue = self.lock();
         std::mem::swap(&mut queue.items, batch);
-        queue.bytes = 0;
+        queue.live = 0;
+        queue.live_bytes = 0;
+        queue.other_bytes = 0;
+        queue.replies = 0;
         // Give back memory after a burst so idle connections stay small.
         if queue.items.capacity() > 64 {
             queue.items = VecDeque::new();
@@ -168,24 +337,21 @@ impl Outbox {
         queue.state
     }
 
-    /// Moves deliveries from the front of the queue into `batch` until they
+    /// Moves items from the front of the queue into `batch` until they
     /// cost `max_bytes` (at least one, when any is queued); returns the state.
     /// The writer takes one socket write's worth at a time, so what it has
     /// not encoded yet stays here.
-    pub fn drain_up_to(&self, batch: &mut VecDeque<Delivery>, max_bytes: usize) -> OutboxState {
+    pub fn drain_up_to(&self, batch: &mut VecDeque<Queued>, max_bytes: usize) -> OutboxState {
         let mut queue = self.lock();
         let mut taken = 0;
-        while let Some(delivery) = queue.items.pop_front() {
-            taken += delivery.cost;
-            queue.bytes -= delivery.cost;
-            batch.push_back(delivery);
+        while let Some(item) = queue.take_front() {
+            taken += item.cost();
+            batch.push_back(item);
             if taken >= max_bytes {
                 break;
             }
         }
-        if queue.items.is_empty() && queue.items.capacity() > 64 {
-            queue.items = VecDeque::new();
-        }
+        queue.shrink_when_empty();
         queue.state
     }
 
@@ -196,16 +362,21 @@ impl Outbox {
     /// encoded. Returns how many were dropped; O(queue length).
     pub fn retire(&self, subscription: &Arc<str>) -> usize {
         let mut queue = self.lock();
+        queue
+            .gapped
+            .retain(|gapped| !Arc::ptr_eq(gapped, subscription));
         let before = queue.items.len();
-        let mut freed = 0;
-        queue.items.retain(|delivery| {
-            let retired = Arc::ptr_eq(&delivery.subscription, subscription);
+        let items = std::mem::take(&mut queue.items);
+        for item in items {
+            let retired = item
+                .delivery()
+                .is_some_and(|delivery| Arc::ptr_eq(&delivery.subscription, subscription));
             if retired {
-                freed += delivery.cost;
+                queue.forget(&item);
+            } else {
+                queue.items.push_back(item);
             }
-            !retired
-        });
-        queue.bytes -= freed;
+        }
         before - queue.items.len()
     }
 
@@ -223,6 +394,7 @@ impl Outbox {
         self.lock().state
     }
 
+    /// Items queued (messages and replies).
     pub fn len(&self) -> usize {
         self.lock().items.len()
     }

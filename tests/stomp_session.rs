@@ -108,6 +108,19 @@ async fn a_frame_before_connect_is_an_error() {
     client.expect_closed().await;
 }
 
+/// A SUBSCRIBE's RECEIPT, byte for byte: `receipt-id`, then where the
+/// destination's history stands (`x-epoch`, and `x-offset` 0 for a
+/// destination never published to); returns the epoch.
+async fn expect_subscribe_receipt(client: &mut Client, receipt: &str) -> String {
+    let raw = String::from_utf8(client.raw().await).unwrap();
+    let epoch = raw
+        .strip_prefix(&format!("RECEIPT\nreceipt-id:{receipt}\nx-epoch:"))
+        .and_then(|rest| rest.strip_suffix("\nx-offset:0\n\n\0"))
+        .unwrap_or_else(|| panic!("unexpected RECEIPT: {raw:?}"));
+    assert!(!epoch.is_empty() && !epoch.contains('\n'), "{raw:?}");
+    epoch.to_owned()
+}
+
 #[tokio::test]
 async fn a_published_comment_reaches_the_subscriber_byte_for_byte() {
     let broker = start(config()).await;
@@ -115,13 +128,13 @@ async fn a_published_comment_reaches_the_subscriber_byte_for_byte() {
     client
         .send("SUBSCRIBE\nid:sub-0\ndestination:/topic/comments.42\nreceipt:r-1\n\n\0")
         .await;
-    assert_eq!(client.raw().await, b"RECEIPT\nreceipt-id:r-1\n\n\0");
+    let epoch = expect_subscribe_receipt(&mut client, "r-1").await;
     let published = broker.publish("/topic/comments.42", "First!").await;
     assert_eq!(published["subscribers"], 1);
     let id = published["message_id"].as_str().unwrap();
     let expected = format!(
         "MESSAGE\nsubscription:sub-0\ndestination:/topic/comments.42\nmessage-id:{id}\n\
-         content-type:text/plain;charset=utf-8\ncontent-length:6\n\nFirst!\0"
+         x-offset:1\nx-epoch:{epoch}\ncontent-type:text/plain;charset=utf-8\ncontent-length:6\n\nFirst!\0"
     );
     assert_eq!(String::from_utf8(client.raw().await).unwrap(), expected);
 }
@@ -398,7 +411,7 @@ async fn a_silent_client_is_disconnected_after_its_heart_beat_interval() {
     client
         .send("SUBSCRIBE\nid:0\ndestination:/topic/hb\nreceipt:alive\n\n\0")
         .await;
-    assert_eq!(client.raw().await, b"RECEIPT\nreceipt-id:alive\n\n\0");
+    expect_subscribe_receipt(&mut client, "alive").await;
     // ...while silence is not.
     let message = client.expect_error().await;
     assert!(message.starts_with("heart-beat timeout"), "{message}");
@@ -754,11 +767,11 @@ async fn stomp_1_0_subscribes_without_an_id_and_gets_messages_without_escaping()
     client
         .send("SUBSCRIBE\ndestination:/topic/old\nreceipt:r\n\n\0")
         .await;
-    assert_eq!(client.raw().await, b"RECEIPT\nreceipt-id:r\n\n\0");
+    let epoch = expect_subscribe_receipt(&mut client, "r").await;
     let id = publish_with_a_colon_header(&broker, "/topic/old").await;
     let expected = format!(
         "MESSAGE\nsubscription:/topic/old\ndestination:/topic/old\nmessage-id:{id}\n\
-         content-type:text/plain;charset=utf-8\nx-note:a:b\ncontent-length:2\n\nhi\0"
+         x-offset:1\nx-epoch:{epoch}\ncontent-type:text/plain;charset=utf-8\nx-note:a:b\ncontent-length:2\n\nhi\0"
     );
     assert_eq!(String::from_utf8(client.raw().await).unwrap(), expected);
     // And UNSUBSCRIBE by destination ends it.
@@ -780,11 +793,11 @@ async fn stomp_1_1_sessions_get_messages_with_escaped_headers() {
     client
         .send("SUBSCRIBE\nid:s-1\ndestination:/topic/mid\nreceipt:r\n\n\0")
         .await;
-    assert_eq!(client.raw().await, b"RECEIPT\nreceipt-id:r\n\n\0");
+    let epoch = expect_subscribe_receipt(&mut client, "r").await;
     let id = publish_with_a_colon_header(&broker, "/topic/mid").await;
     let expected = format!(
         "MESSAGE\nsubscription:s-1\ndestination:/topic/mid\nmessage-id:{id}\n\
-         content-type:text/plain;charset=utf-8\nx-note:a\\cb\ncontent-length:2\n\nhi\0"
+         x-offset:1\nx-epoch:{epoch}\ncontent-type:text/plain;charset=utf-8\nx-note:a\\cb\ncontent-length:2\n\nhi\0"
     );
     assert_eq!(String::from_utf8(client.raw().await).unwrap(), expected);
 }

@@ -2,6 +2,8 @@
 //! to local subscribers before it returns.
 
 use super::{Publication, Published};
+use crate::fanout;
+use crate::history::{History, HistoryMetrics, HistorySettings};
 use crate::hub::Hub;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -16,17 +18,60 @@ pub struct IdempotencySettings {
     pub max_keys: usize,
 }
 
+/// How often messages past `history-ttl` are looked for (at most): a tenth
+/// of the TTL, so they are dropped within about 1.1 TTLs.
+const SWEEPS_PER_TTL: u32 = 10;
+
 pub struct MemoryEngine {
     hub: Arc<Hub>,
     recent: Mutex<RecentKeys>,
+    history: Arc<History>,
 }
 
 impl MemoryEngine {
-    pub fn new(hub: Arc<Hub>, idempotency: IdempotencySettings) -> MemoryEngine {
+    /// Starts the history's sweeper on the current tokio runtime (without
+    /// one, as in unit tests, messages past the TTL are dropped only when
+    /// their destination is used); it stops once the engine is dropped.
+    pub fn new(
+        hub: Arc<Hub>,
+        idempotency: IdempotencySettings,
+        history: HistorySettings,
+        epoch_prefix: String,
+    ) -> MemoryEngine {
+        let metrics = hub.metrics();
+        let history = Arc::new(History::new(
+            history,
+            epoch_prefix,
+            HistoryMetrics {
+                bytes: metrics.history_bytes.clone(),
+                destinations: metrics.history_destinations.clone(),
+                evictions: metrics.history_evictions.clone(),
+            },
+        ));
+        let period = history.settings().ttl / SWEEPS_PER_TTL;
+        let sweeping = Arc::downgrade(&history);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let mut ticks = tokio::time::interval(period);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    let Some(history) = sweeping.upgrade() else {
+                        break;
+                    };
+                    history.sweep(Instant::now());
+                }
+            });
+        }
         MemoryEngine {
             hub,
             recent: Mutex::new(RecentKeys::new(idempotency)),
+            history,
         }
+    }
+
+    pub fn history(&self) -> &History {
+        &self.history
     }
 
     pub fn publish(&self, publication: &Publication) -> Published {
@@ -52,11 +97,18 @@ impl MemoryEngine {
             .destinations
             .iter()
             .map(|destination| {
-                self.hub.deliver(
+                self.history.publish(
                     destination,
-                    &publication.message_id,
-                    &publication.headers,
-                    publication.body.clone(),
+                    |position| {
+                        Arc::new(fanout::prepare(
+                            destination,
+                            &publication.message_id,
+                            Some(position),
+                            &publication.headers,
+                            publication.body.clone(),
+                        ))
+                    },
+                    |message| self.hub.deliver_prepared(destination, message),
                 )
             })
             .sum();

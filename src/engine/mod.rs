@@ -16,10 +16,12 @@
 pub mod memory;
 pub mod redis;
 
+use crate::history::{HistorySettings, Position, ReplayRequest, Since};
 use crate::hub::Hub;
 use bytes::Bytes;
 use std::sync::Arc;
 use stompede_protocol::Headers;
+use stompede_protocol::PreparedMessage;
 use tokio::sync::oneshot;
 
 /// One message for one or more destinations.
@@ -79,6 +81,26 @@ impl Confirmation {
     }
 }
 
+/// What a new local subscription got.
+#[derive(Debug, Default)]
+pub struct Subscribed {
+    /// Resolves once every later publish reaches it.
+    pub confirmation: Confirmation,
+    /// The destination's history position (`None`: the engine keeps no history).
+    pub position: Option<Position>,
+    /// For a request with `since`: whether history covered the gap.
+    pub recovered: Option<bool>,
+    /// Messages replayed from history, queued before the live ones.
+    pub replayed: usize,
+}
+
+/// A destination's history as the HTTP API shows it.
+#[derive(Debug)]
+pub struct HistoryPage {
+    pub position: Option<Position>,
+    pub since: Since,
+}
+
 /// Whether the engine can publish now, for `/readyz` and the logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineStatus {
@@ -93,8 +115,18 @@ pub enum Engine {
 }
 
 impl Engine {
-    pub fn memory(hub: Arc<Hub>, idempotency: memory::IdempotencySettings) -> Engine {
-        Engine::Memory(memory::MemoryEngine::new(hub, idempotency))
+    pub fn memory(
+        hub: Arc<Hub>,
+        idempotency: memory::IdempotencySettings,
+        history: HistorySettings,
+        epoch_prefix: String,
+    ) -> Engine {
+        Engine::Memory(memory::MemoryEngine::new(
+            hub,
+            idempotency,
+            history,
+            epoch_prefix,
+        ))
     }
 
     /// Publishes to every node; resolves once the engine has taken it.
@@ -105,11 +137,54 @@ impl Engine {
         }
     }
 
-    /// A local SUBSCRIBE to `destination` (the registry already has it).
-    pub fn interest(&self, destination: &str) -> Confirmation {
+    /// A local SUBSCRIBE to `destination`: `register` adds the subscriber
+    /// to the registry and queues the messages it is given (from history,
+    /// oldest first) before any live one.
+    pub fn subscribe(
+        &self,
+        destination: &str,
+        request: &ReplayRequest,
+        register: impl FnOnce(&[Arc<PreparedMessage>]),
+    ) -> Subscribed {
         match self {
-            Engine::Memory(_) => Confirmation::ready(),
-            Engine::Redis(engine) => engine.interest(destination),
+            Engine::Memory(engine) => {
+                let replay = engine.history().subscribe(destination, request, register);
+                Subscribed {
+                    confirmation: Confirmation::ready(),
+                    position: Some(replay.position),
+                    recovered: replay.recovered,
+                    replayed: replay.replayed,
+                }
+            }
+            Engine::Redis(engine) => {
+                // No history in the redis engine yet: a resume is never recovered.
+                register(&[]);
+                Subscribed {
+                    confirmation: engine.interest(destination),
+                    position: None,
+                    recovered: request.since.as_ref().map(|_| false),
+                    replayed: 0,
+                }
+            }
+        }
+    }
+
+    /// Messages of `destination` after `after` (in `epoch`, default the
+    /// current one), or its last ones, at most `limit`; `None` when the
+    /// engine keeps no history.
+    pub fn history(
+        &self,
+        destination: &str,
+        epoch: Option<&str>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Option<HistoryPage> {
+        match self {
+            Engine::Memory(engine) => {
+                let (position, since) = engine.history().read(destination, epoch, after, limit);
+                Some(HistoryPage { position, since })
+            }
+            Engine::Redis(_) => None,
         }
     }
 

@@ -6,6 +6,7 @@ use crate::broker::Broker;
 use crate::destination;
 use crate::engine::Publication;
 use crate::fanout;
+use crate::history::Since;
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -15,7 +16,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use stompede_protocol::Headers;
+use stompede_protocol::{Headers, PreparedMessage};
 
 /// The body of `POST /api/v1/publish` and `POST /api/v1/broadcast`.
 #[derive(Debug, Deserialize)]
@@ -43,6 +44,12 @@ pub async fn handle(
         return *response;
     }
     let path = request.uri().path();
+    if path == "/api/v1/history" {
+        if request.method() != Method::GET {
+            return method_not_allowed("GET");
+        }
+        return history(&broker, request.uri().query().unwrap_or_default());
+    }
     if let Some(encoded) = path.strip_prefix("/api/v1/destinations/") {
         if request.method() != Method::GET {
             return method_not_allowed("GET");
@@ -267,4 +274,114 @@ async fn destination_info(broker: &Broker, encoded: &str) -> HttpResponse {
         ),
         Err(engine_error) => error(StatusCode::SERVICE_UNAVAILABLE, engine_error.to_string()),
     }
+}
+
+/// `GET /api/v1/history?destination=D[&since=N[&epoch=E]][&limit=M]`: the
+/// messages of D after offset N (in epoch E, default the current one), or
+/// without `since` its last ones; at most M (default and most: `history-size`).
+fn history(broker: &Broker, query: &str) -> HttpResponse {
+    let mut destination = None;
+    let mut since = None;
+    let mut epoch = None;
+    let history_size = broker.config().history_size;
+    let mut limit = history_size;
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = value.replace('+', " ");
+        let Ok(value) = percent_encoding::percent_decode_str(&value).decode_utf8() else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{name} is not valid UTF-8 once percent-decoded"),
+            );
+        };
+        let number = |value: &str| {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{name} must be a whole number of 0 or more, not {value:?}"))
+        };
+        match name {
+            "destination" => destination = Some(value.into_owned()),
+            "epoch" => epoch = Some(value.into_owned()),
+            "since" => match number(&value) {
+                Ok(offset) => since = Some(offset),
+                Err(message) => return error(StatusCode::BAD_REQUEST, message),
+            },
+            "limit" => match number(&value) {
+                Ok(wanted) => {
+                    limit = usize::try_from(wanted)
+                        .unwrap_or(usize::MAX)
+                        .min(history_size)
+                }
+                Err(message) => return error(StatusCode::BAD_REQUEST, message),
+            },
+            other => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter {other:?}: use destination, since, epoch, limit"),
+                )
+            }
+        }
+    }
+    let Some(destination) = destination else {
+        return error(StatusCode::BAD_REQUEST, "missing ?destination=");
+    };
+    if let Err(reason) = destination::validate(&destination) {
+        return error(StatusCode::BAD_REQUEST, reason);
+    }
+    if epoch.is_some() && since.is_none() {
+        return error(StatusCode::BAD_REQUEST, "epoch needs since");
+    }
+    let Some(page) = broker.history(&destination, epoch.as_deref(), since, limit) else {
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            "history is not available with this engine yet (see README, History and resume)",
+        );
+    };
+    let (recovered, messages) = match page.since {
+        Since::Covered(messages) => (true, messages),
+        Since::Lost => (false, Vec::new()),
+    };
+    let messages: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|message| history_entry(message))
+        .collect();
+    let mut answer = serde_json::json!({
+        "destination": destination,
+        "epoch": page.position.as_ref().map(|position| position.epoch.to_string()),
+        "offset": page.position.as_ref().map_or(0, |position| position.offset),
+        "messages": messages,
+    });
+    if since.is_some() {
+        answer["recovered"] = serde_json::Value::Bool(recovered && page.position.is_some());
+    }
+    json(StatusCode::OK, answer)
+}
+
+/// One stored MESSAGE as JSON: its offset and id, the publisher's headers,
+/// and its body as text (or base64 when it is not UTF-8).
+fn history_entry(message: &PreparedMessage) -> serde_json::Value {
+    let headers = message.headers();
+    let offset: u64 = headers
+        .get(fanout::OFFSET_HEADER)
+        .and_then(|offset| offset.parse().ok())
+        .unwrap_or_default();
+    let publisher_headers: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .filter(|(name, _)| !fanout::is_reserved(name))
+        .map(|(name, value)| (name.to_owned(), serde_json::Value::from(value)))
+        .collect();
+    let mut entry = serde_json::json!({
+        "offset": offset,
+        "message_id": headers.get("message-id").unwrap_or_default(),
+        "headers": publisher_headers,
+    });
+    match std::str::from_utf8(message.body()) {
+        Ok(text) => entry["body"] = serde_json::Value::from(text),
+        Err(_) => {
+            entry["body_base64"] = serde_json::Value::from(
+                base64::engine::general_purpose::STANDARD.encode(message.body()),
+            )
+        }
+    }
+    entry
 }

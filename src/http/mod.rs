@@ -49,6 +49,7 @@ fn route_label(broker: &Broker, path: &str) -> &'static str {
         _ if path == broker.config().ws_path => "websocket",
         "/api/v1/publish" => "/api/v1/publish",
         "/api/v1/broadcast" => "/api/v1/broadcast",
+        "/api/v1/history" => "/api/v1/history",
         _ if path.starts_with("/api/v1/destinations/") => "/api/v1/destinations",
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",

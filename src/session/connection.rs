@@ -5,7 +5,7 @@
 use crate::broker::{Broker, SessionSlot};
 use crate::engine::EngineError;
 use crate::metrics::{ErrorReason, Metrics};
-use crate::outbox::{Outbox, OutboxState};
+use crate::outbox::{Outbox, OutboxState, Queued};
 use crate::session::message_limit::{MessageLimit, TooLargeBeforeConnect};
 use crate::session::writer::{Gated, Writer};
 use crate::session::{Flow, Session};
@@ -81,7 +81,11 @@ impl Drop for Gauges {
         self.outbox.set_state(OutboxState::Closed);
         let mut undelivered = VecDeque::new();
         self.outbox.drain_into(&mut undelivered);
-        metrics.outbound_queued.sub(undelivered.len() as i64);
+        let deliveries = undelivered
+            .iter()
+            .filter(|item| !matches!(item, Queued::Reply(_)))
+            .count();
+        metrics.outbound_queued.sub(deliveries as i64);
         metrics.subscriptions.sub(self.subscriptions);
         if let Some(version) = self.version {
             let sessions = &metrics.sessions;
@@ -211,7 +215,11 @@ pub async fn serve<S>(
         }
         // While a frame's work is pending, reading goes on (heart-beats count)
         // until one WebSocket message's worth of frames waits.
-        let replies_backed_up = writer.holds_replies() && writer.pending_bytes() > max_pending;
+        let replies_backed_up = {
+            let (waiting, queued_bytes) = outbox.waiting_replies();
+            (waiting > 0 || writer.holds_replies())
+                && writer.pending_bytes() + queued_bytes > max_pending
+        };
         let frames_backed_up = pending.is_some() && inbound.len() >= config.ws_max_message_bytes();
         let can_read = !(replies_backed_up || frames_backed_up);
         if can_read && !reading {
@@ -431,7 +439,8 @@ pub async fn serve<S>(
 type PendingWork = Pin<Box<dyn Future<Output = Result<(), EngineError>> + Send>>;
 
 /// Queues a handled frame's replies (after what is already queued) and says
-/// whether the session ends with it.
+/// whether the session ends with it; if it does, everything queued is
+/// encoded for the goodbye.
 fn finish_frame(
     flow: Flow,
     replies: &mut Vec<Frame>,
@@ -443,16 +452,21 @@ fn finish_frame(
         if let Flow::Refused(reason) = flow {
             metrics.count_error(reason);
         }
-        match writer.queue_replies(replies, outbox, metrics) {
+        match outbox.push_replies(replies) {
             OutboxState::Open => {}
             OutboxState::SlowConsumer => return Some(slow_consumer()),
             OutboxState::Closed => return Some(Ending::Quiet),
         }
     }
-    match flow {
-        Flow::Continue => None,
-        Flow::Close => Some(Ending::Closed(CloseCode::Normal)),
-        Flow::Refused(_) => Some(Ending::Closed(CloseCode::Policy)),
+    let ending = match flow {
+        Flow::Continue => return None,
+        Flow::Close => Ending::Closed(CloseCode::Normal),
+        Flow::Refused(_) => Ending::Closed(CloseCode::Policy),
+    };
+    match writer.queue_everything_for_goodbye(outbox, metrics) {
+        OutboxState::Open => Some(ending),
+        OutboxState::SlowConsumer => Some(slow_consumer()),
+        OutboxState::Closed => Some(Ending::Quiet),
     }
 }
 

@@ -5,6 +5,15 @@
 
 use crate::auth::Identity;
 use crate::broker::{Broker, Pending};
+use crate::fanout::{EPOCH_HEADER, OFFSET_HEADER};
+use crate::history::ReplayRequest;
+
+/// SUBSCRIBE headers asking for history (see `replay_request`), and the
+/// RECEIPT header answering a resume.
+const SINCE_OFFSET_HEADER: &str = "x-since-offset";
+const SINCE_EPOCH_HEADER: &str = "x-since-epoch";
+const HISTORY_HEADER: &str = "x-history";
+const RECOVERED_HEADER: &str = "x-recovered";
 use crate::config::ClientSend;
 use crate::destination;
 use crate::metrics::ErrorReason;
@@ -96,6 +105,9 @@ pub struct Session {
     send_budget: TokenBucket,
     /// What the frame being handled left for the connection to finish.
     pending: Pending,
+    /// Headers the frame being handled adds to its RECEIPT (a SUBSCRIBE's
+    /// history position).
+    receipt_headers: Vec<(&'static str, String)>,
 }
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
@@ -150,6 +162,7 @@ impl Session {
             transactions: HashMap::new(),
             transaction_frames: 0,
             pending: Pending::default(),
+            receipt_headers: Vec::new(),
             transaction_bytes: 0,
         }
     }
@@ -195,9 +208,14 @@ impl Session {
             Ok(()) => {
                 if let Some(receipt) = receipt {
                     if !matches!(command, Command::Connect | Command::Stomp) {
-                        out.push(Frame::new(Command::Receipt).header("receipt-id", receipt));
+                        let mut frame = Frame::new(Command::Receipt).header("receipt-id", receipt);
+                        for (name, value) in self.receipt_headers.drain(..) {
+                            frame = frame.header(name, value);
+                        }
+                        out.push(frame);
                     }
                 }
+                self.receipt_headers.clear();
                 if command == Command::Disconnect {
                     Flow::Close
                 } else {
@@ -361,6 +379,7 @@ impl Session {
                 )))
             }
         };
+        let request = replay_request(frame)?;
         let key = SubscriberKey {
             connection: self.connection_id,
             sequence: self.next_subscription_sequence,
@@ -373,9 +392,21 @@ impl Session {
             ack,
             version,
         };
-        let confirmation = self.broker.subscribe(destination, key, subscriber);
-        if !confirmation.is_ready() {
-            self.pending.confirmations.push(confirmation);
+        let subscribed = self
+            .broker
+            .subscribe(destination, key, subscriber, &request);
+        if !subscribed.confirmation.is_ready() {
+            self.pending.confirmations.push(subscribed.confirmation);
+        }
+        if let Some(position) = subscribed.position {
+            self.receipt_headers
+                .push((EPOCH_HEADER, position.epoch.to_string()));
+            self.receipt_headers
+                .push((OFFSET_HEADER, position.offset.to_string()));
+        }
+        if let Some(recovered) = subscribed.recovered {
+            self.receipt_headers
+                .push((RECOVERED_HEADER, recovered.to_string()));
         }
         self.subscriptions.insert(
             id.to_owned(),
@@ -662,6 +693,47 @@ fn detached(mut frame: Frame) -> Frame {
     frame.body = Bytes::copy_from_slice(&frame.body);
     frame.headers.shrink_to_fit();
     frame
+}
+
+/// What a SUBSCRIBE asks of the destination's history: `x-since-offset`
+/// with `x-since-epoch` (resume), `x-history` (the last N messages).
+fn replay_request(frame: &Frame) -> Result<ReplayRequest, Refusal> {
+    let number = |name: &str| -> Result<Option<u64>, Refusal> {
+        frame
+            .headers
+            .get(name)
+            .map(|value| {
+                value.parse::<u64>().map_err(|_| {
+                    Refusal::new(format!(
+                        "{name} must be a whole number from 0 to {}, not {value:?}",
+                        u64::MAX
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let since_offset = number(SINCE_OFFSET_HEADER)?;
+    let since_epoch = frame.headers.get(SINCE_EPOCH_HEADER);
+    let since = match (since_offset, since_epoch) {
+        (Some(offset), Some(epoch)) => Some((epoch.to_owned(), offset)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(Refusal::new(format!(
+                "{SINCE_OFFSET_HEADER} needs {SINCE_EPOCH_HEADER}: offsets count within one epoch \
+                 (both are in every MESSAGE as {OFFSET_HEADER} and {EPOCH_HEADER})"
+            )))
+        }
+        (None, Some(_)) => {
+            return Err(Refusal::new(format!(
+                "{SINCE_EPOCH_HEADER} needs {SINCE_OFFSET_HEADER}"
+            )))
+        }
+    };
+    let last = number(HISTORY_HEADER)?.unwrap_or(0);
+    Ok(ReplayRequest {
+        since,
+        last: usize::try_from(last).unwrap_or(usize::MAX),
+    })
 }
 
 fn required<'a>(frame: &'a Frame, name: &str) -> Result<&'a str, Refusal> {

@@ -17,7 +17,7 @@
 //! retries, reading meanwhile).
 
 use crate::metrics::Metrics;
-use crate::outbox::{Delivery, Outbox, OutboxState};
+use crate::outbox::{Delivery, Outbox, OutboxState, Queued};
 use bytes::{Buf, BufMut, BytesMut};
 use futures_util::Sink;
 use std::collections::VecDeque;
@@ -33,6 +33,10 @@ use tokio_tungstenite::WebSocketStream;
 /// Deliveries kept in the reused batch between rounds; a larger batch
 /// (after a burst) is given back.
 const RETAINED_BATCH_CAPACITY: usize = 16;
+
+/// Marks the first MESSAGE of a subscription after some of its messages
+/// were dropped (`slow-consumer drop`).
+const GAP_HEADER: &str = "x-gap";
 
 /// WebSocket opcodes (RFC 6455 §5.2).
 const OPCODE_TEXT: u8 = 0x1;
@@ -131,8 +135,8 @@ pub struct Writer {
     /// When the current write last made progress (it began, or the kernel
     /// took bytes); `None` while nothing is pending. `write-timeout` counts from here.
     progress: Option<Instant>,
-    /// Deliveries taken from the outbox, encoded in the same round.
-    batch: VecDeque<Delivery>,
+    /// Items taken from the outbox, encoded in the same round.
+    batch: VecDeque<Queued>,
     /// Deliveries in `pending`, counted in the metrics once written.
     unreported: usize,
     /// When the oldest of them was published.
@@ -192,42 +196,64 @@ impl Writer {
 
     fn fill(&mut self, outbox: &Outbox, metrics: &Metrics, max_bytes: usize) -> OutboxState {
         let state = outbox.drain_up_to(&mut self.batch, max_bytes);
-        let frames = self.batch.len();
-        metrics.outbound_queued.sub(frames as i64);
-        if state == OutboxState::Open && frames > 0 {
+        self.encode_batch(state, outbox, metrics, true);
+        state
+    }
+
+    /// Encodes the batch taken from the outbox (when it is still open), or drops it.
+    fn encode_batch(
+        &mut self,
+        state: OutboxState,
+        outbox: &Outbox,
+        metrics: &Metrics,
+        with_replayed: bool,
+    ) {
+        let deliveries = self
+            .batch
+            .iter()
+            .filter(|item| !matches!(item, Queued::Reply(_)))
+            .count();
+        metrics.outbound_queued.sub(deliveries as i64);
+        if state == OutboxState::Open && !self.batch.is_empty() {
             self.mark_started();
-            if self.oldest.is_none() {
-                self.oldest = self.batch.front().map(|delivery| delivery.published_at);
-            }
             let acks_before = self.acks_issued;
-            while let Some(delivery) = self.batch.pop_front() {
-                self.put_delivery(&delivery);
+            while let Some(item) = self.batch.pop_front() {
+                match item {
+                    Queued::Message(delivery) => self.put_message(&delivery),
+                    Queued::Replayed(delivery) if with_replayed => self.put_message(&delivery),
+                    Queued::Replayed(_) => {}
+                    Queued::Reply(frame) => self.queue_frames(std::iter::once(frame)),
+                }
             }
             if self.acks_issued != acks_before {
                 outbox.set_acks_issued(self.acks_issued);
             }
-            self.unreported += frames;
         }
         self.batch.clear();
         if self.batch.capacity() > RETAINED_BATCH_CAPACITY {
             self.batch = VecDeque::new();
         }
-        state
     }
 
-    /// Queues the replies after everything the outbox holds (a MESSAGE
-    /// caused by the session's own SEND goes out before the reply to it).
-    pub fn queue_replies(
+    fn put_message(&mut self, delivery: &Delivery) {
+        if self.oldest.is_none() {
+            self.oldest = Some(delivery.published_at);
+        }
+        self.put_delivery(delivery);
+        self.unreported += 1;
+    }
+
+    /// The session ends: encodes everything queued (live messages and
+    /// replies, so a DISCONNECT's RECEIPT goes out after the messages before
+    /// it), except messages replayed from history, which the client asks
+    /// for again when it comes back.
+    pub fn queue_everything_for_goodbye(
         &mut self,
-        replies: &mut Vec<Frame>,
         outbox: &Outbox,
         metrics: &Metrics,
     ) -> OutboxState {
-        let state = self.fill(outbox, metrics, usize::MAX);
-        if state == OutboxState::Open {
-            self.queue_frames(replies.drain(..));
-        }
-        replies.clear();
+        let state = outbox.drain_up_to(&mut self.batch, usize::MAX);
+        self.encode_batch(state, outbox, metrics, false);
         state
     }
 
@@ -336,11 +362,22 @@ impl Writer {
             }
             (true, _) => Some(message.headers().get("message-id").unwrap_or_default()),
         };
-        let len = message.len_for(self.version, &delivery.subscription, ack);
+        let extra: &[(&str, &str)] = if delivery.gap {
+            &[(GAP_HEADER, "true")]
+        } else {
+            &[]
+        };
+        let len = message.len_for_with(self.version, &delivery.subscription, ack, extra);
         // Headers are always UTF-8, so the frame is text exactly when its body is.
         put_header(&mut self.pending, message.body_is_utf8(), len);
         let start = self.pending.len();
-        message.write_for(self.version, &delivery.subscription, ack, &mut self.pending);
+        message.write_for_with(
+            self.version,
+            &delivery.subscription,
+            ack,
+            extra,
+            &mut self.pending,
+        );
         debug_assert_eq!(
             self.pending.len() - start,
             len,

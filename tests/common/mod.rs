@@ -153,6 +153,8 @@ pub struct Client {
     decoder: Decoder,
     /// How long `message` waits (PATIENCE unless `with_patience` says otherwise).
     patience: Duration,
+    /// Frames read ahead and put back: `next_frame` returns these first.
+    pub unread: std::collections::VecDeque<Frame>,
 }
 
 impl Client {
@@ -190,6 +192,7 @@ impl Client {
             buffer: BytesMut::new(),
             decoder: Decoder::new(limits),
             patience: PATIENCE,
+            unread: Default::default(),
         })
     }
 
@@ -230,6 +233,9 @@ impl Client {
 
     /// The next STOMP frame, or None once the connection is closed.
     pub async fn next_frame(&mut self) -> Option<Frame> {
+        if let Some(frame) = self.unread.pop_front() {
+            return Some(frame);
+        }
         loop {
             match self
                 .decoder

@@ -138,3 +138,80 @@ test('stompjs subscribes, receives every kind of body, unsubscribes and disconne
   const disconnectReceipt = await disconnected;
   assert.equal(disconnectReceipt.command, 'RECEIPT');
 });
+
+async function waitFor(condition, what, timeoutMs = 5000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+test('stompjs resumes after its TCP connection is cut: exactly the comments it missed, then live ones', async () => {
+  const destination = '/topic/comments.resume';
+  const received = inbox();
+  const receipts = inbox();
+  // What a comment page keeps: the last offset and epoch it saw.
+  let last = null;
+  let connects = 0;
+  // Holds the reconnect back until the test has published what it should miss.
+  let gate = Promise.resolve();
+  const client = new Client({
+    webSocketFactory: () => new WebSocket(broker.wsUrl, ['v12.stomp']),
+    reconnectDelay: 100,
+    beforeConnect: async () => {
+      await gate;
+    },
+    onConnect: () => {
+      connects += 1;
+      const headers = { receipt: `subscribed-${connects}` };
+      if (last) {
+        headers['x-since-offset'] = String(last.offset);
+        headers['x-since-epoch'] = last.epoch;
+      }
+      client.watchForReceipt(headers.receipt, (frame) => receipts.push(frame));
+      client.subscribe(
+        destination,
+        (message) => {
+          last = { offset: Number(message.headers['x-offset']), epoch: message.headers['x-epoch'] };
+          received.push(message);
+        },
+        headers,
+      );
+    },
+  });
+  client.activate();
+  const first = await receipts.next();
+  assert.equal(first.headers['x-offset'], '0');
+  for (let n = 1; n <= 10; n++) await publish({ destination, body: `comment ${n}` });
+  for (let n = 1; n <= 10; n++) {
+    const message = await received.next();
+    assert.equal(message.body, `comment ${n}`);
+    assert.equal(message.headers['x-offset'], String(n));
+  }
+
+  // The socket dies under the client: no DISCONNECT, no close frame.
+  let reopen;
+  gate = new Promise((resolve) => {
+    reopen = resolve;
+  });
+  client.webSocket._socket.destroy();
+  await waitFor(async () => (await subscriberCount(destination)) === 0, 'the broker to drop the reader');
+  for (let n = 11; n <= 30; n++) await publish({ destination, body: `comment ${n}` });
+  reopen();
+
+  const resumed = await receipts.next();
+  assert.equal(resumed.headers['x-recovered'], 'true', JSON.stringify(resumed.headers));
+  assert.equal(resumed.headers['x-offset'], '30');
+  for (let n = 11; n <= 30; n++) {
+    const message = await received.next();
+    assert.equal(message.body, `comment ${n}`, 'every missed comment, once, in order');
+  }
+  await publish({ destination, body: 'comment 31' });
+  const live = await received.next();
+  assert.equal(live.body, 'comment 31');
+  assert.equal(live.headers['x-offset'], '31');
+  assert.equal(connects, 2);
+  await client.deactivate();
+  await assert.rejects(received.next(200), /no message in time/, 'nothing twice');
+});
