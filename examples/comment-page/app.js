@@ -35,6 +35,9 @@
   let attempt = 0; // connection attempts since the last successful CONNECTED
   let wake = null; // cuts a backoff wait short (the browser came back online)
   let countdown = null;
+  // Where the live stream stands: the last x-offset and x-epoch seen, to resume from.
+  let position = null;
+  let subscriptions = 0;
 
   // ---- rendering ----------------------------------------------------------
 
@@ -218,15 +221,38 @@
       onConnect: () => {
         attempt = 0;
         setState('connected', 'Live');
+        const reconnected = everConnected;
+        // After a reconnect, ask stompede for what was published while we
+        // were away (resume from the last offset seen); only if its history
+        // no longer covers the gap, fetch the comments from the comment API.
+        const headers = { receipt: `subscribed-${++subscriptions}` };
+        const resuming = reconnected && position !== null;
+        if (resuming) {
+          headers['x-since-offset'] = String(position.offset);
+          headers['x-since-epoch'] = position.epoch;
+        }
+        client.watchForReceipt(headers.receipt, (receipt) => {
+          // Messages replayed from history came before the RECEIPT. A new
+          // epoch (stompede restarted, or forgot this history) starts where
+          // the RECEIPT says.
+          const epoch = receipt.headers['x-epoch'];
+          if (epoch && (position === null || position.epoch !== epoch)) {
+            position = { offset: Number(receipt.headers['x-offset']), epoch };
+          }
+          if (reconnected && !(resuming && receipt.headers['x-recovered'] === 'true')) {
+            loadArticle('catch-up').catch((error) => console.warn('catch-up failed', error));
+          }
+        });
         client.subscribe(config.destination, (message) => {
+          if (message.headers['x-offset']) {
+            position = { offset: Number(message.headers['x-offset']), epoch: message.headers['x-epoch'] };
+          }
           try {
             addComment(JSON.parse(message.body), 'live');
           } catch (error) {
             console.warn('ignoring a message that is not a comment', error);
           }
-        });
-        // After a reconnect, fetch what was published while we were away.
-        if (everConnected) loadArticle('catch-up').catch((error) => console.warn('catch-up failed', error));
+        }, headers);
         everConnected = true;
         refreshReaders();
       },

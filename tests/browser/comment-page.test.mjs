@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, openSync, closeSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { connect as tcpConnect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -330,5 +330,137 @@ describe('comment page in headless Chromium', { timeout: 15 * 60 * 1000 }, () =>
     await pageB.screenshot({ path: path.join(artifacts, 'comment-page.png'), fullPage: true });
     await pageA.screenshot({ path: path.join(artifacts, 'comment-page-poster.png'), fullPage: true });
     assert.deepEqual(pageErrors, [], 'no JavaScript errors on the pages');
+  });
+});
+
+/**
+ * A TCP proxy on loopback in front of stompede: `cut()` closes it and
+ * destroys every connection through it (the page's WebSocket dies with no
+ * close frame, as on a phone in a lift); `restore()` listens again.
+ */
+async function tcpProxy(listenPort, targetPort) {
+  const sockets = new Set();
+  let server = null;
+  const listen = () => new Promise((resolve, reject) => {
+    server = createServer((client) => {
+      const upstream = tcpConnect(targetPort, '127.0.0.1');
+      const pair = [client, upstream];
+      for (const socket of pair) {
+        sockets.add(socket);
+        socket.on('error', () => {});
+        socket.on('close', () => { for (const other of pair) { other.destroy(); sockets.delete(other); } });
+      }
+      client.pipe(upstream);
+      upstream.pipe(client);
+    });
+    server.once('error', reject);
+    server.listen(listenPort, '127.0.0.1', resolve);
+  });
+  await listen();
+  return {
+    async cut() {
+      const closed = new Promise((resolve) => server.close(resolve));
+      for (const socket of sockets) socket.destroy();
+      await closed;
+    },
+    restore: listen,
+  };
+}
+
+describe('comment page resuming through a cut connection', { timeout: 10 * 60 * 1000 }, () => {
+  let stompede;
+  let commentApi;
+  let context;
+  let page;
+  let proxy;
+  let apiBase;
+  let scratch;
+  const pageErrors = [];
+
+  before(async () => {
+    mkdirSync(artifacts, { recursive: true });
+    scratch = mkdtempSync(path.join(tmpdir(), 'stompede-resume-'));
+    const bins = binaries();
+    const [brokerPort, proxyPort, apiPort] = [await freePort(), await freePort(), await freePort()];
+    apiBase = `http://127.0.0.1:${apiPort}`;
+    stompede = new Service('stompede-resume', bins.stompede, [
+      '--listen', `127.0.0.1:${brokerPort}`,
+      '--api-token', TOKEN,
+      '--allowed-origin', apiBase,
+      '--shutdown-grace', '1',
+    ]);
+    commentApi = new Service('comment_api-resume', bins.commentApi, [
+      '--listen', `127.0.0.1:${apiPort}`,
+      '--stompede-url', `http://127.0.0.1:${brokerPort}`,
+      '--stompede-ws-url', `ws://127.0.0.1:${proxyPort}/ws`,
+      '--api-token', TOKEN,
+      '--db', path.join(scratch, 'comments.sqlite3'),
+      '--page-dir', path.join(repo, 'examples', 'comment-page'),
+    ]);
+    stompede.start();
+    commentApi.start();
+    await waitForHttp(`http://127.0.0.1:${brokerPort}/healthz`, stompede);
+    await waitForHttp(`${apiBase}/healthz`, commentApi);
+    proxy = await tcpProxy(proxyPort, brokerPort);
+    context = await chromium.launchPersistentContext(path.join(scratch, 'chromium-profile'), {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: [
+        '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+        '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      ],
+      timeout: 60000,
+    });
+    page = context.pages()[0] ?? await context.newPage();
+    page.on('pageerror', (error) => pageErrors.push(error.message));
+  });
+
+  after(async () => {
+    await context?.close().catch(() => {});
+    await proxy?.cut().catch(() => {});
+    await commentApi?.stop();
+    await stompede?.stop();
+    if (scratch) rmSync(scratch, { recursive: true, force: true });
+  });
+
+  it('gets the comments posted while its connection was cut from stompede, once, in order, without a refetch', async () => {
+    await postFromNode(apiBase, 'Marta Kowalski', 'First!');
+    await page.goto(`${apiBase}/?article=${ARTICLE}`);
+    await page.waitForSelector('#status[data-state="connected"]', { timeout: 15000 });
+    const before = await postFromNode(apiBase, 'Tom', 'Live before the cut');
+    assert.equal((await waitForComment(page, 'Live before the cut', DELIVERY_DEADLINE_MS)).source, 'live');
+
+    // From here on, any GET of the article from the comment API is a refetch.
+    const refetches = [];
+    page.on('request', (request) => {
+      if (request.method() === 'GET' && new URL(request.url()).pathname === `/api/articles/${ARTICLE}`) {
+        refetches.push(request.url());
+      }
+    });
+    await recordStates(page);
+    await proxy.cut();
+    await page.waitForSelector('#status:not([data-state="connected"])', { timeout: 15000 });
+    const missed = [];
+    for (const text of ['Posted during the outage, one', 'two', 'and three']) {
+      const posted = await postFromNode(apiBase, 'Grace', text);
+      assert.equal(posted.published, true, 'stompede itself is up');
+      missed.push(posted.comment.id);
+    }
+    await proxy.restore();
+    await page.waitForSelector('#status[data-state="connected"]', { timeout: 30000 });
+    for (const text of ['Posted during the outage, one', 'two', 'and three']) {
+      assert.equal((await waitForComment(page, text, DELIVERY_DEADLINE_MS)).source, 'live', `${text}: replayed by stompede`);
+    }
+    const after = await postFromNode(apiBase, 'Linus', 'Live after the resume');
+    assert.equal((await waitForComment(page, 'Live after the resume', DELIVERY_DEADLINE_MS)).source, 'live');
+
+    const states = await page.evaluate(() => window.__states);
+    assert.ok(states.includes('reconnecting'), `went through reconnecting: ${states}`);
+    assert.deepEqual(refetches, [], 'history covered the gap: no refetch from the comment API');
+    const ids = (await shownComments(page)).map((comment) => comment.id);
+    const expected = [after.comment.id, ...missed.reverse(), before.comment.id, 1];
+    assert.deepEqual(ids, expected, 'every comment once, newest first');
+    await page.screenshot({ path: path.join(artifacts, 'comment-page-resumed.png'), fullPage: true });
+    assert.deepEqual(pageErrors, [], 'no JavaScript errors on the page');
   });
 });
