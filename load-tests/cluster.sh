@@ -27,7 +27,7 @@ engine="${ENGINE:-redis}"
 base="${BASE_PORT:-18100}"
 max_seconds="${MAX_SECONDS:-3600}"
 max_connections="${MAX_CONNECTIONS:-19500}"
-bin="$root/target/release/stompede"
+bin="${STOMPEDE_BIN:-$root/target/release/stompede}"
 state="$dir/state"
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
