@@ -36,9 +36,12 @@ async fn main() {
     let mut number = |what: &str| -> usize {
         args.next()
             .and_then(|value| value.parse().ok())
-            .unwrap_or_else(|| panic!("usage: history_memory DESTINATIONS MESSAGES BYTES [flags]; missing {what}"))
+            .unwrap_or_else(|| {
+                panic!("usage: history_memory DESTINATIONS MESSAGES BYTES [flags]; missing {what}")
+            })
     };
-    let (destinations, messages, bytes) = (number("DESTINATIONS"), number("MESSAGES"), number("BYTES"));
+    let (destinations, messages, bytes) =
+        (number("DESTINATIONS"), number("MESSAGES"), number("BYTES"));
     let flags = std::iter::once("stompede".to_owned()).chain(std::env::args().skip(4));
     let config = Config::load_from(flags).expect("valid flags");
     let max_bytes = config.history_max_bytes;
