@@ -7,11 +7,12 @@ use crate::auth::AuthPolicy;
 use crate::config::{Config, EngineKind};
 use crate::engine::{self, Engine, EngineError, EngineStatus, HistoryPage, Publication};
 use crate::engine::{Confirmation, Subscribed};
-use crate::history::{HistorySettings, ReplayRequest};
+use crate::fanout::{EPOCH_HEADER, OFFSET_HEADER};
+use crate::history::{HistorySettings, Position, ReplayRequest};
 use crate::hub::Hub;
 use crate::ip_limit::{is_loopback, ClientNet, IpLimiter, IpSlot};
 use crate::metrics::Metrics;
-use crate::outbox::Delivery;
+use crate::outbox::{Delivery, Outbox};
 use crate::registry::{Subscriber, SubscriberKey};
 use bytes::Bytes;
 use std::future::Future;
@@ -56,14 +57,32 @@ pub use engine::Published;
 #[derive(Debug, Default)]
 pub struct Pending {
     pub confirmations: Vec<Confirmation>,
+    /// Subscriptions whose history is to be read once confirmed (redis engine).
+    pub resumes: Vec<Resume>,
     pub publications: Vec<Publication>,
 }
 
 impl Pending {
     pub fn is_empty(&self) -> bool {
-        self.confirmations.iter().all(Confirmation::is_ready) && self.publications.is_empty()
+        self.confirmations.iter().all(Confirmation::is_ready)
+            && self.resumes.is_empty()
+            && self.publications.is_empty()
     }
 }
+
+/// A new subscription whose live messages are held in its outbox until its
+/// history is read (redis engine: after its channel subscription is confirmed).
+#[derive(Debug)]
+pub struct Resume {
+    pub destination: Arc<str>,
+    pub request: ReplayRequest,
+    pub outbox: Arc<Outbox>,
+    pub subscription: Arc<str>,
+    pub ack: bool,
+}
+
+/// Headers a frame's finished work adds to its RECEIPT.
+pub type ReceiptHeaders = Vec<(&'static str, String)>;
 
 /// Why a new WebSocket session is not admitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,15 +211,72 @@ impl Broker {
         Ok(published)
     }
 
-    /// Finishes what a session's frame left pending, in order.
-    pub async fn complete(&self, pending: Pending) -> Result<(), EngineError> {
+    /// Finishes what a session's frame left pending, in order; answers what
+    /// the frame's RECEIPT should add.
+    pub async fn complete(&self, pending: Pending) -> Result<ReceiptHeaders, EngineError> {
         for confirmation in pending.confirmations {
             confirmation.wait().await;
+        }
+        let mut headers = ReceiptHeaders::new();
+        for resume in pending.resumes {
+            headers.extend(self.resume(resume).await);
         }
         for publication in &pending.publications {
             self.publish(publication).await?;
         }
-        Ok(())
+        Ok(headers)
+    }
+
+    /// Reads a new subscription's history and queues it, then the live
+    /// messages held back meanwhile (without those the history had). A
+    /// failed read (Redis unreachable) is not recovered, never an error: the
+    /// subscription goes on with the live stream.
+    async fn resume(&self, resume: Resume) -> ReceiptHeaders {
+        let metrics = self.metrics();
+        let resumed = match self
+            .engine
+            .resume(&resume.destination, &resume.request)
+            .await
+        {
+            Ok(resumed) => resumed,
+            Err(error) => {
+                tracing::debug!(%error, destination = &*resume.destination, "history not read");
+                crate::engine::Resumed {
+                    recovered: resume.request.since.as_ref().map(|_| false),
+                    ..Default::default()
+                }
+            }
+        };
+        let now = std::time::Instant::now();
+        let up_to = resumed
+            .position
+            .as_ref()
+            .map(|position| (&position.epoch, position.offset));
+        let (replayed, duplicates) = resume.outbox.release(
+            &resume.subscription,
+            resumed.messages.iter().map(|message| {
+                Delivery::new(
+                    message.clone(),
+                    resume.subscription.clone(),
+                    resume.ack,
+                    now,
+                )
+            }),
+            up_to,
+        );
+        metrics
+            .outbound_queued
+            .add(replayed as i64 - duplicates as i64);
+        metrics.history_replayed.inc_by(replayed as u64);
+        self.count_resume(resumed.recovered);
+        receipt_headers(resumed.position.as_ref(), resumed.recovered)
+    }
+
+    fn count_resume(&self, recovered: Option<bool>) {
+        if let Some(recovered) = recovered {
+            let label = if recovered { "true" } else { "false" };
+            self.metrics().resumes.with_label_values(&[label]).inc();
+        }
     }
 
     /// Adds one subscription (the session has checked it may), with the
@@ -214,7 +290,13 @@ impl Broker {
         request: &ReplayRequest,
     ) -> Subscribed {
         let metrics = self.metrics();
-        let subscribed = self.engine.subscribe(destination, request, |replayed| {
+        let read_later = self.engine.reads_history_later() && request.wants_history();
+        if read_later {
+            subscriber.outbox.hold(&subscriber.subscription);
+        }
+        let outbox = subscriber.outbox.clone();
+        let (subscription, ack) = (subscriber.subscription.clone(), subscriber.ack);
+        let mut subscribed = self.engine.subscribe(destination, request, |replayed| {
             let outbox = subscriber.outbox.clone();
             let (subscription, ack) = (subscriber.subscription.clone(), subscriber.ack);
             self.hub.subscribe(destination, key, subscriber);
@@ -227,23 +309,29 @@ impl Broker {
             metrics.outbound_queued.add(queued as i64);
             metrics.history_replayed.inc_by(queued as u64);
         });
-        if let Some(recovered) = subscribed.recovered {
-            let label = if recovered { "true" } else { "false" };
-            metrics.resumes.with_label_values(&[label]).inc();
-        }
+        self.count_resume(subscribed.recovered);
         self.engine.count_changed(destination);
+        if read_later {
+            subscribed.resume = Some(Resume {
+                destination: Arc::from(destination),
+                request: request.clone(),
+                outbox,
+                subscription,
+                ack,
+            });
+        }
         subscribed
     }
 
-    /// A destination's history for the HTTP API (`None`: the engine keeps none).
-    pub fn history(
+    /// A destination's history for the HTTP API.
+    pub async fn history(
         &self,
         destination: &str,
         epoch: Option<&str>,
         after: Option<u64>,
         limit: usize,
-    ) -> Option<HistoryPage> {
-        self.engine.history(destination, epoch, after, limit)
+    ) -> Result<HistoryPage, EngineError> {
+        self.engine.history(destination, epoch, after, limit).await
     }
 
     /// Removes one subscription.
@@ -391,3 +479,19 @@ fn random_node_id() -> String {
     );
     format!("{:08x}", hasher.finish() as u32)
 }
+
+/// What a SUBSCRIBE's RECEIPT says of the destination's history.
+pub fn receipt_headers(position: Option<&Position>, recovered: Option<bool>) -> ReceiptHeaders {
+    let mut headers = ReceiptHeaders::new();
+    if let Some(position) = position {
+        headers.push((EPOCH_HEADER, position.epoch.to_string()));
+        headers.push((OFFSET_HEADER, position.offset.to_string()));
+    }
+    if let Some(recovered) = recovered {
+        headers.push((RECOVERED_HEADER, recovered.to_string()));
+    }
+    headers
+}
+
+/// The RECEIPT header answering a resume.
+pub const RECOVERED_HEADER: &str = "x-recovered";

@@ -356,6 +356,11 @@ pub struct Config {
     #[arg(long, default_value_t = 256 * 1024 * 1024, value_parser = at_least_one::<usize>)]
     pub history_max_bytes: usize,
 
+    /// Redis engine: seconds a destination's offset and epoch are kept in Redis after its last
+    /// publish (they outlive its messages, so a quiet article's readers still resume).
+    #[arg(long, default_value = "604800", value_parser = positive_seconds)]
+    pub history_epoch_ttl: Duration,
+
     /// Log format (filter with RUST_LOG, default `info`).
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -80,7 +80,7 @@ pub fn deliver(
             published_at,
         )) {
             Ok(()) => delivered += 1,
-            Err(PushError::Closed) => {}
+            Err(PushError::Closed | PushError::Duplicate) => {}
             Err(PushError::Full) => match policy {
                 SlowConsumerPolicy::Disconnect => {
                     subscriber.outbox.set_state(OutboxState::SlowConsumer);

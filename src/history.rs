@@ -67,6 +67,13 @@ pub struct ReplayRequest {
     pub last: usize,
 }
 
+impl ReplayRequest {
+    /// Whether it asks for anything from history.
+    pub fn wants_history(&self) -> bool {
+        self.since.is_some() || self.last > 0
+    }
+}
+
 /// What the history gave a new subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replay {

@@ -4,6 +4,7 @@
 
 use crate::config::SlowConsumerPolicy;
 use crate::fanout;
+use crate::history::Position;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Subscriber, SubscriberKey};
 use bytes::Bytes;
@@ -29,19 +30,21 @@ impl Hub {
         &self.metrics
     }
 
-    /// Queues one message for every local subscriber of `destination`;
+    /// Queues one message (at `position` in the destination's history, when
+    /// the engine keeps one) for every local subscriber of `destination`;
     /// returns how many there were. The message is encoded once.
     pub fn deliver(
         &self,
         destination: &str,
         message_id: &str,
+        position: Option<&Position>,
         headers: &Headers,
         body: Bytes,
     ) -> usize {
         let message = Arc::new(fanout::prepare(
             destination,
             message_id,
-            None,
+            position,
             headers,
             body,
         ));

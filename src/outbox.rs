@@ -97,6 +97,17 @@ pub fn delivery_cost(message: &PreparedMessage, subscription: &str) -> usize {
         + DELIVERY_OVERHEAD_BYTES
 }
 
+/// Whether `delivery` is of `epoch` and at most at `offset`: a replay up to
+/// there had it.
+fn replayed_already(delivery: &Delivery, epoch: &str, offset: u64) -> bool {
+    let headers = delivery.message.headers();
+    headers.get("x-epoch") == Some(epoch)
+        && headers
+            .get("x-offset")
+            .and_then(|value| value.parse::<u64>().ok())
+            .is_some_and(|at| at <= offset)
+}
+
 fn reply_cost(frame: &Frame) -> usize {
     frame.body.len() + frame.headers.byte_len() + DELIVERY_OVERHEAD_BYTES
 }
@@ -107,6 +118,8 @@ pub enum PushError {
     Full,
     /// The connection is closing; nothing more is queued for it.
     Closed,
+    /// The subscription already has this message (from its replay).
+    Duplicate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +159,14 @@ struct Queue {
     /// Subscriptions that lost a message (`slow-consumer drop`) since their
     /// last queued one; at most one entry per subscription of the session.
     gapped: Vec<Arc<str>>,
+    /// Subscriptions whose live messages wait here until their history is
+    /// read (redis engine), with those messages (counted as live ones); at
+    /// most one entry per subscription of the session.
+    held: Vec<(Arc<str>, VecDeque<Delivery>)>,
+    /// Subscriptions just released from a hold, with the epoch and offset
+    /// their replay went up to: live messages up to there may still be on
+    /// their way (from Redis) and are dropped, until one past it comes.
+    floors: Vec<(Arc<str>, Arc<str>, u64)>,
 }
 
 impl Queue {
@@ -203,6 +224,8 @@ impl Outbox {
                 replies: 0,
                 state: OutboxState::Open,
                 gapped: Vec::new(),
+                held: Vec::new(),
+                floors: Vec::new(),
             }),
             ready: Notify::new(),
             closing: Notify::new(),
@@ -243,6 +266,31 @@ impl Outbox {
                 delivery.gap = true;
             }
         }
+        if !queue.floors.is_empty() {
+            if let Some(at) = queue
+                .floors
+                .iter()
+                .position(|(floor, _, _)| Arc::ptr_eq(floor, &delivery.subscription))
+            {
+                let (_, epoch, up_to) = &queue.floors[at];
+                if replayed_already(&delivery, epoch, *up_to) {
+                    return Err(PushError::Duplicate);
+                }
+                queue.floors.swap_remove(at);
+            }
+        }
+        if let Some((_, waiting)) = queue
+            .held
+            .iter_mut()
+            .find(|(held, _)| Arc::ptr_eq(held, &delivery.subscription))
+        {
+            // Counted like a queued one, so the bounds hold meanwhile.
+            let cost = delivery.cost;
+            waiting.push_back(delivery);
+            queue.live += 1;
+            queue.live_bytes += cost;
+            return Ok(());
+        }
         let was_empty = queue.items.is_empty();
         queue.add(Queued::Message(delivery));
         drop(queue);
@@ -263,6 +311,73 @@ impl Outbox {
         {
             queue.gapped.push(subscription.clone());
         }
+    }
+
+    /// Holds back the live messages of `subscription` (a new one, whose
+    /// history is still to be read) until [`release`](Self::release).
+    pub fn hold(&self, subscription: &Arc<str>) {
+        let mut queue = self.lock();
+        if !queue
+            .held
+            .iter()
+            .any(|(held, _)| Arc::ptr_eq(held, subscription))
+        {
+            queue.held.push((subscription.clone(), VecDeque::new()));
+        }
+    }
+
+    /// Queues `replayed` (from history, oldest first, outside the live
+    /// bounds) for a held subscription, then the live messages held back
+    /// meanwhile, except those the replay already had: same epoch, offset at
+    /// most `replayed_up_to`'s. Returns (replayed queued, held dropped as
+    /// duplicates).
+    pub fn release(
+        &self,
+        subscription: &Arc<str>,
+        replayed: impl Iterator<Item = Delivery>,
+        replayed_up_to: Option<(&Arc<str>, u64)>,
+    ) -> (usize, usize) {
+        let mut queue = self.lock();
+        let held = match queue
+            .held
+            .iter()
+            .position(|(held, _)| Arc::ptr_eq(held, subscription))
+        {
+            Some(at) => queue.held.swap_remove(at).1,
+            None => VecDeque::new(),
+        };
+        let was_empty = queue.items.is_empty();
+        let before = queue.items.len();
+        let open = queue.state == OutboxState::Open;
+        if open {
+            for delivery in replayed {
+                queue.add(Queued::Replayed(delivery));
+            }
+        }
+        let replayed = queue.items.len() - before;
+        let mut duplicates = 0;
+        for delivery in held {
+            queue.live -= 1;
+            queue.live_bytes -= delivery.cost;
+            let seen = replayed_up_to
+                .is_some_and(|(epoch, offset)| replayed_already(&delivery, epoch, offset));
+            if seen || !open {
+                duplicates += 1;
+            } else {
+                queue.add(Queued::Message(delivery));
+            }
+        }
+        if let (Some((epoch, offset)), true) = (replayed_up_to, open) {
+            queue
+                .floors
+                .push((subscription.clone(), epoch.clone(), offset));
+        }
+        let queued = queue.items.len() > before;
+        drop(queue);
+        if was_empty && queued {
+            self.ready.notify_one();
+        }
+        (replayed, duplicates)
     }
 
     /// Queues messages from history for a new subscription, outside the
@@ -326,6 +441,9 @@ impl Outbox {
     pub fn drain_into(&self, batch: &mut VecDeque<Queued>) -> OutboxState {
         let mut queue = self.lock();
         std::mem::swap(&mut queue.items, batch);
+        for (_, waiting) in std::mem::take(&mut queue.held) {
+            batch.extend(waiting.into_iter().map(Queued::Message));
+        }
         queue.live = 0;
         queue.live_bytes = 0;
         queue.other_bytes = 0;
@@ -365,7 +483,23 @@ impl Outbox {
         queue
             .gapped
             .retain(|gapped| !Arc::ptr_eq(gapped, subscription));
-        let before = queue.items.len();
+        queue
+            .floors
+            .retain(|(floor, _, _)| !Arc::ptr_eq(floor, subscription));
+        let mut held_dropped = 0;
+        if let Some(at) = queue
+            .held
+            .iter()
+            .position(|(held, _)| Arc::ptr_eq(held, subscription))
+        {
+            let (_, waiting) = queue.held.swap_remove(at);
+            for delivery in waiting {
+                queue.live -= 1;
+                queue.live_bytes -= delivery.cost;
+                held_dropped += 1;
+            }
+        }
+        let before = queue.items.len() + held_dropped;
         let items = std::mem::take(&mut queue.items);
         for item in items {
             let retired = item

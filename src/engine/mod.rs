@@ -92,6 +92,18 @@ pub struct Subscribed {
     pub recovered: Option<bool>,
     /// Messages replayed from history, queued before the live ones.
     pub replayed: usize,
+    /// Its history, still to be read (redis engine): see `Broker::complete`.
+    pub resume: Option<crate::broker::Resume>,
+}
+
+/// What a resume or catch-up read from history, once it could (redis engine:
+/// after the subscription's channel is confirmed).
+#[derive(Debug, Default)]
+pub struct Resumed {
+    pub position: Option<Position>,
+    pub recovered: Option<bool>,
+    /// Oldest first.
+    pub messages: Vec<Arc<PreparedMessage>>,
 }
 
 /// A destination's history as the HTTP API shows it.
@@ -154,37 +166,106 @@ impl Engine {
                     position: Some(replay.position),
                     recovered: replay.recovered,
                     replayed: replay.replayed,
+                    resume: None,
                 }
             }
             Engine::Redis(engine) => {
-                // No history in the redis engine yet: a resume is never recovered.
+                // History is read once the channel subscription is confirmed
+                // (see `resume`): the caller holds the live messages meanwhile.
                 register(&[]);
                 Subscribed {
                     confirmation: engine.interest(destination),
                     position: None,
-                    recovered: request.since.as_ref().map(|_| false),
+                    recovered: None,
                     replayed: 0,
+                    resume: None,
                 }
             }
         }
     }
 
+    /// Whether a subscription's history is read after it is registered
+    /// (redis engine), not while (memory engine): then its live messages
+    /// must be held back until [`resume`](Self::resume) has read it.
+    pub fn reads_history_later(&self) -> bool {
+        matches!(self, Engine::Redis(_))
+    }
+
+    /// Reads what a new subscription asked of `destination`'s history, once
+    /// its channel subscription is confirmed (redis engine; the memory engine
+    /// answers in `subscribe`).
+    pub async fn resume(
+        &self,
+        destination: &str,
+        request: &ReplayRequest,
+    ) -> Result<Resumed, EngineError> {
+        let Engine::Redis(engine) = self else {
+            return Ok(Resumed::default());
+        };
+        let size = engine.history_size();
+        let mut resumed = Resumed::default();
+        if let Some((epoch, after)) = &request.since {
+            let read = redis::Read::Since {
+                epoch,
+                after: *after,
+                limit: size,
+            };
+            let since = engine.read_history(destination, read).await?;
+            resumed.recovered = Some(since.covered);
+            resumed.position = since.position;
+            if since.covered {
+                resumed.messages = since.messages;
+                return Ok(resumed);
+            }
+        }
+        if request.last > 0 {
+            let read = redis::Read::Last(request.last.min(size));
+            let last = engine.read_history(destination, read).await?;
+            resumed.position = last.position;
+            resumed.messages = last.messages;
+        }
+        Ok(resumed)
+    }
+
     /// Messages of `destination` after `after` (in `epoch`, default the
-    /// current one), or its last ones, at most `limit`; `None` when the
-    /// engine keeps no history.
-    pub fn history(
+    /// current one), or its last ones, at most `limit`.
+    pub async fn history(
         &self,
         destination: &str,
         epoch: Option<&str>,
         after: Option<u64>,
         limit: usize,
-    ) -> Option<HistoryPage> {
+    ) -> Result<HistoryPage, EngineError> {
         match self {
             Engine::Memory(engine) => {
                 let (position, since) = engine.history().read(destination, epoch, after, limit);
-                Some(HistoryPage { position, since })
+                Ok(HistoryPage { position, since })
             }
-            Engine::Redis(_) => None,
+            Engine::Redis(engine) => {
+                let read = match after {
+                    None => redis::Read::Last(limit),
+                    Some(after) => {
+                        // Without an epoch, the destination's current one.
+                        let current = match epoch {
+                            Some(epoch) => epoch.to_owned(),
+                            None => engine
+                                .read_history(destination, redis::Read::Last(0))
+                                .await?
+                                .position
+                                .map(|position| position.epoch.to_string())
+                                .unwrap_or_default(),
+                        };
+                        let read = redis::Read::Since {
+                            epoch: &current,
+                            after,
+                            limit,
+                        };
+                        let page = engine.read_history(destination, read).await?;
+                        return Ok(page_of(page));
+                    }
+                };
+                Ok(page_of(engine.read_history(destination, read).await?))
+            }
         }
     }
 
@@ -226,5 +307,16 @@ impl Engine {
         if let Engine::Redis(engine) = self {
             engine.shutdown().await;
         }
+    }
+}
+
+fn page_of(read: redis::HistoryRead) -> HistoryPage {
+    HistoryPage {
+        since: if read.covered && read.position.is_some() {
+            Since::Covered(read.messages)
+        } else {
+            Since::Lost
+        },
+        position: read.position,
     }
 }

@@ -48,7 +48,7 @@ pub async fn handle(
         if request.method() != Method::GET {
             return method_not_allowed("GET");
         }
-        return history(&broker, request.uri().query().unwrap_or_default());
+        return history(&broker, request.uri().query().unwrap_or_default()).await;
     }
     if let Some(encoded) = path.strip_prefix("/api/v1/destinations/") {
         if request.method() != Method::GET {
@@ -279,7 +279,7 @@ async fn destination_info(broker: &Broker, encoded: &str) -> HttpResponse {
 /// `GET /api/v1/history?destination=D[&since=N[&epoch=E]][&limit=M]`: the
 /// messages of D after offset N (in epoch E, default the current one), or
 /// without `since` its last ones; at most M (default and most: `history-size`).
-fn history(broker: &Broker, query: &str) -> HttpResponse {
+async fn history(broker: &Broker, query: &str) -> HttpResponse {
     let mut destination = None;
     let mut since = None;
     let mut epoch = None;
@@ -331,11 +331,14 @@ fn history(broker: &Broker, query: &str) -> HttpResponse {
     if epoch.is_some() && since.is_none() {
         return error(StatusCode::BAD_REQUEST, "epoch needs since");
     }
-    let Some(page) = broker.history(&destination, epoch.as_deref(), since, limit) else {
-        return error(
-            StatusCode::NOT_IMPLEMENTED,
-            "history is not available with this engine yet (see README, History and resume)",
-        );
+    let page = match broker
+        .history(&destination, epoch.as_deref(), since, limit)
+        .await
+    {
+        Ok(page) => page,
+        Err(engine_error) => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, engine_error.to_string())
+        }
     };
     let (recovered, messages) = match page.since {
         Since::Covered(messages) => (true, messages),

@@ -2,7 +2,7 @@
 //! state machine, writes its replies, drains the outbound queue in batches,
 //! keeps heart-beats, and closes with an ERROR frame when something is wrong.
 
-use crate::broker::{Broker, SessionSlot};
+use crate::broker::{Broker, ReceiptHeaders, SessionSlot};
 use crate::engine::EngineError;
 use crate::metrics::{ErrorReason, Metrics};
 use crate::outbox::{Outbox, OutboxState, Queued};
@@ -98,7 +98,7 @@ impl Drop for Gauges {
 enum Event {
     Shutdown,
     /// The last frame's pending work (see [`Session::take_pending`]) is done.
-    Done(Result<(), EngineError>),
+    Done(Result<ReceiptHeaders, EngineError>),
     /// The outbox's state changed (a slow-consumer mark).
     Closing,
     Io(Io),
@@ -250,7 +250,18 @@ pub async fn serve<S>(
             Event::Done(done) => {
                 pending = None;
                 let flow = match done {
-                    Ok(()) => pending_flow,
+                    Ok(headers) => {
+                        // A SUBSCRIBE's RECEIPT says what its history read found.
+                        let receipt = replies
+                            .iter_mut()
+                            .find(|reply| reply.command == Command::Receipt);
+                        if let Some(receipt) = receipt {
+                            for (name, value) in headers {
+                                receipt.headers.push(name, value);
+                            }
+                        }
+                        pending_flow
+                    }
                     Err(engine_error) => {
                         // The frame could not be carried out: refuse it after all.
                         let receipt = replies
@@ -436,7 +447,7 @@ pub async fn serve<S>(
 }
 
 /// A frame's work left for the connection: see [`Session::take_pending`].
-type PendingWork = Pin<Box<dyn Future<Output = Result<(), EngineError>> + Send>>;
+type PendingWork = Pin<Box<dyn Future<Output = Result<ReceiptHeaders, EngineError>> + Send>>;
 
 /// Queues a handled frame's replies (after what is already queued) and says
 /// whether the session ends with it; if it does, everything queued is

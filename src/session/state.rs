@@ -4,16 +4,14 @@
 //! frame by frame.
 
 use crate::auth::Identity;
-use crate::broker::{Broker, Pending};
+use crate::broker::{receipt_headers, Broker, Pending};
 use crate::fanout::{EPOCH_HEADER, OFFSET_HEADER};
 use crate::history::ReplayRequest;
 
-/// SUBSCRIBE headers asking for history (see `replay_request`), and the
-/// RECEIPT header answering a resume.
+/// SUBSCRIBE headers asking for history (see `replay_request`).
 const SINCE_OFFSET_HEADER: &str = "x-since-offset";
 const SINCE_EPOCH_HEADER: &str = "x-since-epoch";
 const HISTORY_HEADER: &str = "x-history";
-const RECOVERED_HEADER: &str = "x-recovered";
 use crate::config::ClientSend;
 use crate::destination;
 use crate::metrics::ErrorReason;
@@ -398,16 +396,14 @@ impl Session {
         if !subscribed.confirmation.is_ready() {
             self.pending.confirmations.push(subscribed.confirmation);
         }
-        if let Some(position) = subscribed.position {
-            self.receipt_headers
-                .push((EPOCH_HEADER, position.epoch.to_string()));
-            self.receipt_headers
-                .push((OFFSET_HEADER, position.offset.to_string()));
+        if let Some(resume) = subscribed.resume {
+            // Its RECEIPT's headers come when the history is read.
+            self.pending.resumes.push(resume);
         }
-        if let Some(recovered) = subscribed.recovered {
-            self.receipt_headers
-                .push((RECOVERED_HEADER, recovered.to_string()));
-        }
+        self.receipt_headers.extend(receipt_headers(
+            subscribed.position.as_ref(),
+            subscribed.recovered,
+        ));
         self.subscriptions.insert(
             id.to_owned(),
             SubscriptionEntry {
@@ -806,7 +802,7 @@ mod tests {
                 let mut context = std::task::Context::from_waker(std::task::Waker::noop());
                 let done = std::future::Future::poll(work.as_mut(), &mut context);
                 assert!(
-                    matches!(done, std::task::Poll::Ready(Ok(()))),
+                    matches!(done, std::task::Poll::Ready(Ok(_))),
                     "the memory engine finishes at once"
                 );
             }

@@ -22,13 +22,19 @@
 //! Keys and channels (PREFIX is `redis-key-prefix`; the destination sits in
 //! `{...}`, a hash tag, so its keys share its Redis Cluster slot):
 //! `PREFIX{D}` channel of destination D, `PREFIX{D}idem:KEY` idempotency key,
+//! `PREFIX{D}meta` hash with D's `epoch` and latest `offset`, `PREFIX{D}log`
+//! list of D's last `history-size` messages,
 //! `PREFIXreaders:NODE` hash destination -> readers on NODE,
 //! `PREFIXnodes` sorted set NODE -> last report (ms).
 
+mod history;
 mod wire;
+
+pub use history::{HistoryRead, Read};
 
 use super::{Confirmation, EngineError, EngineStatus, Publication, Published};
 use crate::config::Config;
+use crate::history::Position;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use dashmap::DashMap;
@@ -58,22 +64,45 @@ const INTEREST_RETRY: Duration = Duration::from_millis(100);
 /// A node that has not reported its counts for this many intervals is dead.
 const LIVENESS_INTERVALS: u32 = 3;
 
-/// Checks the idempotency key (if any), then publishes one payload to each
-/// channel. KEYS: the channels (all in one hash slot on a Redis Cluster), then
-/// the idempotency key when ARGV[4] is '1'. ARGV: [1] window (ms), [2] message
-/// id, [3] payload, [4] '1' with an idempotency key, [5] `PUBLISH`, or
-/// `SPUBLISH` on a Redis Cluster. Returns the message id, or the first one's
-/// for a key seen within the window.
+/// Checks the idempotency key (if any), then, for each destination, gives the
+/// message the destination's next offset, keeps it in the destination's
+/// history and publishes it, all in one step (so offsets, history and the
+/// channel keep one order). KEYS: per destination its channel, `meta` hash
+/// (`epoch`, `offset`: one key, so neither is kept without the other) and
+/// `log` list (all in one hash slot on a Redis Cluster), then the
+/// idempotency key when ARGV[4] is '1'. ARGV: [1] window (ms), [2] message
+/// id, [3] payload (version 1), [4] '1' with an idempotency key, [5]
+/// `PUBLISH` or `SPUBLISH`, [6] `history-size`, [7] `history-ttl` (ms), [8]
+/// `history-epoch-ttl` (ms). A destination without an epoch (new, or lost by
+/// Redis) starts a new history named by this message's id, unique in the
+/// cluster. Returns the message id, or the first one's for a key seen
+/// within the window.
 const PUBLISH_SCRIPT: &str = r#"
-local channels = #KEYS
+local keys = #KEYS
 if ARGV[4] == '1' then
-  channels = channels - 1
+  keys = keys - 1
   local first = redis.call('GET', KEYS[#KEYS])
   if first then return first end
   redis.call('SET', KEYS[#KEYS], ARGV[2], 'PX', ARGV[1])
 end
-for i = 1, channels do
-  redis.call(ARGV[5], KEYS[i], ARGV[3])
+local size = tonumber(ARGV[6])
+for i = 1, keys, 3 do
+  local channel, meta, log = KEYS[i], KEYS[i + 1], KEYS[i + 2]
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch then
+    epoch = ARGV[2]
+    redis.call('DEL', meta, log)
+    redis.call('HSET', meta, 'epoch', epoch)
+  end
+  local offset = redis.call('HINCRBY', meta, 'offset', 1)
+  local payload = '\2' .. offset .. ':' .. epoch .. '\n' .. ARGV[3]
+  if size > 0 then
+    redis.call('RPUSH', log, payload)
+    redis.call('LTRIM', log, -size, -1)
+    redis.call('PEXPIRE', log, ARGV[7])
+  end
+  redis.call('PEXPIRE', meta, ARGV[8])
+  redis.call(ARGV[5], channel, payload)
 end
 return ARGV[2]
 "#;
@@ -91,6 +120,9 @@ pub struct RedisSettings {
     pub count_interval: Duration,
     pub interest_linger: Duration,
     pub idempotency_window: Duration,
+    pub history_size: usize,
+    pub history_ttl: Duration,
+    pub history_epoch_ttl: Duration,
 }
 
 impl RedisSettings {
@@ -106,6 +138,9 @@ impl RedisSettings {
             count_interval: config.reader_count_interval,
             interest_linger: config.interest_linger,
             idempotency_window: config.idempotency_window,
+            history_size: config.history_size,
+            history_ttl: config.history_ttl,
+            history_epoch_ttl: config.history_epoch_ttl,
         }
     }
 
@@ -123,6 +158,15 @@ impl RedisSettings {
 
     fn idempotency_key(&self, destination: &str, key: &str) -> String {
         format!("{}{{{destination}}}idem:{key}", self.key_prefix)
+    }
+
+    /// A destination's history: `meta` (its epoch and latest offset) and `log` (its messages).
+    fn meta_key(&self, destination: &str) -> String {
+        format!("{}{{{destination}}}meta", self.key_prefix)
+    }
+
+    fn log_key(&self, destination: &str) -> String {
+        format!("{}{{{destination}}}log", self.key_prefix)
     }
 
     fn readers_key(&self, node: &str) -> String {
@@ -164,6 +208,7 @@ struct Shared {
     /// Whether `redis-url` names a Redis Cluster (`redis-cluster://`).
     clustered: bool,
     publish_script: Script,
+    history_script: Script,
     /// One entry per destination this node is (or is becoming) subscribed to;
     /// bounded by the registry's destinations plus the lingering ones.
     interest: DashMap<Arc<str>, Interest>,
@@ -233,6 +278,7 @@ impl RedisEngine {
             commands,
             pubsub,
             publish_script: Script::from_lua(PUBLISH_SCRIPT),
+            history_script: history::script(),
             interest: DashMap::new(),
             interest_changed: Mutex::new(HashSet::new()),
             wake_interest: Notify::new(),
@@ -261,6 +307,19 @@ impl RedisEngine {
 
     pub fn interest(&self, destination: &str) -> Confirmation {
         self.shared.interest(destination)
+    }
+
+    pub fn history_size(&self) -> usize {
+        self.shared.settings.history_size
+    }
+
+    /// Reads `destination`'s history from Redis (one round trip).
+    pub async fn read_history(
+        &self,
+        destination: &str,
+        read: Read<'_>,
+    ) -> Result<HistoryRead, EngineError> {
+        self.shared.read_history(destination, read).await
     }
 
     pub fn interest_lost(&self, destination: &str) {
@@ -400,7 +459,16 @@ impl Shared {
             .map(String::as_str)
             .collect();
         let calls = self.by_slot(&destinations).into_iter().map(|group| {
-            let mut keys: Vec<String> = group.iter().map(|d| self.settings.channel(d)).collect();
+            let mut keys: Vec<String> = group
+                .iter()
+                .flat_map(|d| {
+                    [
+                        self.settings.channel(d),
+                        self.settings.meta_key(d),
+                        self.settings.log_key(d),
+                    ]
+                })
+                .collect();
             if let Some(key) = &publication.idempotency_key {
                 keys.push(self.settings.idempotency_key(group[0], key));
             }
@@ -420,6 +488,9 @@ impl Shared {
                     "PUBLISH"
                 }
                 .into(),
+                (self.settings.history_size as i64).into(),
+                (self.settings.history_ttl.as_millis() as i64).into(),
+                (self.settings.history_epoch_ttl.as_millis() as i64).into(),
             ];
             async move {
                 let call = self.publish_script.evalsha_with_reload::<String, _, _>(
@@ -749,9 +820,14 @@ impl Shared {
         match wire::decode(payload) {
             Ok(decoded) => {
                 self.metrics().engine_received.inc();
+                let position = decoded.position.map(|(offset, epoch)| Position {
+                    epoch: Arc::from(epoch),
+                    offset,
+                });
                 self.hub.deliver(
                     destination,
                     &decoded.message_id,
+                    position.as_ref(),
                     &decoded.headers,
                     decoded.body,
                 );
@@ -889,6 +965,7 @@ impl Shared {
         let mut check = tokio::time::interval(Duration::from_millis(250));
         loop {
             // Cancel safety: broadcast `recv`, `tick` and `cancelled` lose nothing when dropped.
+            let mut link_error = false;
             let resubscribe = tokio::select! {
                 _ = self.stop.cancelled() => return,
                 reconnected = reconnects.recv() => reconnected.is_ok(),
@@ -901,13 +978,18 @@ impl Shared {
                     if let Ok((error, _)) = error {
                         tracing::debug!(%error, "redis pub/sub link error");
                     }
+                    // The client may still call itself connected for a moment.
+                    link_error = true;
                     false
                 }
                 _ = check.tick() => false,
             };
             let up = self.is_up();
             let listening = self.pubsub.is_connected();
-            if was_listening && !listening {
+            // Unconfirmed as soon as the link is known to be in trouble, so
+            // that no SUBSCRIBE is confirmed by a subscription Redis has lost;
+            // a link that came back before this task saw it down was down too.
+            if (was_listening && !listening) || link_error || (resubscribe && connected_before) {
                 self.interest_unconfirmed();
             }
             was_listening = listening;
@@ -1039,6 +1121,9 @@ mod tests {
             count_interval: Duration::from_secs(1),
             interest_linger: Duration::ZERO,
             idempotency_window: Duration::from_secs(1),
+            history_size: 1,
+            history_ttl: Duration::from_secs(1),
+            history_epoch_ttl: Duration::from_secs(1),
         };
         let channel = settings.channel("/topic/comments.42");
         assert_eq!(channel, "sp:{/topic/comments.42}");
@@ -1049,6 +1134,16 @@ mod tests {
             "sp:{/topic/a}idem:k"
         );
         assert_eq!(settings.readers_key("n1"), "sp:readers:n1");
+        // A destination's history keys share its slot with its channel.
+        let slot = |key: &str| fred::util::redis_keyslot(key.as_bytes());
+        assert_eq!(
+            slot(&settings.meta_key("/topic/a")),
+            slot(&settings.channel("/topic/a"))
+        );
+        assert_eq!(
+            slot(&settings.log_key("/topic/a")),
+            slot(&settings.channel("/topic/a"))
+        );
     }
 
     #[test]

@@ -5,15 +5,23 @@
 //! Version 1: `[1] [u16 id length] [id] [u16 header count]
 //! ([u16 name length] [name] [u32 value length] [value])* [body]`, big-endian.
 //! The destination is the channel's, so a broadcast publishes one payload.
+//!
+//! Version 2 is what the publish script sends and stores: `[2] OFFSET ':'
+//! EPOCH '\n'` (the offset in decimal) followed by a version-1 message. The
+//! script puts the prefix on, since only it knows the offset.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use stompede_protocol::Headers;
 
 pub const FORMAT_VERSION: u8 = 1;
+/// A version-1 message with its place in the destination's history in front.
+pub const POSITIONED_VERSION: u8 = 2;
 
 /// One message as the nodes exchange it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireMessage {
+    /// The offset and epoch (version 2; `None` from a version-1 node).
+    pub position: Option<(u64, String)>,
     pub message_id: String,
     pub headers: Headers,
     pub body: Bytes,
@@ -21,7 +29,7 @@ pub struct WireMessage {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
-    #[error("unknown format version {0} (this node reads version {FORMAT_VERSION})")]
+    #[error("unknown format version {0} (this node reads versions {FORMAT_VERSION} and {POSITIONED_VERSION})")]
     UnknownVersion(u8),
     #[error("truncated message")]
     Truncated,
@@ -49,6 +57,18 @@ pub fn encode(message_id: &str, headers: &Headers, body: &[u8]) -> Bytes {
 
 /// Decodes a payload; the body is a view into `payload`, not a copy.
 pub fn decode(mut payload: Bytes) -> Result<WireMessage, WireError> {
+    let mut position = None;
+    if payload.first() == Some(&POSITIONED_VERSION) {
+        let end = payload
+            .iter()
+            .position(|&byte| byte == b'\n')
+            .ok_or(WireError::Truncated)?;
+        let prefix = std::str::from_utf8(&payload[1..end]).map_err(|_| WireError::NotUtf8)?;
+        let (offset, epoch) = prefix.split_once(':').ok_or(WireError::Truncated)?;
+        let offset = offset.parse().map_err(|_| WireError::Truncated)?;
+        position = Some((offset, epoch.to_owned()));
+        payload.advance(end + 1);
+    }
     let version = take_u8(&mut payload)?;
     if version != FORMAT_VERSION {
         return Err(WireError::UnknownVersion(version));
@@ -65,6 +85,7 @@ pub fn decode(mut payload: Bytes) -> Result<WireMessage, WireError> {
         headers.push(name, value);
     }
     Ok(WireMessage {
+        position,
         message_id,
         headers,
         body: payload,
@@ -115,19 +136,39 @@ mod tests {
         headers.push("content-type", "repeated");
         let body = b"{\"b\":1,\"a\":12345678901234567890123}\0\xff";
         let decoded = decode(encode("node-1-19a-7", &headers, body)).unwrap();
+        assert_eq!(decoded.position, None);
         assert_eq!(decoded.message_id, "node-1-19a-7");
         assert_eq!(decoded.headers, headers);
         assert_eq!(&decoded.body[..], body);
+    }
+
+    /// What the publish script sends: the version-2 prefix on a version-1 message.
+    #[test]
+    fn reads_the_position_the_publish_script_puts_in_front() {
+        let inner = encode("id-1", &Headers::new(), b"body");
+        let mut payload = b"\x0242:node-a-19b.7\n".to_vec();
+        payload.extend_from_slice(&inner);
+        let decoded = decode(Bytes::from(payload)).unwrap();
+        assert_eq!(decoded.position, Some((42, "node-a-19b.7".to_owned())));
+        assert_eq!(decoded.message_id, "id-1");
+        assert_eq!(&decoded.body[..], b"body");
+        for bad in [&b"\x0242:e"[..], b"\x02x:e\n\x01", b"\x0242e\n\x01"] {
+            assert_eq!(
+                decode(Bytes::copy_from_slice(bad)),
+                Err(WireError::Truncated),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
     fn refuses_unknown_versions_and_truncation() {
         let payload = encode("id", &Headers::new(), b"body");
         let mut future = payload.to_vec();
-        future[0] = 2;
+        future[0] = 9;
         assert_eq!(
             decode(Bytes::from(future)),
-            Err(WireError::UnknownVersion(2))
+            Err(WireError::UnknownVersion(9))
         );
         for cut in 0..5 {
             assert_eq!(
