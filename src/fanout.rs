@@ -26,12 +26,14 @@ pub const RESERVED_HEADERS: &[&str] = &[
     "ack",
     OFFSET_HEADER,
     EPOCH_HEADER,
-    "x-gap",
+    GAP_HEADER,
 ];
 
 /// A message's place in its destination's history (see `history`).
 pub const OFFSET_HEADER: &str = "x-offset";
 pub const EPOCH_HEADER: &str = "x-epoch";
+/// On the first message after some were lost for a subscriber.
+pub const GAP_HEADER: &str = "x-gap";
 
 pub fn is_reserved(name: &str) -> bool {
     RESERVED_HEADERS.contains(&name)
@@ -46,12 +48,36 @@ pub fn prepare(
     publisher_headers: &Headers,
     body: Bytes,
 ) -> PreparedMessage {
-    let mut headers = Headers::with_capacity(publisher_headers.len() + 4);
+    prepare_marked(
+        destination,
+        message_id,
+        position,
+        false,
+        publisher_headers,
+        body,
+    )
+}
+
+/// [`prepare`], and with `after_gap` the `x-gap:true` header: messages
+/// before this one were lost for this node's subscribers and history could
+/// not give them back.
+pub fn prepare_marked(
+    destination: &str,
+    message_id: &str,
+    position: Option<&Position>,
+    after_gap: bool,
+    publisher_headers: &Headers,
+    body: Bytes,
+) -> PreparedMessage {
+    let mut headers = Headers::with_capacity(publisher_headers.len() + 5);
     headers.push("destination", destination);
     headers.push("message-id", message_id);
     if let Some(position) = position {
         headers.push(OFFSET_HEADER, position.offset.to_string());
         headers.push(EPOCH_HEADER, &*position.epoch);
+    }
+    if after_gap {
+        headers.push(GAP_HEADER, "true");
     }
     for (name, value) in publisher_headers.iter() {
         if !is_reserved(name) {

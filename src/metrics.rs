@@ -56,6 +56,11 @@ pub struct Metrics {
     pub engine_input_dropped: IntCounter,
     /// Messages from Redis this node could not read (an unknown format version).
     pub engine_input_invalid: IntCounter,
+    /// Messages this node missed from Redis (its link dropped, its input
+    /// overflowed) and read back from history for its subscribers.
+    pub engine_gap_filled: IntCounter,
+    /// Gaps history could not fill (the next message carries `x-gap:true`).
+    pub engine_gap_unfilled: IntCounter,
     /// Redis round trip of a publish, of a count, of an interest change.
     pub engine_roundtrip: HistogramVec,
     /// Memory engine: bytes held by every destination's history (`history-max-bytes`).
@@ -300,6 +305,20 @@ impl Metrics {
                 IntCounter::new(
                     "engine_input_dropped_total",
                     "Messages from Redis lost because the local fan-out fell behind (a gap)",
+                ),
+            ),
+            engine_gap_filled: register(
+                &registry,
+                IntCounter::new(
+                    "engine_gap_filled_messages_total",
+                    "Messages this node missed from Redis and read back from history",
+                ),
+            ),
+            engine_gap_unfilled: register(
+                &registry,
+                IntCounter::new(
+                    "engine_gaps_unfilled_total",
+                    "Gaps in what this node received that history could not fill (x-gap:true)",
                 ),
             ),
             engine_input_invalid: register(

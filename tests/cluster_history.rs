@@ -315,3 +315,81 @@ async fn a_redis_restarted_without_persistence_starts_a_new_epoch_and_resumes_ar
     assert_eq!(offset(&live[0]), 2);
     assert_ne!(epoch(&live[0]), old_epoch);
 }
+
+fn metric(node: &TestBroker, name: &str) -> f64 {
+    node.broker
+        .metrics()
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+/// Cuts every pub/sub connection to Redis (the node's reconnects after
+/// about 100 ms, its first backoff step) and publishes `bodies` through
+/// the commands connection meanwhile, so they reach Redis while the node
+/// is not listening.
+async fn publish_while_the_link_is_cut(redis: &Redis, node: &TestBroker, bodies: &[&str]) {
+    let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_eq!(killed.trim(), "1", "one pub/sub connection: the node's");
+    for body in bodies {
+        publish(node, body).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_pubsub_link_dropped_gives_its_readers_what_they_missed_from_history() {
+    let redis = Redis::start();
+    let nodes = nodes(&redis, &["a"]).await;
+    let (mut client, _, _) = reader(&nodes[0], "").await;
+    for n in 1..=3 {
+        publish(&nodes[0], &format!("comment {n}")).await;
+    }
+    assert_eq!(offsets(&messages(&mut client, 3).await), [1, 2, 3]);
+
+    publish_while_the_link_is_cut(&redis, &nodes[0], &["4", "5", "6", "7", "8"]).await;
+    // The reader stays connected and gets them, in order, once.
+    let missed = messages(&mut client, 5).await;
+    assert_eq!(offsets(&missed), [4, 5, 6, 7, 8]);
+    assert!(missed.iter().all(|m| m.headers.get("x-gap").is_none()));
+    assert_eq!(&missed[0].body[..], b"4");
+    assert!(metric(&nodes[0], "stompede_engine_gap_filled_messages_total") >= 1.0);
+    publish(&nodes[0], "9").await;
+    let live = messages(&mut client, 1).await;
+    assert_eq!(offset(&live[0]), 9, "and nothing twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_history_cannot_fill_is_marked_x_gap_and_the_session_stays() {
+    let redis = Redis::start();
+    let node = start(Config {
+        history_size: 2,
+        ..node(&redis, "small")
+    })
+    .await;
+    let deadline = Instant::now() + PATIENCE;
+    while !node.broker.engine_status().up {
+        assert!(Instant::now() < deadline, "the engine comes up");
+        sleep(Duration::from_millis(10)).await;
+    }
+    let (mut client, _, _) = reader(&node, "").await;
+    publish(&node, "1").await;
+    assert_eq!(offsets(&messages(&mut client, 1).await), [1]);
+
+    publish_while_the_link_is_cut(&redis, &node, &["2", "3", "4", "5", "6"]).await;
+    // History kept only 5 and 6: 2..=4 are lost, and 5 says so.
+    let after = messages(&mut client, 2).await;
+    assert_eq!(offsets(&after), [5, 6]);
+    assert_eq!(
+        after[0].headers.get("x-gap"),
+        Some("true"),
+        "{:?}",
+        after[0]
+    );
+    assert_eq!(after[1].headers.get("x-gap"), None);
+    assert!(metric(&node, "stompede_engine_gaps_unfilled_total") >= 1.0);
+    publish(&node, "7").await;
+    let live = messages(&mut client, 1).await;
+    assert_eq!(offset(&live[0]), 7);
+    assert_eq!(live[0].headers.get("x-gap"), None);
+}

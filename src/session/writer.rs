@@ -16,6 +16,7 @@
 //! [`Gated`] socket makes tungstenite's own writes wait (it keeps them and
 //! retries, reading meanwhile).
 
+use crate::fanout::GAP_HEADER;
 use crate::metrics::Metrics;
 use crate::outbox::{Delivery, Outbox, OutboxState, Queued};
 use bytes::{Buf, BufMut, BytesMut};
@@ -33,10 +34,6 @@ use tokio_tungstenite::WebSocketStream;
 /// Deliveries kept in the reused batch between rounds; a larger batch
 /// (after a burst) is given back.
 const RETAINED_BATCH_CAPACITY: usize = 16;
-
-/// Marks the first MESSAGE of a subscription after some of its messages
-/// were dropped (`slow-consumer drop`).
-const GAP_HEADER: &str = "x-gap";
 
 /// WebSocket opcodes (RFC 6455 §5.2).
 const OPCODE_TEXT: u8 = 0x1;

@@ -28,13 +28,13 @@
 //! `PREFIXnodes` sorted set NODE -> last report (ms).
 
 mod history;
+mod receive;
 mod wire;
 
 pub use history::{HistoryRead, Read};
 
 use super::{Confirmation, EngineError, EngineStatus, Publication, Published};
 use crate::config::Config;
-use crate::history::Position;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use dashmap::DashMap;
@@ -216,6 +216,9 @@ struct Shared {
     /// only on a change (a first reader, a last one leaving), not per SUBSCRIBE.
     interest_changed: Mutex<HashSet<Arc<str>>>,
     wake_interest: Notify,
+    /// Set once the pub/sub link is back and subscribed again: the receive
+    /// task reads what each destination missed meanwhile (see `receive`).
+    fill_gaps: Notify,
     /// Destinations whose local count changed since the last report.
     counts_changed: DashMap<Arc<str>, ()>,
     /// Set when Redis may have lost this node's counts (at start, after a
@@ -282,6 +285,7 @@ impl RedisEngine {
             interest: DashMap::new(),
             interest_changed: Mutex::new(HashSet::new()),
             wake_interest: Notify::new(),
+            fill_gaps: Notify::new(),
             counts_changed: DashMap::new(),
             report_all: AtomicBool::new(true),
             count_cache: DashMap::new(),
@@ -777,68 +781,6 @@ impl Shared {
         }
     }
 
-    // ---- messages --------------------------------------------------------
-
-    /// Fans out every message the pub/sub link receives. The link's queue is
-    /// bounded (`redis-input-queue`); when this task falls behind, the oldest
-    /// messages are lost and counted as a gap.
-    async fn receive_messages(self: Arc<Self>) {
-        let mut messages = self.pubsub.message_rx();
-        loop {
-            // Cancel safety: a broadcast `recv` loses nothing when dropped.
-            let message = tokio::select! {
-                _ = self.stop.cancelled() => return,
-                message = messages.recv() => message,
-            };
-            match message {
-                Ok(message) => {
-                    self.metrics()
-                        .engine_input_queued
-                        .set(messages.len() as i64);
-                    self.deliver(message);
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(lost)) => {
-                    self.metrics().engine_input_dropped.inc_by(lost);
-                    tracing::warn!(
-                        lost,
-                        "redis input queue overflowed: messages lost (redis-input-queue)"
-                    );
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    }
-
-    fn deliver(&self, message: fred::types::Message) {
-        let Some(destination) = self.settings.destination(&message.channel) else {
-            return;
-        };
-        let Some(payload) = message.value.into_bytes() else {
-            self.metrics().engine_input_invalid.inc();
-            return;
-        };
-        match wire::decode(payload) {
-            Ok(decoded) => {
-                self.metrics().engine_received.inc();
-                let position = decoded.position.map(|(offset, epoch)| Position {
-                    epoch: Arc::from(epoch),
-                    offset,
-                });
-                self.hub.deliver(
-                    destination,
-                    &decoded.message_id,
-                    position.as_ref(),
-                    &decoded.headers,
-                    decoded.body,
-                );
-            }
-            Err(error) => {
-                self.metrics().engine_input_invalid.inc();
-                tracing::warn!(%error, destination, "cannot read a message from redis");
-            }
-        }
-    }
-
     // ---- counts ----------------------------------------------------------
 
     /// Every `reader-count-interval`: this node's changed counts, its
@@ -1011,8 +953,13 @@ impl Shared {
                 if connected_before {
                     self.metrics().engine_reconnects.inc();
                 }
+                let reconnected = connected_before;
                 connected_before = true;
                 self.resubscribe_all().await;
+                if reconnected {
+                    // What was published while the link was down is in history.
+                    self.fill_gaps.notify_one();
+                }
             }
         }
     }
