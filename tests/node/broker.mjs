@@ -40,5 +40,11 @@ export async function startBroker(flags = []) {
       const [code] = await once(child, 'exit');
       return code;
     },
+    /** SIGKILL: the node dies at once, its sockets with it. */
+    async kill() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGKILL');
+      await once(child, 'exit');
+    },
   };
 }

@@ -7,7 +7,7 @@
 # reports a file without tests as one passing test named after the file.)
 set -euo pipefail
 cd "$(dirname "$0")"
-files=(stompjs.test.mjs cluster.test.mjs)
+files=(stompjs.test.mjs cluster.test.mjs failover.test.mjs)
 for file in "${files[@]}"; do
   [ -f "$file" ] || { echo "node tests: $file is missing" >&2; exit 1; }
 done
