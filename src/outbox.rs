@@ -14,7 +14,7 @@
 //!   while replies wait behind more than `ws-write-buffer-bytes`).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use stompede_protocol::{Frame, PreparedMessage};
 use tokio::sync::Notify;
@@ -144,6 +144,8 @@ pub struct Outbox {
     /// `{connection}.{n}` with `n` below this, so an ACK can be checked
     /// without remembering every message.
     acks_issued: AtomicU64,
+    /// `Queue::replies`, readable without the lock.
+    replies_queued: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -232,6 +234,7 @@ impl Outbox {
             max_frames,
             max_bytes,
             acks_issued: AtomicU64::new(0),
+            replies_queued: AtomicUsize::new(0),
         }
     }
 
@@ -409,6 +412,7 @@ impl Outbox {
             for reply in replies.drain(..) {
                 queue.add(Queued::Reply(reply));
             }
+            self.replies_queued.store(queue.replies, Ordering::Relaxed);
             drop(queue);
             if was_empty {
                 self.ready.notify_one();
@@ -418,10 +422,16 @@ impl Outbox {
         state
     }
 
-    /// Replies waiting, and the bytes of everything queued.
-    pub fn waiting_replies(&self) -> (usize, usize) {
+    /// Whether replies wait in the queue (read without the lock: only the
+    /// connection's own task queues and takes replies).
+    pub fn holds_replies(&self) -> bool {
+        self.replies_queued.load(Ordering::Relaxed) > 0
+    }
+
+    /// The bytes of everything queued.
+    pub fn queued_bytes(&self) -> usize {
         let queue = self.lock();
-        (queue.replies, queue.live_bytes + queue.other_bytes)
+        queue.live_bytes + queue.other_bytes
     }
 
     /// Marks the connection for disconnection and wakes its writer, which
@@ -448,6 +458,7 @@ impl Outbox {
         queue.live_bytes = 0;
         queue.other_bytes = 0;
         queue.replies = 0;
+        self.replies_queued.store(0, Ordering::Relaxed);
         // Give back memory after a burst so idle connections stay small.
         if queue.items.capacity() > 64 {
             queue.items = VecDeque::new();
@@ -469,6 +480,7 @@ impl Outbox {
                 break;
             }
         }
+        self.replies_queued.store(queue.replies, Ordering::Relaxed);
         queue.shrink_when_empty();
         queue.state
     }

@@ -215,11 +215,8 @@ pub async fn serve<S>(
         }
         // While a frame's work is pending, reading goes on (heart-beats count)
         // until one WebSocket message's worth of frames waits.
-        let replies_backed_up = {
-            let (waiting, queued_bytes) = outbox.waiting_replies();
-            (waiting > 0 || writer.holds_replies())
-                && writer.pending_bytes() + queued_bytes > max_pending
-        };
+        let replies_backed_up = (outbox.holds_replies() || writer.holds_replies())
+            && writer.pending_bytes() + outbox.queued_bytes() > max_pending;
         let frames_backed_up = pending.is_some() && inbound.len() >= config.ws_max_message_bytes();
         let can_read = !(replies_backed_up || frames_backed_up);
         if can_read && !reading {
