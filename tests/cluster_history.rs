@@ -6,6 +6,7 @@
 mod common;
 mod redis;
 
+use common::history::{epoch, messages, offset, offsets, subscribe_replaying};
 use common::{start, Client, TestBroker, PATIENCE};
 use redis::Redis;
 use std::time::Duration;
@@ -45,41 +46,8 @@ async fn nodes(redis: &Redis, ids: &[&str]) -> Vec<TestBroker> {
     nodes
 }
 
-fn offset(frame: &Frame) -> u64 {
-    frame
-        .headers
-        .get("x-offset")
-        .unwrap_or_else(|| panic!("no x-offset in {frame:?}"))
-        .parse()
-        .unwrap()
-}
-
-fn epoch(frame: &Frame) -> String {
-    frame
-        .headers
-        .get("x-epoch")
-        .unwrap_or_else(|| panic!("no x-epoch in {frame:?}"))
-        .to_owned()
-}
-
-/// SUBSCRIBE with `extra` headers; returns the RECEIPT and the MESSAGEs
-/// that came before it (replayed from history).
 async fn subscribe(client: &mut Client, extra: &str) -> (Frame, Vec<Frame>) {
-    client
-        .send(&format!(
-            "SUBSCRIBE\nid:0\ndestination:{DESTINATION}\nreceipt:r\n{extra}\n\0"
-        ))
-        .await;
-    let mut replayed = Vec::new();
-    loop {
-        let frame = client.frame().await;
-        if frame.command == Command::Message {
-            replayed.push(frame);
-            continue;
-        }
-        assert_eq!(frame.command, Command::Receipt, "{frame:?}");
-        return (frame, replayed);
-    }
+    subscribe_replaying(client, DESTINATION, "0", extra).await
 }
 
 async fn reader(node: &TestBroker, extra: &str) -> (Client, Frame, Vec<Frame>) {
@@ -88,26 +56,12 @@ async fn reader(node: &TestBroker, extra: &str) -> (Client, Frame, Vec<Frame>) {
     (client, receipt, replayed)
 }
 
-async fn messages(client: &mut Client, count: usize) -> Vec<Frame> {
-    let mut messages = Vec::new();
-    while messages.len() < count {
-        let frame = client.frame().await;
-        assert_eq!(frame.command, Command::Message, "{frame:?}");
-        messages.push(frame);
-    }
-    messages
-}
-
 async fn publish(node: &TestBroker, body: &str) {
     let request = serde_json::json!({ "destination": DESTINATION, "body": body });
     let (status, answer) = node
         .http("POST", "/api/v1/publish", Some(&request.to_string()))
         .await;
     assert_eq!(status, 202, "{answer}");
-}
-
-fn offsets(frames: &[Frame]) -> Vec<u64> {
-    frames.iter().map(offset).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::history::{self, epoch, messages, offset};
 use common::{config, start, Client, TestBroker};
 use std::time::Duration;
 use stompede::config::{Config, SlowConsumerPolicy};
@@ -10,30 +11,9 @@ use stompede_protocol::{Command, Frame};
 
 const DESTINATION: &str = "/topic/comments.1";
 
-fn offset(frame: &Frame) -> u64 {
-    frame
-        .headers
-        .get("x-offset")
-        .unwrap_or_else(|| panic!("no x-offset in {frame:?}"))
-        .parse()
-        .expect("x-offset is a number")
-}
-
-fn epoch(frame: &Frame) -> String {
-    frame
-        .headers
-        .get("x-epoch")
-        .unwrap_or_else(|| panic!("no x-epoch in {frame:?}"))
-        .to_owned()
-}
-
-fn body(frame: &Frame) -> String {
-    String::from_utf8(frame.body.to_vec()).expect("a text body")
-}
-
 /// SUBSCRIBE with `extra` headers and a receipt; returns the RECEIPT.
-/// Messages replayed from history come before it (by the RECEIPT the
-/// subscriber is caught up): they are left for `messages` to read.
+/// Messages replayed from history come before it: they are left for
+/// `messages` to read.
 async fn subscribe(client: &mut Client, id: &str, extra: &str) -> Frame {
     let (receipt, replayed) = subscribe_replaying(client, id, extra).await;
     for frame in replayed.into_iter().rev() {
@@ -42,36 +22,12 @@ async fn subscribe(client: &mut Client, id: &str, extra: &str) -> Frame {
     receipt
 }
 
-/// SUBSCRIBE with `extra` headers and a receipt; returns the RECEIPT and
-/// the MESSAGEs replayed before it.
 async fn subscribe_replaying(client: &mut Client, id: &str, extra: &str) -> (Frame, Vec<Frame>) {
-    client
-        .send(&format!(
-            "SUBSCRIBE\nid:{id}\ndestination:{DESTINATION}\nreceipt:r-{id}\n{extra}\n\0"
-        ))
-        .await;
-    let mut replayed = Vec::new();
-    loop {
-        let frame = client.frame().await;
-        if frame.command == Command::Message {
-            replayed.push(frame);
-            continue;
-        }
-        assert_eq!(frame.command, Command::Receipt, "{frame:?}");
-        assert_eq!(frame.headers.get("receipt-id"), Some(&*format!("r-{id}")));
-        return (frame, replayed);
-    }
+    history::subscribe_replaying(client, DESTINATION, id, extra).await
 }
 
-/// The next `count` MESSAGEs.
-async fn messages(client: &mut Client, count: usize) -> Vec<Frame> {
-    let mut messages = Vec::with_capacity(count);
-    while messages.len() < count {
-        let frame = client.frame().await;
-        assert_eq!(frame.command, Command::Message, "{frame:?}");
-        messages.push(frame);
-    }
-    messages
+fn body(frame: &Frame) -> String {
+    String::from_utf8(frame.body.to_vec()).expect("a text body")
 }
 
 async fn publish_numbered(broker: &TestBroker, range: std::ops::RangeInclusive<u64>) {

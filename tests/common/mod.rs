@@ -2,6 +2,8 @@
 //! plain HTTP/1.1 client, for the integration tests.
 #![allow(dead_code)]
 
+pub mod history;
+
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;

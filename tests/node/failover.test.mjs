@@ -5,12 +5,9 @@
 // comment, once, in order.
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
-import net from 'node:net';
 import { Client } from '@stomp/stompjs';
 import WebSocket from 'ws';
-import { startBroker } from './broker.mjs';
+import { startBroker, startRedis } from './broker.mjs';
 
 const DESTINATION = '/topic/comments.failover';
 const COMMENTS = 60;
@@ -20,39 +17,6 @@ const RATE_PER_SECOND = 20;
 let redis;
 const nodes = [];
 const dead = new Set();
-
-function freePort() {
-  return new Promise((resolve) => {
-    const server = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-async function startRedis() {
-  const port = await freePort();
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
-    stdio: 'ignore',
-  });
-  const deadline = Date.now() + 10000;
-  for (;;) {
-    const up = await new Promise((resolve) => {
-      const socket = net.connect(port, '127.0.0.1', () => socket.end(() => resolve(true)));
-      socket.on('error', () => resolve(false));
-    });
-    if (up) break;
-    if (Date.now() > deadline) throw new Error('redis-server did not start');
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  return {
-    url: `redis://127.0.0.1:${port}`,
-    async stop() {
-      child.kill('SIGKILL');
-      await once(child, 'exit');
-    },
-  };
-}
 
 async function waitFor(condition, what, timeoutMs = 20000) {
   const deadline = Date.now() + timeoutMs;
