@@ -290,28 +290,25 @@ impl Broker {
         request: &ReplayRequest,
     ) -> Subscribed {
         let metrics = self.metrics();
-        let read_later = self.engine.reads_history_later() && request.wants_history();
-        if read_later {
-            subscriber.outbox.hold(&subscriber.subscription);
-        }
         let outbox = subscriber.outbox.clone();
         let (subscription, ack) = (subscriber.subscription.clone(), subscriber.ack);
-        let mut subscribed = self.engine.subscribe(destination, request, |replayed| {
-            let outbox = subscriber.outbox.clone();
-            let (subscription, ack) = (subscriber.subscription.clone(), subscriber.ack);
-            self.hub.subscribe(destination, key, subscriber);
-            let now = std::time::Instant::now();
-            let queued = outbox.push_replayed(
-                replayed
-                    .iter()
-                    .map(|message| Delivery::new(message.clone(), subscription.clone(), ack, now)),
-            );
-            metrics.outbound_queued.add(queued as i64);
-            metrics.history_replayed.inc_by(queued as u64);
-        });
+        let hold = || outbox.hold(&subscription);
+        let mut subscribed =
+            self.engine
+                .subscribe(destination, request, hold, |replayed| {
+                    let outbox = subscriber.outbox.clone();
+                    let (subscription, ack) = (subscriber.subscription.clone(), subscriber.ack);
+                    self.hub.subscribe(destination, key, subscriber);
+                    let now = std::time::Instant::now();
+                    let queued = outbox.push_replayed(replayed.iter().map(|message| {
+                        Delivery::new(message.clone(), subscription.clone(), ack, now)
+                    }));
+                    metrics.outbound_queued.add(queued as i64);
+                    metrics.history_replayed.inc_by(queued as u64);
+                });
         self.count_resume(subscribed.recovered);
         self.engine.count_changed(destination);
-        if read_later {
+        if subscribed.reads_later {
             subscribed.resume = Some(Resume {
                 destination: Arc::from(destination),
                 request: request.clone(),

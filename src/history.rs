@@ -190,6 +190,20 @@ pub struct HistoryMetrics {
     pub evictions: IntCounter,
 }
 
+impl HistoryMetrics {
+    pub fn of(metrics: &crate::metrics::Metrics) -> HistoryMetrics {
+        HistoryMetrics {
+            bytes: metrics.history_bytes.clone(),
+            destinations: metrics.history_destinations.clone(),
+            evictions: metrics.history_evictions.clone(),
+        }
+    }
+}
+
+/// How often messages past `history-ttl` are looked for (at most): a tenth
+/// of the TTL, so they are dropped within about 1.1 TTLs.
+const SWEEPS_PER_TTL: u32 = 10;
+
 impl History {
     pub fn new(settings: HistorySettings, boot: String, metrics: HistoryMetrics) -> History {
         History {
@@ -203,6 +217,29 @@ impl History {
             next_epoch: AtomicU64::new(1),
             metrics,
         }
+    }
+
+    /// A history whose sweeper runs on the current tokio runtime (without
+    /// one, as in unit tests, messages past the TTL are dropped only when
+    /// their destination is used); the sweeper stops once it is dropped.
+    pub fn start(settings: HistorySettings, boot: String, metrics: HistoryMetrics) -> Arc<History> {
+        let history = Arc::new(History::new(settings, boot, metrics));
+        let period = settings.ttl / SWEEPS_PER_TTL;
+        let sweeping = Arc::downgrade(&history);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let mut ticks = tokio::time::interval(period);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    let Some(history) = sweeping.upgrade() else {
+                        break;
+                    };
+                    history.sweep(Instant::now());
+                }
+            });
+        }
+        history
     }
 
     pub fn settings(&self) -> &HistorySettings {
@@ -296,6 +333,109 @@ impl History {
         // A new log may have pushed the history past its budget.
         self.evict_past_budget(destination);
         replay
+    }
+
+    /// Records a message numbered elsewhere (the redis engine keeps what its
+    /// node received, to serve resumes without a Redis read) and hands it
+    /// to `deliver`, both under the destination's lock. A message that does
+    /// not follow the last one (another epoch, a skipped offset) starts the
+    /// destination's log again from itself.
+    pub fn append<R>(
+        &self,
+        destination: &str,
+        position: &Position,
+        message: &Arc<PreparedMessage>,
+        deliver: impl FnOnce(&Arc<PreparedMessage>) -> R,
+    ) -> R {
+        let now = Instant::now();
+        let result = self.with_log(destination, |log| {
+            let mut freed = log.expire(now, self.settings.ttl);
+            let follows = *log.epoch == *position.epoch && position.offset == log.latest + 1;
+            if !follows {
+                let dropped: usize = log.messages.iter().map(|stored| stored.cost).sum();
+                log.messages = VecDeque::new();
+                log.bytes -= dropped;
+                freed += dropped;
+                log.epoch = position.epoch.clone();
+            }
+            log.latest = position.offset;
+            if self.settings.size > 0 {
+                let cost = stored_cost(message);
+                log.messages.push_back(Stored {
+                    offset: position.offset,
+                    message: message.clone(),
+                    cost,
+                });
+                log.bytes += cost;
+                self.add_bytes(cost);
+                while log.messages.len() > self.settings.size {
+                    let dropped = log.messages.pop_front().expect("not empty");
+                    log.bytes -= dropped.cost;
+                    freed += dropped.cost;
+                }
+            }
+            self.sub_bytes(freed);
+            log.last_publish = now;
+            self.republished(log);
+            deliver(message)
+        });
+        self.evict_past_budget(destination);
+        result
+    }
+
+    /// Like [`subscribe`](Self::subscribe), but only when this log can
+    /// answer the request in full (a resume it covers, or as many of the
+    /// last messages as asked); never makes a log. `None`: ask elsewhere
+    /// (the redis engine reads Redis), and `register` was not called.
+    pub fn subscribe_covered(
+        &self,
+        destination: &str,
+        request: &ReplayRequest,
+        register: impl FnOnce(&[Arc<PreparedMessage>]),
+    ) -> Option<Replay> {
+        let log = self.logs.get(destination).map(|log| log.clone())?;
+        let mut log = lock(&log);
+        if log.forgotten {
+            return None;
+        }
+        let freed = log.expire(Instant::now(), self.settings.ttl);
+        self.sub_bytes(freed);
+        let (messages, recovered) = match &request.since {
+            Some((epoch, after)) => match log.since(epoch, *after) {
+                Since::Covered(messages) => (messages, Some(true)),
+                Since::Lost => return None,
+            },
+            None => {
+                let wanted = request.last.min(self.settings.size);
+                let from_the_start = log
+                    .messages
+                    .front()
+                    .is_some_and(|oldest| oldest.offset == 1);
+                if log.messages.len() < wanted && !from_the_start {
+                    return None;
+                }
+                (log.last(wanted), None)
+            }
+        };
+        register(&messages);
+        Some(Replay {
+            position: log.position(),
+            recovered,
+            replayed: messages.len(),
+        })
+    }
+
+    /// Forgets `destination`'s log (the redis engine stopped listening to
+    /// it, so it would go stale).
+    pub fn forget(&self, destination: &str) {
+        let Some((_, log)) = self.logs.remove(destination) else {
+            return;
+        };
+        let mut log = lock(&log);
+        log.forgotten = true;
+        lock(&self.by_publish).remove(&log.published_seq);
+        self.sub_bytes(log.bytes);
+        self.metrics.destinations.dec();
     }
 
     /// For the HTTP API: the messages of `destination` after `after` (in

@@ -63,12 +63,13 @@ pub struct Metrics {
     pub engine_gap_unfilled: IntCounter,
     /// Redis round trip of a publish, of a count, of an interest change.
     pub engine_roundtrip: HistogramVec,
-    /// Memory engine: bytes held by every destination's history (`history-max-bytes`).
+    /// Bytes of history held in this process (`history-max-bytes`; the redis engine keeps a
+    /// copy of what its node received, to answer resumes without reading Redis).
     pub history_bytes: IntGauge,
-    /// Memory engine: destinations with a history (an offset, an epoch, maybe messages).
+    /// Destinations with a history in this process (an offset, an epoch, maybe messages).
     pub history_destinations: IntGauge,
-    /// Memory engine: destinations forgotten past `history-max-bytes` (their readers' next
-    /// resume gets `x-recovered:false`).
+    /// Destinations forgotten past `history-max-bytes` (memory engine: their readers' next
+    /// resume gets `x-recovered:false`; redis engine: it reads Redis instead).
     pub history_evictions: IntCounter,
     /// Messages sent from history (`x-since-offset`, `x-history`), before the live stream.
     pub history_replayed: IntCounter,
@@ -343,21 +344,21 @@ impl Metrics {
                 &registry,
                 IntGauge::new(
                     "history_bytes",
-                    "Bytes held by the history of every destination (memory engine)",
+                    "Bytes of history held in this process (memory engine: all of it; redis engine: what this node received)",
                 ),
             ),
             history_destinations: register(
                 &registry,
                 IntGauge::new(
                     "history_destinations",
-                    "Destinations with a history: an offset, an epoch, maybe messages (memory engine)",
+                    "Destinations with a history in this process: an offset, an epoch, maybe messages",
                 ),
             ),
             history_evictions: register(
                 &registry,
                 IntCounter::new(
                     "history_evicted_destinations_total",
-                    "Destinations whose history was forgotten past history-max-bytes (memory engine)",
+                    "Destinations whose history in this process was forgotten past history-max-bytes",
                 ),
             ),
             history_replayed: register(

@@ -347,3 +347,61 @@ async fn a_gap_history_cannot_fill_is_marked_x_gap_and_the_session_stays() {
     assert_eq!(offset(&live[0]), 7);
     assert_eq!(live[0].headers.get("x-gap"), None);
 }
+
+/// History reads this node has made (Redis round trips of the history script).
+fn history_reads(node: &TestBroker) -> f64 {
+    let name = "stompede_engine_roundtrip_seconds_count{operation=\"history\"}";
+    // The series appears with the first read.
+    let text = node.broker.metrics().render();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_resuming_on_a_node_that_listens_are_served_by_it_without_reading_redis() {
+    let redis = Redis::start();
+    let nodes = nodes(&redis, &["a", "b"]).await;
+    // A reader that stays keeps node a listening.
+    let (mut stays, _, _) = reader(&nodes[0], "").await;
+    let mut crowd = Vec::new();
+    for _ in 0..20 {
+        crowd.push(reader(&nodes[0], "").await.0);
+    }
+    for n in 1..=5 {
+        publish(&nodes[1], &format!("comment {n}")).await;
+    }
+    let seen = messages(&mut stays, 5).await;
+    let epoch_seen = epoch(&seen[0]);
+    for client in &mut crowd {
+        assert_eq!(offsets(&messages(client, 3).await), [1, 2, 3]);
+    }
+    drop(crowd);
+    nodes[0].wait_for_subscribers(DESTINATION, 1).await;
+
+    let reads_before = history_reads(&nodes[0]);
+    let mut back = Vec::new();
+    for _ in 0..20 {
+        let (client, receipt, replayed) = reader(
+            &nodes[0],
+            &format!("x-since-offset:3\nx-since-epoch:{epoch_seen}\n"),
+        )
+        .await;
+        assert_eq!(
+            receipt.headers.get("x-recovered"),
+            Some("true"),
+            "{receipt:?}"
+        );
+        assert_eq!(offsets(&replayed), [4, 5]);
+        back.push(client);
+    }
+    assert_eq!(
+        history_reads(&nodes[0]),
+        reads_before,
+        "every resume was served from what node a received"
+    );
+    publish(&nodes[1], "comment 6").await;
+    for client in &mut back {
+        assert_eq!(offsets(&messages(client, 1).await), [6]);
+    }
+}

@@ -18,10 +18,6 @@ pub struct IdempotencySettings {
     pub max_keys: usize,
 }
 
-/// How often messages past `history-ttl` are looked for (at most): a tenth
-/// of the TTL, so they are dropped within about 1.1 TTLs.
-const SWEEPS_PER_TTL: u32 = 10;
-
 pub struct MemoryEngine {
     hub: Arc<Hub>,
     recent: Mutex<RecentKeys>,
@@ -29,40 +25,13 @@ pub struct MemoryEngine {
 }
 
 impl MemoryEngine {
-    /// Starts the history's sweeper on the current tokio runtime (without
-    /// one, as in unit tests, messages past the TTL are dropped only when
-    /// their destination is used); it stops once the engine is dropped.
     pub fn new(
         hub: Arc<Hub>,
         idempotency: IdempotencySettings,
         history: HistorySettings,
         epoch_prefix: String,
     ) -> MemoryEngine {
-        let metrics = hub.metrics();
-        let history = Arc::new(History::new(
-            history,
-            epoch_prefix,
-            HistoryMetrics {
-                bytes: metrics.history_bytes.clone(),
-                destinations: metrics.history_destinations.clone(),
-                evictions: metrics.history_evictions.clone(),
-            },
-        ));
-        let period = history.settings().ttl / SWEEPS_PER_TTL;
-        let sweeping = Arc::downgrade(&history);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let mut ticks = tokio::time::interval(period);
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    ticks.tick().await;
-                    let Some(history) = sweeping.upgrade() else {
-                        break;
-                    };
-                    history.sweep(Instant::now());
-                }
-            });
-        }
+        let history = History::start(history, epoch_prefix, HistoryMetrics::of(hub.metrics()));
         MemoryEngine {
             hub,
             recent: Mutex::new(RecentKeys::new(idempotency)),

@@ -92,7 +92,9 @@ pub struct Subscribed {
     pub recovered: Option<bool>,
     /// Messages replayed from history, queued before the live ones.
     pub replayed: usize,
-    /// Its history, still to be read (redis engine): see `Broker::complete`.
+    /// Its history is still to be read (redis engine): see [`Engine::resume`].
+    pub reads_later: bool,
+    /// What the broker makes of it: see `Broker::complete`.
     pub resume: Option<crate::broker::Resume>,
 }
 
@@ -151,11 +153,15 @@ impl Engine {
 
     /// A local SUBSCRIBE to `destination`: `register` adds the subscriber
     /// to the registry and queues the messages it is given (from history,
-    /// oldest first) before any live one.
+    /// oldest first) before any live one. When its history can only be read
+    /// later (redis engine, not in this node's copy), `hold` is called first,
+    /// to hold its live messages back until [`resume`](Self::resume) has
+    /// read it, and `reads_later` says so.
     pub fn subscribe(
         &self,
         destination: &str,
         request: &ReplayRequest,
+        hold: impl FnOnce(),
         register: impl FnOnce(&[Arc<PreparedMessage>]),
     ) -> Subscribed {
         match self {
@@ -166,29 +172,41 @@ impl Engine {
                     position: Some(replay.position),
                     recovered: replay.recovered,
                     replayed: replay.replayed,
-                    resume: None,
+                    ..Subscribed::default()
                 }
             }
             Engine::Redis(engine) => {
-                // History is read once the channel subscription is confirmed
-                // (see `resume`): the caller holds the live messages meanwhile.
-                register(&[]);
+                let mut register = Some(register);
+                // Served by what this node received, when it covers the
+                // request and the node is listening: no Redis read.
+                if request.wants_history() && engine.is_listening(destination) {
+                    let local = engine.local_history().subscribe_covered(
+                        destination,
+                        request,
+                        |replayed| (register.take().expect("called once"))(replayed),
+                    );
+                    if let Some(replay) = local {
+                        return Subscribed {
+                            confirmation: engine.interest(destination),
+                            position: Some(replay.position),
+                            recovered: replay.recovered,
+                            replayed: replay.replayed,
+                            ..Subscribed::default()
+                        };
+                    }
+                }
+                let reads_later = request.wants_history();
+                if reads_later {
+                    hold();
+                }
+                (register.take().expect("not called yet"))(&[]);
                 Subscribed {
                     confirmation: engine.interest(destination),
-                    position: None,
-                    recovered: None,
-                    replayed: 0,
-                    resume: None,
+                    reads_later,
+                    ..Subscribed::default()
                 }
             }
         }
-    }
-
-    /// Whether a subscription's history is read after it is registered
-    /// (redis engine), not while (memory engine): then its live messages
-    /// must be held back until [`resume`](Self::resume) has read it.
-    pub fn reads_history_later(&self) -> bool {
-        matches!(self, Engine::Redis(_))
     }
 
     /// Reads what a new subscription asked of `destination`'s history, once

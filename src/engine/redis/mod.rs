@@ -35,6 +35,7 @@ pub use history::{HistoryRead, Read};
 
 use super::{Confirmation, EngineError, EngineStatus, Publication, Published};
 use crate::config::Config;
+use crate::history::{History, HistoryMetrics, HistorySettings};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use dashmap::DashMap;
@@ -123,6 +124,7 @@ pub struct RedisSettings {
     pub history_size: usize,
     pub history_ttl: Duration,
     pub history_epoch_ttl: Duration,
+    pub history_max_bytes: usize,
 }
 
 impl RedisSettings {
@@ -141,6 +143,7 @@ impl RedisSettings {
             history_size: config.history_size,
             history_ttl: config.history_ttl,
             history_epoch_ttl: config.history_epoch_ttl,
+            history_max_bytes: config.history_max_bytes,
         }
     }
 
@@ -209,6 +212,11 @@ struct Shared {
     clustered: bool,
     publish_script: Script,
     history_script: Script,
+    /// What this node received of each destination it listens to (the last
+    /// `history-size` messages, within `history-max-bytes`), so that a
+    /// resume it covers needs no Redis read: a crowd of readers resuming
+    /// on this node costs a read per destination, not per reader.
+    local: Arc<History>,
     /// One entry per destination this node is (or is becoming) subscribed to;
     /// bounded by the registry's destinations plus the lingering ones.
     interest: DashMap<Arc<str>, Interest>,
@@ -272,6 +280,15 @@ impl RedisEngine {
                 ));
             builder
         };
+        let local = History::start(
+            HistorySettings {
+                size: settings.history_size,
+                ttl: settings.history_ttl,
+                max_bytes: settings.history_max_bytes,
+            },
+            settings.node_id.clone(),
+            HistoryMetrics::of(hub.metrics()),
+        );
         let commands = builder.build().expect("a client from a checked config");
         let pubsub = builder.build().expect("a client from a checked config");
         let shared = Arc::new(Shared {
@@ -282,6 +299,7 @@ impl RedisEngine {
             pubsub,
             publish_script: Script::from_lua(PUBLISH_SCRIPT),
             history_script: history::script(),
+            local,
             interest: DashMap::new(),
             interest_changed: Mutex::new(HashSet::new()),
             wake_interest: Notify::new(),
@@ -315,6 +333,20 @@ impl RedisEngine {
 
     pub fn history_size(&self) -> usize {
         self.shared.settings.history_size
+    }
+
+    /// What this node received (see `Shared::local`).
+    pub fn local_history(&self) -> &History {
+        &self.shared.local
+    }
+
+    /// Whether this node's Redis subscription to `destination` is confirmed
+    /// (then what it received since is continuous, gaps filled from history).
+    pub fn is_listening(&self, destination: &str) -> bool {
+        matches!(
+            self.shared.interest.get(destination).as_deref(),
+            Some(Interest::Subscribed)
+        )
     }
 
     /// Reads `destination`'s history from Redis (one round trip).
@@ -768,6 +800,8 @@ impl Shared {
                         self.interest.remove_if(destination, |_, interest| {
                             matches!(interest, Interest::Pending(waiters) if waiters.is_empty())
                         });
+                        // Not listening any more: what it holds would go stale.
+                        self.local.forget(destination);
                     }
                     Interest::Unsubscribing(waiters) => {
                         // Readers came back during the UNSUBSCRIBE: subscribe again.
@@ -1071,6 +1105,7 @@ mod tests {
             history_size: 1,
             history_ttl: Duration::from_secs(1),
             history_epoch_ttl: Duration::from_secs(1),
+            history_max_bytes: 1,
         };
         let channel = settings.channel("/topic/comments.42");
         assert_eq!(channel, "sp:{/topic/comments.42}");

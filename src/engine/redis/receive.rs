@@ -26,6 +26,7 @@ use crate::history::Position;
 use fred::interfaces::EventInterface;
 use std::collections::HashMap;
 use std::sync::Arc;
+use stompede_protocol::PreparedMessage;
 
 /// Most history reads in flight at once when every destination is read
 /// again (fred pipelines them on the one connection).
@@ -146,7 +147,7 @@ impl Shared {
             &decoded.headers,
             decoded.body,
         ));
-        self.hub.deliver_prepared(destination, &message);
+        self.deliver(destination, &position, &message);
         progress.destinations.insert(
             Arc::from(destination),
             Delivered {
@@ -155,6 +156,16 @@ impl Shared {
                 gap: false,
             },
         );
+    }
+
+    /// Keeps `message` in this node's copy of the destination's history and
+    /// hands it to the local subscribers, under the destination's lock (so
+    /// a resume served from the copy meets the live stream with no gap).
+    fn deliver(&self, destination: &str, position: &Position, message: &Arc<PreparedMessage>) {
+        self.local
+            .append(destination, position, message, |message| {
+                self.hub.deliver_prepared(destination, message)
+            });
     }
 
     /// Reads every destination with local subscribers from where this node
@@ -242,8 +253,17 @@ impl Shared {
             } else {
                 message
             };
-            offset = offset.max(offset_of(&message));
-            self.hub.deliver_prepared(destination, &message);
+            let position = Position {
+                epoch: Arc::from(
+                    message
+                        .headers()
+                        .get(fanout::EPOCH_HEADER)
+                        .unwrap_or_default(),
+                ),
+                offset: offset_of(&message),
+            };
+            offset = offset.max(position.offset);
+            self.deliver(destination, &position, &message);
         }
         if !since.covered {
             // Nothing left to give, or given: from here the stream goes on.
