@@ -56,6 +56,9 @@ pub struct Metrics {
     pub engine_input_dropped: IntCounter,
     /// Messages from Redis this node could not read (an unknown format version).
     pub engine_input_invalid: IntCounter,
+    /// Destinations whose Redis subscription was dropped without this node
+    /// asking (a Redis Cluster slot moved, a failover): a gap, subscribed again.
+    pub engine_subscriptions_lost: IntCounter,
     /// Redis round trip of a publish, of a count, of an interest change.
     pub engine_roundtrip: HistogramVec,
 }
@@ -296,6 +299,13 @@ impl Metrics {
                 IntCounter::new(
                     "engine_input_invalid_total",
                     "Messages from Redis in a format this node cannot read",
+                ),
+            ),
+            engine_subscriptions_lost: register(
+                &registry,
+                IntCounter::new(
+                    "engine_subscriptions_lost_total",
+                    "Destinations whose Redis subscription was dropped without this node asking (a slot moved, a failover): a gap, subscribed again",
                 ),
             ),
             engine_roundtrip: register(

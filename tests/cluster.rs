@@ -688,3 +688,69 @@ async fn a_stuck_node_is_cut_by_redis_without_slowing_the_others_and_comes_back(
     // Its session stayed open: it gets "last" (after whatever reached it before the cut).
     stuck_reads.await.unwrap().unwrap();
 }
+
+/// A Redis Cluster slot moving to another master (resharding) makes its old
+/// owner push a `sunsubscribe` for the slot's channels: the node counts the
+/// lost subscription as a gap and subscribes again on the new owner, so a
+/// publish made after the move reaches its readers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_to_another_master_is_subscribed_again_on_the_new_owner() {
+    logs();
+    let cluster = redis::RedisCluster::start();
+    let nodes = nodes_on(&cluster.url(), &["a", "b"]).await;
+    let destination = "/topic/moving";
+    let channel = "stompede:{/topic/moving}";
+    let mut reader = subscriber(&nodes[1], destination).await;
+    let (status, _) = publish(
+        &nodes[0],
+        serde_json::json!({"destination": destination, "body": "before"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(&reader.frame().await.body[..], b"before");
+    let lost_before = nodes[1].broker.metrics().engine_subscriptions_lost.get();
+
+    let slot = cluster.slot_of(channel);
+    let (from, to) = cluster.move_slot(slot);
+    // The old owner dropped node b's subscription and told it so.
+    let deadline = Instant::now() + PATIENCE;
+    while cluster.masters[from].shard_numsub(channel) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the old owner kept the subscription"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+
+    // Publishes made from now on (node a learns the new owner from a MOVED)
+    // must reach the reader again, within a bounded time.
+    let publisher = nodes[0].addr;
+    let publishing = tokio::spawn(async move {
+        for n in 0.. {
+            let request =
+                serde_json::json!({"destination": destination, "body": format!("after {n}")});
+            let _ = http(
+                publisher,
+                "POST",
+                "/api/v1/publish",
+                Some(&request.to_string()),
+                &[],
+            )
+            .await;
+            sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let arrived = tokio::time::timeout(Duration::from_secs(15), reader.frame()).await;
+    publishing.abort();
+    let message = arrived.expect("no publish made after the slot moved reached the reader in 15 s");
+    assert!(message.body.starts_with(b"after "), "{message:?}");
+    assert_eq!(
+        cluster.masters[to].shard_numsub(channel),
+        1,
+        "node b listens on the new owner"
+    );
+    assert!(
+        nodes[1].broker.metrics().engine_subscriptions_lost.get() > lost_before,
+        "the lost subscription is counted as a gap"
+    );
+}

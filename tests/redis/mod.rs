@@ -89,6 +89,17 @@ impl Redis {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// Subscribers (connections) of one shard channel on this server, from
+    /// PUBSUB SHARDNUMSUB.
+    pub fn shard_numsub(&self, channel: &str) -> usize {
+        let output = self.cli(&["PUBSUB", "SHARDNUMSUB", channel]);
+        output
+            .lines()
+            .nth(1)
+            .and_then(|count| count.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Subscribers (connections) of one channel, from PUBSUB NUMSUB.
     pub fn numsub(&self, channel: &str) -> usize {
         let output = self.cli(&["PUBSUB", "NUMSUB", channel]);
@@ -148,6 +159,79 @@ impl RedisCluster {
             std::thread::sleep(Duration::from_millis(50));
         }
         RedisCluster { masters }
+    }
+
+    /// The hash slot of `key` (its hash tag's, if it has one).
+    pub fn slot_of(&self, key: &str) -> u16 {
+        self.masters[0]
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .expect("CLUSTER KEYSLOT answers a number")
+    }
+
+    /// The index in `masters` of the master that owns `slot`, as that master
+    /// itself says (the `myself` line of its CLUSTER NODES).
+    pub fn owner_of(&self, slot: u16) -> usize {
+        self.masters
+            .iter()
+            .position(|master| {
+                let nodes = master.cli(&["CLUSTER", "NODES"]);
+                let myself = nodes
+                    .lines()
+                    .find(|line| line.contains("myself"))
+                    .expect("CLUSTER NODES names myself");
+                myself.split_whitespace().skip(8).any(|range| {
+                    let (low, high) = range.split_once('-').unwrap_or((range, range));
+                    match (low.parse::<u16>(), high.parse::<u16>()) {
+                        (Ok(low), Ok(high)) => (low..=high).contains(&slot),
+                        _ => false, // a "[slot->-node]" migration mark
+                    }
+                })
+            })
+            .expect("some master owns every slot")
+    }
+
+    /// Moves `slot` from its owner to another master the way resharding
+    /// does: IMPORTING on the target, MIGRATING on the source, MIGRATE of
+    /// the keys in it, then SETSLOT NODE on every master. Returns the
+    /// indexes of the old and the new owner.
+    pub fn move_slot(&self, slot: u16) -> (usize, usize) {
+        let from = self.owner_of(slot);
+        let to = (from + 1) % self.masters.len();
+        let id = |index: usize| {
+            self.masters[index]
+                .cli(&["CLUSTER", "MYID"])
+                .trim()
+                .to_owned()
+        };
+        let (from_id, to_id) = (id(from), id(to));
+        let slot = slot.to_string();
+        let ok = |master: usize, args: &[&str]| {
+            let reply = self.masters[master].cli(args);
+            assert_eq!(reply.trim(), "OK", "{args:?} on master {master}: {reply}");
+        };
+        ok(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+        ok(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+        loop {
+            let keys = self.masters[from].cli(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|key| !key.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = self.masters[to].port.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            ok(from, &args);
+        }
+        // The target first, then the source, then the others (as `redis-cli
+        // --cluster reshard` does), so that no master ever points back.
+        ok(to, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        ok(from, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        for other in (0..self.masters.len()).filter(|m| *m != from && *m != to) {
+            ok(other, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        }
+        (from, to)
     }
 
     /// The `redis-cluster://` URL stompede's `redis-url` takes, naming every master.

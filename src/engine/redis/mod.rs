@@ -18,6 +18,16 @@
 //!   answer 503 until it is back. The links reconnect with exponential backoff
 //!   and jitter; then every destination is subscribed again and every count
 //!   reported again (Redis may have lost them).
+//! - **Slot moves** (Redis Cluster): when a slot moves to another master
+//!   (resharding, failover) its old owner drops this node's subscriptions to
+//!   the slot's channels and pushes a `sunsubscribe`. fred 10 swallows that
+//!   push (`router/responses.rs`, "Dropping unused subscription response")
+//!   and resubscribes only after a reconnect, so the engine notices the move
+//!   itself: it reads the slot map (CLUSTER SLOTS) every
+//!   `CLUSTER_CHECK_INTERVAL`, and at once when a publish met a MOVED, and
+//!   compares it with the previous read. The destinations of a slot whose
+//!   master changed are a gap (`engine_subscriptions_lost_total`),
+//!   unconfirmed, and subscribed again (fred follows the MOVED to the new owner).
 //!
 //! Keys and channels (PREFIX is `redis-key-prefix`; the destination sits in
 //! `{...}`, a hash tag, so its keys share its Redis Cluster slot):
@@ -32,7 +42,8 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use dashmap::DashMap;
-use fred::interfaces::{ClientLike, EventInterface, HashesInterface, KeysInterface};
+use fred::interfaces::KeysInterface;
+use fred::interfaces::{ClientLike, ClusterInterface, EventInterface, HashesInterface};
 use fred::interfaces::{PubsubInterface, SortedSetsInterface};
 use fred::prelude::{Builder, Client, ReconnectPolicy};
 use fred::types::scripts::Script;
@@ -57,6 +68,11 @@ const INTEREST_GATHER: Duration = Duration::from_millis(2);
 const INTEREST_RETRY: Duration = Duration::from_millis(100);
 /// A node that has not reported its counts for this many intervals is dead.
 const LIVENESS_INTERVALS: u32 = 3;
+/// On a Redis Cluster, how often a node reads the slot map (one CLUSTER
+/// SLOTS) to find the slots that moved away from the master its
+/// subscriptions are on. It also looks at once when a publish of its own met
+/// a MOVED. A moved slot's destinations hear nothing for up to about this long.
+const CLUSTER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Checks the idempotency key (if any), then publishes one payload to each
 /// channel. KEYS: the channels (all in one hash slot on a Redis Cluster), then
@@ -248,6 +264,9 @@ impl RedisEngine {
         tokio::spawn(shared.clone().manage_interest());
         tokio::spawn(shared.clone().report_counts());
         tokio::spawn(shared.clone().watch_links());
+        if shared.clustered {
+            tokio::spawn(shared.clone().watch_slots());
+        }
         // The connection tasks run until `quit`; their handles are not needed.
         drop(shared.commands.connect());
         drop(shared.pubsub.connect());
@@ -648,6 +667,35 @@ impl Shared {
         }
     }
 
+    /// `destinations` are no longer (surely) subscribed in Redis: each is
+    /// unconfirmed until the interest task has subscribed it again (one whose
+    /// SUBSCRIBE is due or in flight is sent again too, as that one may reach
+    /// a master that just lost the slot). Returns how many were subscribed.
+    fn unconfirm(&self, destinations: &[Arc<str>]) -> usize {
+        let mut again = Vec::new();
+        let mut were_subscribed = 0;
+        for destination in destinations {
+            if let Some(mut entry) = self.interest.get_mut(destination) {
+                match *entry {
+                    Interest::Subscribed | Interest::Lingering(_) => {
+                        *entry = Interest::Pending(Vec::new());
+                        were_subscribed += 1;
+                    }
+                    Interest::Pending(_) => {}
+                    // Its UNSUBSCRIBE decides what comes next.
+                    Interest::Unsubscribing(_) => continue,
+                }
+                again.push(destination.clone());
+            }
+        }
+        self.interest_changed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(again);
+        self.wake_interest.notify_one();
+        were_subscribed
+    }
+
     /// The subscription to `destination` is confirmed: wake its waiters, and
     /// start lingering if its readers left meanwhile.
     fn confirm(&self, destination: &Arc<str>) {
@@ -935,6 +983,86 @@ impl Shared {
         }
     }
 
+    /// On a Redis Cluster: every `CLUSTER_CHECK_INTERVAL`, and whenever the
+    /// commands client saw the slot map change (a publish met a MOVED), reads
+    /// the slot map and subscribes again the destinations of every slot whose
+    /// master changed since the last read. (fred's own `sync_cluster` is not
+    /// used for this: it opens a new connection each time.)
+    async fn watch_slots(self: Arc<Self>) {
+        let mut publisher_saw_change = self.commands.cluster_change_rx();
+        let mut ticks = tokio::time::interval(CLUSTER_CHECK_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last: Option<SlotMap> = None;
+        loop {
+            // Cancel safety: broadcast `recv`, `tick` and `cancelled` lose nothing when dropped.
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = ticks.tick() => {}
+                _ = publisher_saw_change.recv() => {}
+            }
+            if !self.commands.is_connected() {
+                continue;
+            }
+            let read = self.timed("cluster_slots", self.commands.cluster_slots::<Value>());
+            let map = match read.await.map(SlotMap::from_reply) {
+                Ok(Some(map)) => map,
+                Ok(None) => {
+                    tracing::warn!("cannot read the CLUSTER SLOTS reply");
+                    continue;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "reading the redis cluster slot map failed");
+                    continue;
+                }
+            };
+            // The first time, against the map fred routed the SSUBSCRIBEs
+            // made so far by; then against the previous read (fred's map may
+            // have followed a MOVED since, which moves no subscription).
+            let before = last.take().or_else(|| {
+                let routing = self.pubsub.cached_cluster_state()?;
+                SlotMap::from_ranges(
+                    routing
+                        .slots()
+                        .iter()
+                        .map(|range| (range.start.into(), range.end.into(), range.id.to_string())),
+                )
+            });
+            if let Some(before) = before {
+                let moved = before.moved_slots(&map);
+                if !moved.is_empty() {
+                    self.resubscribe_moved_slots(&moved);
+                }
+            }
+            last = Some(map);
+        }
+    }
+
+    /// `moved` slots have another master now: the old one dropped this
+    /// node's subscriptions to their channels (and pushed a `sunsubscribe`
+    /// that fred does not pass on). Their destinations are a gap, counted,
+    /// unconfirmed and subscribed again.
+    fn resubscribe_moved_slots(&self, moved: &HashSet<u16>) {
+        let destinations: Vec<Arc<str>> = self
+            .interest
+            .iter()
+            .filter(|entry| {
+                let channel = self.settings.channel(entry.key());
+                moved.contains(&fred::util::redis_keyslot(channel.as_bytes()))
+            })
+            .map(|entry| entry.key().clone())
+            .collect();
+        if destinations.is_empty() {
+            return;
+        }
+        let lost = self.unconfirm(&destinations);
+        self.metrics().engine_subscriptions_lost.inc_by(lost as u64);
+        tracing::warn!(
+            slots = moved.len(),
+            destinations = lost,
+            "redis cluster slots moved to another master: subscribing again (what was published meanwhile is a gap)"
+        );
+    }
+
     /// The pub/sub link dropped: every subscription is unconfirmed until it
     /// is made again, so that no RECEIPT promises what Redis may not deliver
     /// (a message published elsewhere before this node subscribes again).
@@ -970,6 +1098,82 @@ impl Shared {
             );
         }
         self.subscribe(destinations).await;
+    }
+}
+
+/// Redis Cluster's hash slots.
+const SLOTS: usize = 16384;
+
+/// Which master owns each hash slot, as CLUSTER SLOTS said.
+#[derive(Debug, PartialEq, Eq)]
+struct SlotMap {
+    /// The masters' node ids.
+    masters: Vec<String>,
+    /// Per slot, an index into `masters` (`u16::MAX`: no owner).
+    owners: Box<[u16]>,
+}
+
+impl SlotMap {
+    /// Reads a CLUSTER SLOTS reply: `[[start, end, [host, port, id, ...],
+    /// replicas...], ...]`. None if it is not one.
+    fn from_reply(reply: Value) -> Option<SlotMap> {
+        let Value::Array(replies) = reply else {
+            return None;
+        };
+        let mut ranges = Vec::with_capacity(replies.len());
+        for range in replies {
+            let Value::Array(range) = range else {
+                return None;
+            };
+            let (start, end) = (range.first()?.as_u64()?, range.get(1)?.as_u64()?);
+            let Value::Array(master) = range.get(2)? else {
+                return None;
+            };
+            // The node id (Redis 4 and later), else the address.
+            let id = match master.get(2).and_then(Value::as_string) {
+                Some(id) => id,
+                None => format!(
+                    "{}:{}",
+                    master.first()?.as_string()?,
+                    master.get(1)?.as_u64()?
+                ),
+            };
+            ranges.push((start, end, id));
+        }
+        SlotMap::from_ranges(ranges)
+    }
+
+    /// Slot ranges `start..=end` and their master's id; None past the last slot.
+    fn from_ranges(ranges: impl IntoIterator<Item = (u64, u64, String)>) -> Option<SlotMap> {
+        let mut map = SlotMap {
+            masters: Vec::new(),
+            owners: vec![u16::MAX; SLOTS].into_boxed_slice(),
+        };
+        for (start, end, id) in ranges {
+            let index = match map.masters.iter().position(|known| *known == id) {
+                Some(index) => index,
+                None => {
+                    map.masters.push(id);
+                    map.masters.len() - 1
+                }
+            };
+            let slots = map.owners.get_mut(start as usize..=end as usize)?;
+            slots.fill(index as u16);
+        }
+        Some(map)
+    }
+
+    fn owner(&self, slot: usize) -> Option<&str> {
+        let index = *self.owners.get(slot)?;
+        self.masters.get(index as usize).map(String::as_str)
+    }
+
+    /// The slots whose master is another one in `now` (or none, or a new one).
+    fn moved_slots(&self, now: &SlotMap) -> HashSet<u16> {
+        (0..SLOTS)
+            .filter(|slot| self.owner(*slot) != now.owner(*slot))
+            .map(|slot| slot as u16)
+            .collect()
     }
 }
 
@@ -1070,6 +1274,32 @@ mod tests {
             array(vec![count(10), Value::Null]),
         ]);
         assert_eq!(counts_per_field(reply, 2), [11, 2]);
+    }
+
+    #[test]
+    fn a_slot_moved_between_two_cluster_slots_replies_is_found() {
+        let node =
+            |port: i64, id: &str| Value::Array(vec!["127.0.0.1".into(), port.into(), id.into()]);
+        let range = |start: i64, end: i64, master: Value| {
+            Value::Array(vec![start.into(), end.into(), master])
+        };
+        let before = SlotMap::from_reply(Value::Array(vec![
+            range(0, 8191, node(7000, "a")),
+            range(8192, 16383, node(7001, "b")),
+        ]))
+        .unwrap();
+        let after = SlotMap::from_reply(Value::Array(vec![
+            range(0, 8191, node(7000, "a")),
+            range(8192, 8192, node(7000, "a")),
+            range(8193, 16383, node(7001, "b")),
+        ]))
+        .unwrap();
+        assert_eq!(before.owner(8192), Some("b"));
+        assert_eq!(before.moved_slots(&before), HashSet::new());
+        assert_eq!(before.moved_slots(&after), HashSet::from([8192]));
+        let too_far = Value::Array(vec![range(0, 20000, node(1, "x"))]);
+        assert!(SlotMap::from_reply(too_far).is_none());
+        assert!(SlotMap::from_reply("nonsense".into()).is_none());
     }
 
     #[test]
