@@ -12,6 +12,8 @@ pub struct Redis {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// What redis-cli needs besides the port (`--tls --cacert CA` for a TLS-only server).
+    cli_args: Vec<String>,
 }
 
 impl Redis {
@@ -36,7 +38,48 @@ impl Redis {
             port,
             dir,
             child: None,
+            cli_args: Vec::new(),
         }
+    }
+
+    /// A Redis that speaks only TLS (`--port 0 --tls-port PORT`) with the
+    /// server certificate of `certificates`, asking clients for one signed
+    /// by the CA when `client_certificates` is true.
+    pub fn start_tls(certificates: &Certificates, client_certificates: bool) -> Redis {
+        let port = free_port();
+        let mut redis = Redis::stopped(port);
+        let path = |p: &PathBuf| p.to_str().unwrap().to_owned();
+        redis.cli_args = vec!["--tls".into(), "--cacert".into(), path(&certificates.ca)];
+        if client_certificates {
+            redis.cli_args.extend([
+                "--cert".into(),
+                path(&certificates.client_cert),
+                "--key".into(),
+                path(&certificates.client_key),
+            ]);
+        }
+        let auth_clients = if client_certificates { "yes" } else { "no" };
+        let (cert, key, ca) = (
+            path(&certificates.server_cert),
+            path(&certificates.server_key),
+            path(&certificates.ca),
+        );
+        let port = port.to_string();
+        redis.run(&[
+            "--port",
+            "0",
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            auth_clients,
+        ]);
+        redis
     }
 
     pub fn url(&self) -> String {
@@ -57,12 +100,18 @@ impl Redis {
     }
 
     fn resume_with(&mut self, extra: &[&str]) {
+        let port = self.port.to_string();
+        self.run(&[&["--port", &port][..], extra].concat());
+    }
+
+    /// Starts redis-server with `args` (which name its port(s)) and waits for PING.
+    fn run(&mut self, args: &[&str]) {
         assert!(self.child.is_none(), "already running");
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(args)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(&self.dir)
-            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -83,6 +132,7 @@ impl Redis {
     pub fn cli(&self, args: &[&str]) -> String {
         let output = Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
+            .args(&self.cli_args)
             .args(args)
             .output()
             .expect("redis-cli runs");
@@ -265,4 +315,138 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A test CA, a server certificate it signed for 127.0.0.1 (an IP SAN), and
+/// a second CA that signed nothing, made with the `openssl` CLI
+/// (scripts/test.sh installs it) in a directory removed when dropped.
+pub struct Certificates {
+    dir: PathBuf,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub other_ca: PathBuf,
+}
+
+impl Certificates {
+    pub fn make() -> Certificates {
+        let dir = std::env::temp_dir().join(format!(
+            "stompede-tls-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl runs (scripts/test.sh installs it)");
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for name in ["ca", "other-ca"] {
+            let (key, cert, subject) = (
+                format!("{name}.key"),
+                format!("{name}.pem"),
+                format!("/CN=stompede test {name}"),
+            );
+            openssl(
+                &[
+                    &["req", "-x509"][..],
+                    &ec,
+                    &[
+                        "-keyout", &key, "-out", &cert, "-days", "2", "-subj", &subject,
+                    ],
+                ]
+                .concat(),
+            );
+        }
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        // Extensions make an X.509 v3 certificate, the only version rustls takes.
+        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        let client = [
+            &["req"][..],
+            &ec,
+            &["-keyout", "client.key", "-out", "client.csr"],
+        ]
+        .concat();
+        openssl(&[&client[..], &["-subj", "/CN=stompede node"]].concat());
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        Certificates {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+            other_ca: dir.join("other-ca.pem"),
+            dir,
+        }
+    }
+}
+
+impl Drop for Certificates {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

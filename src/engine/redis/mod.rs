@@ -35,6 +35,7 @@
 //! `PREFIXreaders:NODE` hash destination -> readers on NODE,
 //! `PREFIXnodes` sorted set NODE -> last report (ms).
 
+pub mod tls;
 mod wire;
 
 use super::{Confirmation, EngineError, EngineStatus, Publication, Published};
@@ -107,6 +108,8 @@ pub struct RedisSettings {
     pub count_interval: Duration,
     pub interest_linger: Duration,
     pub idempotency_window: Duration,
+    /// For `rediss://`: the CA, client certificate and key files.
+    pub tls: tls::TlsFiles,
 }
 
 impl RedisSettings {
@@ -122,6 +125,7 @@ impl RedisSettings {
             count_interval: config.reader_count_interval,
             interest_linger: config.interest_linger,
             idempotency_window: config.idempotency_window,
+            tls: config.redis_tls_files(),
         }
     }
 
@@ -179,6 +183,10 @@ struct Shared {
     pubsub: Client,
     /// Whether `redis-url` names a Redis Cluster (`redis-cluster://`).
     clustered: bool,
+    /// Why the engine cannot work at all (the TLS setup failed), for `/readyz`.
+    setup_error: Option<String>,
+    /// The last error either link reported, for `/readyz` while down.
+    last_error: Mutex<Option<String>>,
     publish_script: Script,
     /// One entry per destination this node is (or is becoming) subscribed to;
     /// bounded by the registry's destinations plus the lingering ones.
@@ -205,8 +213,20 @@ impl RedisEngine {
     /// Builds the clients and starts the engine's tasks; does not wait for
     /// Redis (a node starts, and serves readers, while Redis is down).
     pub fn start(hub: Arc<Hub>, settings: RedisSettings) -> RedisEngine {
-        let mut config = fred::types::config::Config::from_url(&settings.url)
-            .expect("redis-url was checked when the settings were read");
+        let mut config =
+            fred::types::config::Config::from_url(&tls::without_tls_scheme(&settings.url))
+                .expect("redis-url was checked when the settings were read");
+        let mut setup_error = None;
+        if tls::url_uses_tls(&settings.url) {
+            config.tls = Some(tls::config(&settings.tls).unwrap_or_else(|error| {
+                // Checked when the settings were read, so only a file changed
+                // since: trust nothing (every handshake fails, the engine stays
+                // down and says why) rather than talk to Redis in the clear.
+                tracing::error!(%error, "redis TLS setup failed: the engine stays down");
+                setup_error = Some(error);
+                tls::trusting_nothing()
+            }));
+        }
         // The first connection retries like any other: a node starts without Redis.
         config.fail_fast = false;
         let max_delay = settings
@@ -246,6 +266,8 @@ impl RedisEngine {
             hub,
             settings,
             clustered: commands.is_clustered(),
+            setup_error,
+            last_error: Mutex::new(None),
             commands,
             pubsub,
             publish_script: Script::from_lua(PUBLISH_SCRIPT),
@@ -358,15 +380,24 @@ impl Shared {
 
     fn status(&self) -> EngineStatus {
         let link = |client: &Client| format!("{:?}", client.state()).to_lowercase();
+        let up = self.is_up();
+        let mut detail = format!(
+            "commands {}, pubsub {} ({})",
+            link(&self.commands),
+            link(&self.pubsub),
+            redacted(&self.settings.url)
+        );
+        if let Some(error) = &self.setup_error {
+            detail.push_str(&format!("; TLS setup failed: {error}"));
+        } else if !up {
+            if let Some(error) = &*self.last_error.lock().unwrap_or_else(|p| p.into_inner()) {
+                detail.push_str(&format!("; last error: {error}"));
+            }
+        }
         EngineStatus {
             engine: "redis",
-            up: self.is_up(),
-            detail: format!(
-                "commands {}, pubsub {} ({})",
-                link(&self.commands),
-                link(&self.pubsub),
-                redacted(&self.settings.url)
-            ),
+            up,
+            detail,
         }
     }
 
@@ -933,6 +964,7 @@ impl Shared {
         let mut reconnects = self.pubsub.reconnect_rx();
         let mut command_reconnects = self.commands.reconnect_rx();
         let mut errors = self.pubsub.error_rx();
+        let mut command_errors = self.commands.error_rx();
         let (mut was_up, mut connected_before, mut was_listening) = (false, false, false);
         let mut check = tokio::time::interval(Duration::from_millis(250));
         loop {
@@ -947,7 +979,13 @@ impl Shared {
                 }
                 error = errors.recv() => {
                     if let Ok((error, _)) = error {
-                        tracing::debug!(%error, "redis pub/sub link error");
+                        self.link_error(error.to_string());
+                    }
+                    false
+                }
+                error = command_errors.recv() => {
+                    if let Ok((error, _)) = error {
+                        self.link_error(error.to_string());
                     }
                     false
                 }
@@ -1061,6 +1099,17 @@ impl Shared {
             destinations = lost,
             "redis cluster slots moved to another master: subscribing again (what was published meanwhile is a gap)"
         );
+    }
+
+    /// Keeps a link's error for `/readyz` while the engine is down, and logs
+    /// it when it is not the one before (a retry failing the same way, such
+    /// as a TLS certificate that is not trusted, is logged once).
+    fn link_error(&self, error: String) {
+        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() != Some(error.as_str()) {
+            tracing::warn!(%error, node = self.settings.node_id, "redis link error");
+            *last = Some(error);
+        }
     }
 
     /// The pub/sub link dropped: every subscription is unconfirmed until it
@@ -1243,6 +1292,7 @@ mod tests {
             count_interval: Duration::from_secs(1),
             interest_linger: Duration::ZERO,
             idempotency_window: Duration::from_secs(1),
+            tls: tls::TlsFiles::default(),
         };
         let channel = settings.channel("/topic/comments.42");
         assert_eq!(channel, "sp:{/topic/comments.42}");
