@@ -292,6 +292,20 @@ pub struct Config {
     #[arg(long, default_value = "redis://127.0.0.1:6379", value_parser = parse_redis_url)]
     pub redis_url: String,
 
+    /// PEM file with the CA certificate(s) that a `rediss://` Redis's certificate must chain to.
+    /// Unset: the system's trusted roots.
+    #[arg(long, value_name = "FILE")]
+    pub redis_tls_ca_file: Option<PathBuf>,
+
+    /// PEM file with a client certificate (and its chain) for `rediss://`, for a Redis that
+    /// asks for one (`tls-auth-clients yes`); goes with `redis-tls-key-file`.
+    #[arg(long, value_name = "FILE")]
+    pub redis_tls_cert_file: Option<PathBuf>,
+
+    /// PEM file with the private key of `redis-tls-cert-file`.
+    #[arg(long, value_name = "FILE")]
+    pub redis_tls_key_file: Option<PathBuf>,
+
     /// This node's name in logs, `/readyz`, message ids and Redis (unique per node).
     /// Unset: 8 random hex digits at start.
     #[arg(long, value_parser = parse_node_id)]
@@ -454,7 +468,34 @@ impl Config {
             })?
             .map(Arc::new);
         }
+        self.check_redis_tls()
+            .map_err(|reason| ConfigError::Invalid {
+                setting: "redis-tls-*",
+                reason,
+            })?;
         Ok(self)
+    }
+
+    /// The `redis-tls-*` files, as the redis engine reads them.
+    pub fn redis_tls_files(&self) -> crate::engine::redis::tls::TlsFiles {
+        crate::engine::redis::tls::TlsFiles {
+            ca: self.redis_tls_ca_file.clone(),
+            cert: self.redis_tls_cert_file.clone(),
+            key: self.redis_tls_key_file.clone(),
+        }
+    }
+
+    /// With `rediss://`, the TLS files make a configuration; without it, none is given.
+    fn check_redis_tls(&self) -> Result<(), String> {
+        use crate::engine::redis::tls;
+        let files = self.redis_tls_files();
+        if tls::url_uses_tls(&self.redis_url) {
+            tls::config(&files).map(drop)
+        } else if files != tls::TlsFiles::default() {
+            Err("redis-tls-* files are set but redis-url is not rediss:// (TLS)".into())
+        } else {
+            Ok(())
+        }
     }
 
     /// Whether a CONNECT without credentials is accepted: as configured, else
@@ -638,14 +679,11 @@ fn parse_ws_path(text: &str) -> Result<String, String> {
 }
 
 fn parse_redis_url(text: &str) -> Result<String, String> {
-    if text.starts_with("rediss") {
-        // Rather than connect without TLS to a server that asked for it.
-        return Err("TLS to Redis (rediss://) is not supported yet".into());
+    let plain = crate::engine::redis::tls::without_tls_scheme(text);
+    if !(plain.starts_with("redis://") || plain.starts_with("redis-cluster://")) {
+        return Err("use redis://[user:password@]host:port[/db] or redis-cluster://host:port?node=host:port (rediss:// and rediss-cluster:// for TLS)".into());
     }
-    if !(text.starts_with("redis://") || text.starts_with("redis-cluster://")) {
-        return Err("use redis://[user:password@]host:port[/db] or redis-cluster://host:port?node=host:port".into());
-    }
-    match fred::types::config::Config::from_url(text) {
+    match fred::types::config::Config::from_url(&plain) {
         Ok(_) => Ok(text.to_owned()),
         Err(error) => Err(format!(
             "not a Redis URL ({error}): use redis://[user:password@]host:port[/db] \
@@ -722,7 +760,20 @@ mod tests {
         assert!(refused(&["--subscribe-prefix", "/topic/\u{7}"]).contains("control character"));
         assert!(refused(&["--user", "nocolon"]).contains("login:passcode"));
         assert!(refused(&["--redis-url", "http://x"]).contains("use redis://"));
-        assert!(refused(&["--redis-url", "rediss://x:1"]).contains("not supported yet"));
+        assert!(refused(&["--redis-url", "rediss-sentinel://x:1"]).contains("use redis://"));
+        assert!(Config::try_parse_from(["stompede", "--redis-url", "rediss://x:1"]).is_ok());
+        let invalid = |args: &[&str]| {
+            let args = std::iter::once("stompede").chain(args.iter().copied());
+            Config::try_parse_from(args)
+                .unwrap()
+                .finish()
+                .unwrap_err()
+                .to_string()
+        };
+        let tls = ["--redis-url", "rediss://x:1"];
+        let missing_ca = [&tls[..], &["--redis-tls-ca-file", "/nonexistent/ca.pem"]].concat();
+        assert!(invalid(&missing_ca).contains("/nonexistent/ca.pem"));
+        assert!(invalid(&["--redis-tls-ca-file", "/x.pem"]).contains("not rediss://"));
         assert!(refused(&["--redis-url", "redis://x:port"]).contains("not a Redis URL"));
         assert!(refused(&["--node-id", "a b"]).contains("letters, digits"));
         assert!(refused(&["--redis-key-prefix", "a{b}"]).contains("'{'"));

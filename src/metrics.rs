@@ -61,6 +61,9 @@ pub struct Metrics {
     pub engine_gap_filled: IntCounter,
     /// Gaps history could not fill (the next message carries `x-gap:true`).
     pub engine_gap_unfilled: IntCounter,
+    /// Destinations whose Redis subscription was dropped without this node
+    /// asking (a Redis Cluster slot moved, a failover): a gap, subscribed again.
+    pub engine_subscriptions_lost: IntCounter,
     /// Redis round trip of a publish, of a count, of an interest change.
     pub engine_roundtrip: HistogramVec,
     /// Bytes of history held in this process (`history-max-bytes`; the redis engine keeps a
@@ -327,6 +330,13 @@ impl Metrics {
                 IntCounter::new(
                     "engine_input_invalid_total",
                     "Messages from Redis in a format this node cannot read",
+                ),
+            ),
+            engine_subscriptions_lost: register(
+                &registry,
+                IntCounter::new(
+                    "engine_subscriptions_lost_total",
+                    "Destinations whose Redis subscription was dropped without this node asking (a slot moved, a failover): a gap, subscribed again",
                 ),
             ),
             engine_roundtrip: register(

@@ -688,3 +688,198 @@ async fn a_stuck_node_is_cut_by_redis_without_slowing_the_others_and_comes_back(
     // Its session stayed open: it gets "last" (after whatever reached it before the cut).
     stuck_reads.await.unwrap().unwrap();
 }
+
+/// A Redis Cluster slot moving to another master (resharding) makes its old
+/// owner push a `sunsubscribe` for the slot's channels: the node counts the
+/// lost subscription as a gap and subscribes again on the new owner, so a
+/// publish made after the move reaches its readers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_to_another_master_is_subscribed_again_on_the_new_owner() {
+    logs();
+    let cluster = redis::RedisCluster::start();
+    let nodes = nodes_on(&cluster.url(), &["a", "b"]).await;
+    let destination = "/topic/moving";
+    let channel = "stompede:{/topic/moving}";
+    let mut reader = subscriber(&nodes[1], destination).await;
+    let (status, _) = publish(
+        &nodes[0],
+        serde_json::json!({"destination": destination, "body": "before"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(&reader.frame().await.body[..], b"before");
+    let lost_before = nodes[1].broker.metrics().engine_subscriptions_lost.get();
+
+    let slot = cluster.slot_of(channel);
+    let (from, to) = cluster.move_slot(slot);
+    // The old owner dropped node b's subscription and told it so.
+    let deadline = Instant::now() + PATIENCE;
+    while cluster.masters[from].shard_numsub(channel) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the old owner kept the subscription"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+
+    // Publishes made from now on (node a learns the new owner from a MOVED)
+    // must reach the reader again, within a bounded time.
+    let publisher = nodes[0].addr;
+    let publishing = tokio::spawn(async move {
+        for n in 0.. {
+            let request =
+                serde_json::json!({"destination": destination, "body": format!("after {n}")});
+            let _ = http(
+                publisher,
+                "POST",
+                "/api/v1/publish",
+                Some(&request.to_string()),
+                &[],
+            )
+            .await;
+            sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let arrived = tokio::time::timeout(Duration::from_secs(15), reader.frame()).await;
+    publishing.abort();
+    let message = arrived.expect("no publish made after the slot moved reached the reader in 15 s");
+    assert!(message.body.starts_with(b"after "), "{message:?}");
+    assert_eq!(
+        cluster.masters[to].shard_numsub(channel),
+        1,
+        "node b listens on the new owner"
+    );
+    assert!(
+        nodes[1].broker.metrics().engine_subscriptions_lost.get() > lost_before,
+        "the lost subscription is counted as a gap"
+    );
+}
+
+/// `rediss://`: the nodes talk to a TLS-only Redis (its plain port is off),
+/// trusting the test's CA; a node given another CA refuses the server, stays
+/// down and says why, and answers publishes with 503 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rediss_url_publishes_over_tls_and_a_wrong_ca_is_a_clear_failure() {
+    logs();
+    let certificates = redis::Certificates::make();
+    let redis = Redis::start_tls(&certificates, false);
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let tls_node = |id: &str, ca: &std::path::Path| Config {
+        redis_tls_ca_file: Some(ca.to_owned()),
+        ..node(&url, id)
+    };
+    let a = start(tls_node("a", &certificates.ca)).await;
+    let b = start(tls_node("b", &certificates.ca)).await;
+    for node in [&a, &b] {
+        wait_until(
+            || node.broker.engine_status().up,
+            "the engine comes up over TLS",
+        )
+        .await;
+    }
+    let mut reader = subscriber(&b, "/topic/tls").await;
+    let (status, reply) = publish(
+        &a,
+        serde_json::json!({"destination": "/topic/tls", "body": "secret"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(&reader.frame().await.body[..], b"secret");
+    assert_eq!(
+        redis.numsub("stompede:{/topic/tls}"),
+        1,
+        "node b listens over TLS"
+    );
+
+    let wrong = start(tls_node("wrong", &certificates.other_ca)).await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = wrong.broker.engine_status();
+        assert!(!status.up, "a server signed by another CA was trusted");
+        if status.detail.to_lowercase().contains("certificate") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never said why: {}",
+            status.detail
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+    let (status, ready) = wrong.http("GET", "/readyz", None).await;
+    assert_eq!(status, 200, "readiness does not depend on Redis: {ready}");
+    assert_eq!(ready["engine"]["up"], false, "{ready}");
+    assert!(
+        ready["engine"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("UnknownIssuer"),
+        "{ready}"
+    );
+    let asked = Instant::now();
+    let (status, body) = publish(
+        &wrong,
+        serde_json::json!({"destination": "/topic/tls", "body": "x"}),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("redis"), "{body}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "a 503 at once, not a hang"
+    );
+    assert_eq!(wrong.broker.metrics().engine_up.get(), 0);
+}
+
+/// A Redis that asks clients for a certificate (`tls-auth-clients yes`, its
+/// default): a node with `redis-tls-cert-file`/`-key-file` is let in, one
+/// without is not (and stays down, answering 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_presented_to_a_redis_that_asks_for_one() {
+    logs();
+    let certificates = redis::Certificates::make();
+    let redis = Redis::start_tls(&certificates, true);
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let with_certificate = start(Config {
+        redis_tls_ca_file: Some(certificates.ca.clone()),
+        redis_tls_cert_file: Some(certificates.client_cert.clone()),
+        redis_tls_key_file: Some(certificates.client_key.clone()),
+        ..node(&url, "a")
+    })
+    .await;
+    wait_until(
+        || with_certificate.broker.engine_status().up,
+        "the node with a client certificate comes up",
+    )
+    .await;
+    let mut reader = subscriber(&with_certificate, "/topic/mtls").await;
+    let (status, reply) = publish(
+        &with_certificate,
+        serde_json::json!({"destination": "/topic/mtls", "body": "in"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(&reader.frame().await.body[..], b"in");
+
+    let without = start(Config {
+        redis_tls_ca_file: Some(certificates.ca.clone()),
+        ..node(&url, "b")
+    })
+    .await;
+    let deadline = Instant::now() + PATIENCE;
+    while !without.broker.engine_status().detail.contains("last error") {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            without.broker.engine_status().detail
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!without.broker.engine_status().up);
+    let (status, body) = publish(
+        &without,
+        serde_json::json!({"destination": "/topic/mtls", "body": "x"}),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+}

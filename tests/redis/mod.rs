@@ -12,6 +12,8 @@ pub struct Redis {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// What redis-cli needs besides the port (`--tls --cacert CA` for a TLS-only server).
+    cli_args: Vec<String>,
 }
 
 impl Redis {
@@ -36,7 +38,48 @@ impl Redis {
             port,
             dir,
             child: None,
+            cli_args: Vec::new(),
         }
+    }
+
+    /// A Redis that speaks only TLS (`--port 0 --tls-port PORT`) with the
+    /// server certificate of `certificates`, asking clients for one signed
+    /// by the CA when `client_certificates` is true.
+    pub fn start_tls(certificates: &Certificates, client_certificates: bool) -> Redis {
+        let port = free_port();
+        let mut redis = Redis::stopped(port);
+        let path = |p: &PathBuf| p.to_str().unwrap().to_owned();
+        redis.cli_args = vec!["--tls".into(), "--cacert".into(), path(&certificates.ca)];
+        if client_certificates {
+            redis.cli_args.extend([
+                "--cert".into(),
+                path(&certificates.client_cert),
+                "--key".into(),
+                path(&certificates.client_key),
+            ]);
+        }
+        let auth_clients = if client_certificates { "yes" } else { "no" };
+        let (cert, key, ca) = (
+            path(&certificates.server_cert),
+            path(&certificates.server_key),
+            path(&certificates.ca),
+        );
+        let port = port.to_string();
+        redis.run(&[
+            "--port",
+            "0",
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            auth_clients,
+        ]);
+        redis
     }
 
     pub fn url(&self) -> String {
@@ -57,12 +100,18 @@ impl Redis {
     }
 
     fn resume_with(&mut self, extra: &[&str]) {
+        let port = self.port.to_string();
+        self.run(&[&["--port", &port][..], extra].concat());
+    }
+
+    /// Starts redis-server with `args` (which name its port(s)) and waits for PING.
+    fn run(&mut self, args: &[&str]) {
         assert!(self.child.is_none(), "already running");
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(args)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(&self.dir)
-            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -83,10 +132,22 @@ impl Redis {
     pub fn cli(&self, args: &[&str]) -> String {
         let output = Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
+            .args(&self.cli_args)
             .args(args)
             .output()
             .expect("redis-cli runs");
         String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Subscribers (connections) of one shard channel on this server, from
+    /// PUBSUB SHARDNUMSUB.
+    pub fn shard_numsub(&self, channel: &str) -> usize {
+        let output = self.cli(&["PUBSUB", "SHARDNUMSUB", channel]);
+        output
+            .lines()
+            .nth(1)
+            .and_then(|count| count.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// Subscribers (connections) of one channel, from PUBSUB NUMSUB.
@@ -150,6 +211,79 @@ impl RedisCluster {
         RedisCluster { masters }
     }
 
+    /// The hash slot of `key` (its hash tag's, if it has one).
+    pub fn slot_of(&self, key: &str) -> u16 {
+        self.masters[0]
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .expect("CLUSTER KEYSLOT answers a number")
+    }
+
+    /// The index in `masters` of the master that owns `slot`, as that master
+    /// itself says (the `myself` line of its CLUSTER NODES).
+    pub fn owner_of(&self, slot: u16) -> usize {
+        self.masters
+            .iter()
+            .position(|master| {
+                let nodes = master.cli(&["CLUSTER", "NODES"]);
+                let myself = nodes
+                    .lines()
+                    .find(|line| line.contains("myself"))
+                    .expect("CLUSTER NODES names myself");
+                myself.split_whitespace().skip(8).any(|range| {
+                    let (low, high) = range.split_once('-').unwrap_or((range, range));
+                    match (low.parse::<u16>(), high.parse::<u16>()) {
+                        (Ok(low), Ok(high)) => (low..=high).contains(&slot),
+                        _ => false, // a "[slot->-node]" migration mark
+                    }
+                })
+            })
+            .expect("some master owns every slot")
+    }
+
+    /// Moves `slot` from its owner to another master the way resharding
+    /// does: IMPORTING on the target, MIGRATING on the source, MIGRATE of
+    /// the keys in it, then SETSLOT NODE on every master. Returns the
+    /// indexes of the old and the new owner.
+    pub fn move_slot(&self, slot: u16) -> (usize, usize) {
+        let from = self.owner_of(slot);
+        let to = (from + 1) % self.masters.len();
+        let id = |index: usize| {
+            self.masters[index]
+                .cli(&["CLUSTER", "MYID"])
+                .trim()
+                .to_owned()
+        };
+        let (from_id, to_id) = (id(from), id(to));
+        let slot = slot.to_string();
+        let ok = |master: usize, args: &[&str]| {
+            let reply = self.masters[master].cli(args);
+            assert_eq!(reply.trim(), "OK", "{args:?} on master {master}: {reply}");
+        };
+        ok(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+        ok(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+        loop {
+            let keys = self.masters[from].cli(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|key| !key.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = self.masters[to].port.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            ok(from, &args);
+        }
+        // The target first, then the source, then the others (as `redis-cli
+        // --cluster reshard` does), so that no master ever points back.
+        ok(to, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        ok(from, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        for other in (0..self.masters.len()).filter(|m| *m != from && *m != to) {
+            ok(other, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        }
+        (from, to)
+    }
+
     /// The `redis-cluster://` URL stompede's `redis-url` takes, naming every master.
     pub fn url(&self) -> String {
         let first = &self.masters[0];
@@ -181,4 +315,138 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A test CA, a server certificate it signed for 127.0.0.1 (an IP SAN), and
+/// a second CA that signed nothing, made with the `openssl` CLI
+/// (scripts/test.sh installs it) in a directory removed when dropped.
+pub struct Certificates {
+    dir: PathBuf,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub other_ca: PathBuf,
+}
+
+impl Certificates {
+    pub fn make() -> Certificates {
+        let dir = std::env::temp_dir().join(format!(
+            "stompede-tls-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl runs (scripts/test.sh installs it)");
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for name in ["ca", "other-ca"] {
+            let (key, cert, subject) = (
+                format!("{name}.key"),
+                format!("{name}.pem"),
+                format!("/CN=stompede test {name}"),
+            );
+            openssl(
+                &[
+                    &["req", "-x509"][..],
+                    &ec,
+                    &[
+                        "-keyout", &key, "-out", &cert, "-days", "2", "-subj", &subject,
+                    ],
+                ]
+                .concat(),
+            );
+        }
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        // Extensions make an X.509 v3 certificate, the only version rustls takes.
+        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        let client = [
+            &["req"][..],
+            &ec,
+            &["-keyout", "client.key", "-out", "client.csr"],
+        ]
+        .concat();
+        openssl(&[&client[..], &["-subj", "/CN=stompede node"]].concat());
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        Certificates {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+            other_ca: dir.join("other-ca.pem"),
+            dir,
+        }
+    }
+}
+
+impl Drop for Certificates {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

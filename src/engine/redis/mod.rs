@@ -18,6 +18,16 @@
 //!   answer 503 until it is back. The links reconnect with exponential backoff
 //!   and jitter; then every destination is subscribed again and every count
 //!   reported again (Redis may have lost them).
+//! - **Slot moves** (Redis Cluster): when a slot moves to another master
+//!   (resharding, failover) its old owner drops this node's subscriptions to
+//!   the slot's channels and pushes a `sunsubscribe`. fred 10 swallows that
+//!   push (`router/responses.rs`, "Dropping unused subscription response")
+//!   and resubscribes only after a reconnect, so the engine notices the move
+//!   itself: it reads the slot map (CLUSTER SLOTS) every
+//!   `CLUSTER_CHECK_INTERVAL`, and at once when a publish met a MOVED, and
+//!   compares it with the previous read. The destinations of a slot whose
+//!   master changed are a gap (`engine_subscriptions_lost_total`),
+//!   unconfirmed, and subscribed again (fred follows the MOVED to the new owner).
 //!
 //! Keys and channels (PREFIX is `redis-key-prefix`; the destination sits in
 //! `{...}`, a hash tag, so its keys share its Redis Cluster slot):
@@ -29,6 +39,7 @@
 
 mod history;
 mod receive;
+pub mod tls;
 mod wire;
 
 pub use history::{HistoryRead, Read};
@@ -39,7 +50,8 @@ use crate::history::{History, HistoryMetrics, HistorySettings};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use dashmap::DashMap;
-use fred::interfaces::{ClientLike, EventInterface, HashesInterface, KeysInterface};
+use fred::interfaces::KeysInterface;
+use fred::interfaces::{ClientLike, ClusterInterface, EventInterface, HashesInterface};
 use fred::interfaces::{PubsubInterface, SortedSetsInterface};
 use fred::prelude::{Builder, Client, ReconnectPolicy};
 use fred::types::scripts::Script;
@@ -64,6 +76,11 @@ const INTEREST_GATHER: Duration = Duration::from_millis(2);
 const INTEREST_RETRY: Duration = Duration::from_millis(100);
 /// A node that has not reported its counts for this many intervals is dead.
 const LIVENESS_INTERVALS: u32 = 3;
+/// On a Redis Cluster, how often a node reads the slot map (one CLUSTER
+/// SLOTS) to find the slots that moved away from the master its
+/// subscriptions are on. It also looks at once when a publish of its own met
+/// a MOVED. A moved slot's destinations hear nothing for up to about this long.
+const CLUSTER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Checks the idempotency key (if any), then, for each destination, gives the
 /// message the destination's next offset, keeps it in the destination's
@@ -125,6 +142,8 @@ pub struct RedisSettings {
     pub history_ttl: Duration,
     pub history_epoch_ttl: Duration,
     pub history_max_bytes: usize,
+    /// For `rediss://`: the CA, client certificate and key files.
+    pub tls: tls::TlsFiles,
 }
 
 impl RedisSettings {
@@ -144,6 +163,7 @@ impl RedisSettings {
             history_ttl: config.history_ttl,
             history_epoch_ttl: config.history_epoch_ttl,
             history_max_bytes: config.history_max_bytes,
+            tls: config.redis_tls_files(),
         }
     }
 
@@ -210,6 +230,10 @@ struct Shared {
     pubsub: Client,
     /// Whether `redis-url` names a Redis Cluster (`redis-cluster://`).
     clustered: bool,
+    /// Why the engine cannot work at all (the TLS setup failed), for `/readyz`.
+    setup_error: Option<String>,
+    /// The last error either link reported, for `/readyz` while down.
+    last_error: Mutex<Option<String>>,
     publish_script: Script,
     history_script: Script,
     /// What this node received of each destination it listens to (the last
@@ -245,8 +269,20 @@ impl RedisEngine {
     /// Builds the clients and starts the engine's tasks; does not wait for
     /// Redis (a node starts, and serves readers, while Redis is down).
     pub fn start(hub: Arc<Hub>, settings: RedisSettings) -> RedisEngine {
-        let mut config = fred::types::config::Config::from_url(&settings.url)
-            .expect("redis-url was checked when the settings were read");
+        let mut config =
+            fred::types::config::Config::from_url(&tls::without_tls_scheme(&settings.url))
+                .expect("redis-url was checked when the settings were read");
+        let mut setup_error = None;
+        if tls::url_uses_tls(&settings.url) {
+            config.tls = Some(tls::config(&settings.tls).unwrap_or_else(|error| {
+                // Checked when the settings were read, so only a file changed
+                // since: trust nothing (every handshake fails, the engine stays
+                // down and says why) rather than talk to Redis in the clear.
+                tracing::error!(%error, "redis TLS setup failed: the engine stays down");
+                setup_error = Some(error);
+                tls::trusting_nothing()
+            }));
+        }
         // The first connection retries like any other: a node starts without Redis.
         config.fail_fast = false;
         let max_delay = settings
@@ -295,6 +331,8 @@ impl RedisEngine {
             hub,
             settings,
             clustered: commands.is_clustered(),
+            setup_error,
+            last_error: Mutex::new(None),
             commands,
             pubsub,
             publish_script: Script::from_lua(PUBLISH_SCRIPT),
@@ -316,6 +354,9 @@ impl RedisEngine {
         tokio::spawn(shared.clone().manage_interest());
         tokio::spawn(shared.clone().report_counts());
         tokio::spawn(shared.clone().watch_links());
+        if shared.clustered {
+            tokio::spawn(shared.clone().watch_slots());
+        }
         // The connection tasks run until `quit`; their handles are not needed.
         drop(shared.commands.connect());
         drop(shared.pubsub.connect());
@@ -434,15 +475,24 @@ impl Shared {
 
     fn status(&self) -> EngineStatus {
         let link = |client: &Client| format!("{:?}", client.state()).to_lowercase();
+        let up = self.is_up();
+        let mut detail = format!(
+            "commands {}, pubsub {} ({})",
+            link(&self.commands),
+            link(&self.pubsub),
+            redacted(&self.settings.url)
+        );
+        if let Some(error) = &self.setup_error {
+            detail.push_str(&format!("; TLS setup failed: {error}"));
+        } else if !up {
+            if let Some(error) = &*self.last_error.lock().unwrap_or_else(|p| p.into_inner()) {
+                detail.push_str(&format!("; last error: {error}"));
+            }
+        }
         EngineStatus {
             engine: "redis",
-            up: self.is_up(),
-            detail: format!(
-                "commands {}, pubsub {} ({})",
-                link(&self.commands),
-                link(&self.pubsub),
-                redacted(&self.settings.url)
-            ),
+            up,
+            detail,
         }
     }
 
@@ -755,6 +805,35 @@ impl Shared {
         }
     }
 
+    /// `destinations` are no longer (surely) subscribed in Redis: each is
+    /// unconfirmed until the interest task has subscribed it again (one whose
+    /// SUBSCRIBE is due or in flight is sent again too, as that one may reach
+    /// a master that just lost the slot). Returns how many were subscribed.
+    fn unconfirm(&self, destinations: &[Arc<str>]) -> usize {
+        let mut again = Vec::new();
+        let mut were_subscribed = 0;
+        for destination in destinations {
+            if let Some(mut entry) = self.interest.get_mut(destination) {
+                match *entry {
+                    Interest::Subscribed | Interest::Lingering(_) => {
+                        *entry = Interest::Pending(Vec::new());
+                        were_subscribed += 1;
+                    }
+                    Interest::Pending(_) => {}
+                    // Its UNSUBSCRIBE decides what comes next.
+                    Interest::Unsubscribing(_) => continue,
+                }
+                again.push(destination.clone());
+            }
+        }
+        self.interest_changed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(again);
+        self.wake_interest.notify_one();
+        were_subscribed
+    }
+
     /// The subscription to `destination` is confirmed: wake its waiters, and
     /// start lingering if its readers left meanwhile.
     fn confirm(&self, destination: &Arc<str>) {
@@ -937,6 +1016,7 @@ impl Shared {
         let mut reconnects = self.pubsub.reconnect_rx();
         let mut command_reconnects = self.commands.reconnect_rx();
         let mut errors = self.pubsub.error_rx();
+        let mut command_errors = self.commands.error_rx();
         let (mut was_up, mut connected_before, mut was_listening) = (false, false, false);
         let mut check = tokio::time::interval(Duration::from_millis(250));
         loop {
@@ -952,10 +1032,16 @@ impl Shared {
                 }
                 error = errors.recv() => {
                     if let Ok((error, _)) = error {
-                        tracing::debug!(%error, "redis pub/sub link error");
+                        self.link_error(error.to_string());
                     }
-                    // The client may still call itself connected for a moment.
+                    // The pub/sub client may still call itself connected for a moment.
                     link_error = true;
+                    false
+                }
+                error = command_errors.recv() => {
+                    if let Ok((error, _)) = error {
+                        self.link_error(error.to_string());
+                    }
                     false
                 }
                 _ = check.tick() => false,
@@ -998,6 +1084,97 @@ impl Shared {
         }
     }
 
+    /// On a Redis Cluster: every `CLUSTER_CHECK_INTERVAL`, and whenever the
+    /// commands client saw the slot map change (a publish met a MOVED), reads
+    /// the slot map and subscribes again the destinations of every slot whose
+    /// master changed since the last read. (fred's own `sync_cluster` is not
+    /// used for this: it opens a new connection each time.)
+    async fn watch_slots(self: Arc<Self>) {
+        let mut publisher_saw_change = self.commands.cluster_change_rx();
+        let mut ticks = tokio::time::interval(CLUSTER_CHECK_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last: Option<SlotMap> = None;
+        loop {
+            // Cancel safety: broadcast `recv`, `tick` and `cancelled` lose nothing when dropped.
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = ticks.tick() => {}
+                _ = publisher_saw_change.recv() => {}
+            }
+            if !self.commands.is_connected() {
+                continue;
+            }
+            let read = self.timed("cluster_slots", self.commands.cluster_slots::<Value>());
+            let map = match read.await.map(SlotMap::from_reply) {
+                Ok(Some(map)) => map,
+                Ok(None) => {
+                    tracing::warn!("cannot read the CLUSTER SLOTS reply");
+                    continue;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "reading the redis cluster slot map failed");
+                    continue;
+                }
+            };
+            // The first time, against the map fred routed the SSUBSCRIBEs
+            // made so far by; then against the previous read (fred's map may
+            // have followed a MOVED since, which moves no subscription).
+            let before = last.take().or_else(|| {
+                let routing = self.pubsub.cached_cluster_state()?;
+                SlotMap::from_ranges(
+                    routing
+                        .slots()
+                        .iter()
+                        .map(|range| (range.start.into(), range.end.into(), range.id.to_string())),
+                )
+            });
+            if let Some(before) = before {
+                let moved = before.moved_slots(&map);
+                if !moved.is_empty() {
+                    self.resubscribe_moved_slots(&moved);
+                }
+            }
+            last = Some(map);
+        }
+    }
+
+    /// `moved` slots have another master now: the old one dropped this
+    /// node's subscriptions to their channels (and pushed a `sunsubscribe`
+    /// that fred does not pass on). Their destinations are a gap, counted,
+    /// unconfirmed and subscribed again.
+    fn resubscribe_moved_slots(&self, moved: &HashSet<u16>) {
+        let destinations: Vec<Arc<str>> = self
+            .interest
+            .iter()
+            .filter(|entry| {
+                let channel = self.settings.channel(entry.key());
+                moved.contains(&fred::util::redis_keyslot(channel.as_bytes()))
+            })
+            .map(|entry| entry.key().clone())
+            .collect();
+        if destinations.is_empty() {
+            return;
+        }
+        let lost = self.unconfirm(&destinations);
+        self.metrics().engine_subscriptions_lost.inc_by(lost as u64);
+        tracing::warn!(
+            slots = moved.len(),
+            destinations = lost,
+            "redis cluster slots moved to another master: subscribing again (what was published meanwhile is a gap)"
+        );
+    }
+
+    /// Keeps a link's error for `/readyz` while the engine is down, and logs
+    /// it when it is not the one before (a retry failing the same way, such
+    /// as a TLS certificate that is not trusted, is logged once).
+    fn link_error(&self, error: String) {
+        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() != Some(error.as_str()) {
+            tracing::warn!(%error, node = self.settings.node_id, "redis link error");
+            *last = Some(error);
+        }
+    }
+
     /// The pub/sub link dropped: every subscription is unconfirmed until it
     /// is made again, so that no RECEIPT promises what Redis may not deliver
     /// (a message published elsewhere before this node subscribes again).
@@ -1033,6 +1210,82 @@ impl Shared {
             );
         }
         self.subscribe(destinations).await;
+    }
+}
+
+/// Redis Cluster's hash slots.
+const SLOTS: usize = 16384;
+
+/// Which master owns each hash slot, as CLUSTER SLOTS said.
+#[derive(Debug, PartialEq, Eq)]
+struct SlotMap {
+    /// The masters' node ids.
+    masters: Vec<String>,
+    /// Per slot, an index into `masters` (`u16::MAX`: no owner).
+    owners: Box<[u16]>,
+}
+
+impl SlotMap {
+    /// Reads a CLUSTER SLOTS reply: `[[start, end, [host, port, id, ...],
+    /// replicas...], ...]`. None if it is not one.
+    fn from_reply(reply: Value) -> Option<SlotMap> {
+        let Value::Array(replies) = reply else {
+            return None;
+        };
+        let mut ranges = Vec::with_capacity(replies.len());
+        for range in replies {
+            let Value::Array(range) = range else {
+                return None;
+            };
+            let (start, end) = (range.first()?.as_u64()?, range.get(1)?.as_u64()?);
+            let Value::Array(master) = range.get(2)? else {
+                return None;
+            };
+            // The node id (Redis 4 and later), else the address.
+            let id = match master.get(2).and_then(Value::as_string) {
+                Some(id) => id,
+                None => format!(
+                    "{}:{}",
+                    master.first()?.as_string()?,
+                    master.get(1)?.as_u64()?
+                ),
+            };
+            ranges.push((start, end, id));
+        }
+        SlotMap::from_ranges(ranges)
+    }
+
+    /// Slot ranges `start..=end` and their master's id; None past the last slot.
+    fn from_ranges(ranges: impl IntoIterator<Item = (u64, u64, String)>) -> Option<SlotMap> {
+        let mut map = SlotMap {
+            masters: Vec::new(),
+            owners: vec![u16::MAX; SLOTS].into_boxed_slice(),
+        };
+        for (start, end, id) in ranges {
+            let index = match map.masters.iter().position(|known| *known == id) {
+                Some(index) => index,
+                None => {
+                    map.masters.push(id);
+                    map.masters.len() - 1
+                }
+            };
+            let slots = map.owners.get_mut(start as usize..=end as usize)?;
+            slots.fill(index as u16);
+        }
+        Some(map)
+    }
+
+    fn owner(&self, slot: usize) -> Option<&str> {
+        let index = *self.owners.get(slot)?;
+        self.masters.get(index as usize).map(String::as_str)
+    }
+
+    /// The slots whose master is another one in `now` (or none, or a new one).
+    fn moved_slots(&self, now: &SlotMap) -> HashSet<u16> {
+        (0..SLOTS)
+            .filter(|slot| self.owner(*slot) != now.owner(*slot))
+            .map(|slot| slot as u16)
+            .collect()
     }
 }
 
@@ -1106,6 +1359,7 @@ mod tests {
             history_ttl: Duration::from_secs(1),
             history_epoch_ttl: Duration::from_secs(1),
             history_max_bytes: 1,
+            tls: tls::TlsFiles::default(),
         };
         let channel = settings.channel("/topic/comments.42");
         assert_eq!(channel, "sp:{/topic/comments.42}");
@@ -1147,6 +1401,32 @@ mod tests {
             array(vec![count(10), Value::Null]),
         ]);
         assert_eq!(counts_per_field(reply, 2), [11, 2]);
+    }
+
+    #[test]
+    fn a_slot_moved_between_two_cluster_slots_replies_is_found() {
+        let node =
+            |port: i64, id: &str| Value::Array(vec!["127.0.0.1".into(), port.into(), id.into()]);
+        let range = |start: i64, end: i64, master: Value| {
+            Value::Array(vec![start.into(), end.into(), master])
+        };
+        let before = SlotMap::from_reply(Value::Array(vec![
+            range(0, 8191, node(7000, "a")),
+            range(8192, 16383, node(7001, "b")),
+        ]))
+        .unwrap();
+        let after = SlotMap::from_reply(Value::Array(vec![
+            range(0, 8191, node(7000, "a")),
+            range(8192, 8192, node(7000, "a")),
+            range(8193, 16383, node(7001, "b")),
+        ]))
+        .unwrap();
+        assert_eq!(before.owner(8192), Some("b"));
+        assert_eq!(before.moved_slots(&before), HashSet::new());
+        assert_eq!(before.moved_slots(&after), HashSet::from([8192]));
+        let too_far = Value::Array(vec![range(0, 20000, node(1, "x"))]);
+        assert!(SlotMap::from_reply(too_far).is_none());
+        assert!(SlotMap::from_reply("nonsense".into()).is_none());
     }
 
     #[test]
