@@ -41,12 +41,16 @@ struct Delivered {
     gap: bool,
 }
 
-/// Per destination this node has subscribers of: bounded by the
-/// destinations with local subscribers (see `prune`).
+/// Per destination this node received: bounded by the destinations it
+/// listens to (see `Shared::remember`).
 #[derive(Default)]
 struct Progress {
     destinations: HashMap<Arc<str>, Delivered>,
 }
+
+/// Past this many more destinations than the node listens to, those it no
+/// longer listens to are forgotten.
+const PROGRESS_SLACK: usize = 1024;
 
 enum Event {
     Message(Result<fred::types::Message, tokio::sync::broadcast::error::RecvError>),
@@ -126,9 +130,7 @@ impl Shared {
             if *known.epoch != *epoch || offset > known.offset + 1 {
                 let now = self.catch_up(destination, known).await;
                 let delivered_it = *now.epoch == *epoch && offset <= now.offset;
-                progress
-                    .destinations
-                    .insert(Arc::from(destination), now.clone());
+                self.remember(progress, destination, now.clone());
                 if delivered_it {
                     return;
                 }
@@ -148,14 +150,32 @@ impl Shared {
             decoded.body,
         ));
         self.deliver(destination, &position, &message);
-        progress.destinations.insert(
-            Arc::from(destination),
+        self.remember(
+            progress,
+            destination,
             Delivered {
                 epoch: position.epoch,
                 offset,
                 gap: false,
             },
         );
+    }
+
+    /// Notes what was delivered of `destination`; a new destination may
+    /// first make room by forgetting those this node no longer listens to.
+    fn remember(&self, progress: &mut Progress, destination: &str, delivered: Delivered) {
+        if let Some(known) = progress.destinations.get_mut(destination) {
+            *known = delivered;
+            return;
+        }
+        if progress.destinations.len() > 2 * self.interest.len() + PROGRESS_SLACK {
+            progress
+                .destinations
+                .retain(|destination, _| self.interest.contains_key(destination));
+        }
+        progress
+            .destinations
+            .insert(Arc::from(destination), delivered);
     }
 
     /// Keeps `message` in this node's copy of the destination's history and
