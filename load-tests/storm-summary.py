@@ -42,6 +42,9 @@ for path in sys.argv[1:]:
         "floor": d["floor"]["send_us"] if d.get("floor") else float("nan"),
         "ans_before": before.get("publish_answered", {}).get("p99_ms", float("nan")),
         "ans_during": during.get("publish_answered", {}).get("p99_ms", float("nan")),
+        "broker_before": bucket(before.get("broker_delivery")),
+        "broker_during": bucket(during.get("broker_delivery")),
+        "lost": during["lost"],
     }
     rows[group].append(r)
     print(
@@ -59,4 +62,6 @@ for group, rs in rows.items():
     print(
         f"{group:24} n={len(rs)} before {med('before')} during {med('during')} ratio {med('ratio')}"
         f" storm_s {med('storm_s')} retried {med('retried')} failed {med('failed')} floor {med('floor')}"
+        f" answer_p99 {med('ans_before')} -> {med('ans_during')} lost {med('lost')}"
+        f" broker_p99_buckets {sorted(r['broker_before'] for r in rs)} -> {sorted(r['broker_during'] for r in rs)}"
     )
