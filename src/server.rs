@@ -230,7 +230,8 @@ async fn accept_on(broker: Arc<Broker>, listener: TcpListener, sessions: Option<
         let broker = broker.clone();
         match &sessions {
             None => broker.clone().spawn(async move {
-                serve_http(broker, stream, peer).await;
+                let headers_within = broker.config().handshake_timeout;
+                serve_http(broker, stream, peer, headers_within).await;
                 drop(ip_slot);
                 drop(permit);
             }),
@@ -256,15 +257,21 @@ async fn sort(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, sessions
     let config = broker.config();
     let wanted = HANDSHAKE_METHOD.len() + config.ws_path.len() + 1;
     let mut first = vec![0u8; wanted];
+    let started = Instant::now();
     let peeked = match tokio::time::timeout(config.handshake_timeout, stream.peek(&mut first)).await
     {
         Ok(Ok(peeked)) => peeked,
         // Nothing within the timeout, or the peer is gone: hyper would close it too.
         Ok(Err(_)) | Err(_) => return,
     };
+    // What is left of `handshake-timeout` for the rest of the request's headers.
+    let headers_within = config
+        .handshake_timeout
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_millis(1));
     if is_handshake(&first[..peeked], &config.ws_path) {
         SESSIONS
-            .scope(sessions, serve_http(broker, stream, peer))
+            .scope(sessions, serve_http(broker, stream, peer, headers_within))
             .await;
         return;
     }
@@ -279,7 +286,7 @@ async fn sort(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, sessions
     // ends when it does.
     let served = sessions.spawn(async move {
         match TcpStream::from_std(stream) {
-            Ok(stream) => serve_http(broker, stream, peer).await,
+            Ok(stream) => serve_http(broker, stream, peer, headers_within).await,
             Err(error) => tracing::debug!(%error, %peer, "cannot register the connection"),
         }
     });
@@ -415,7 +422,15 @@ impl Drop for InFlight {
     }
 }
 
-async fn serve_http(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+/// Serves one HTTP connection; its request headers must arrive within
+/// `headers_within` (`handshake-timeout`, less any time already waited for
+/// its first bytes).
+async fn serve_http(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    headers_within: Duration,
+) {
     let activity = Arc::new(Activity {
         started: Instant::now(),
         last_done: AtomicU64::new(0),
@@ -436,7 +451,7 @@ async fn serve_http(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     };
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(broker.config().handshake_timeout)
+        .header_read_timeout(headers_within)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
