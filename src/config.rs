@@ -210,6 +210,20 @@ pub struct Config {
           value_parser = at_least_one::<u32>)]
     pub handshake_burst: u32,
 
+    /// Threads of the handshake runtime, apart from the one serving established sessions: new
+    /// connections are accepted there, and those whose first request is the WebSocket handshake
+    /// are served there until upgraded, so that a connect storm waits behind itself rather than
+    /// ahead of the deliveries to readers already connected (other HTTP connections move to the
+    /// sessions' runtime after their first bytes; so does each upgraded session). 0: one runtime
+    /// for everything.
+    #[arg(long, default_value_t = 1)]
+    pub handshake_threads: usize,
+
+    /// How much lower the handshake threads' CPU priority is than the rest of the broker's: a
+    /// Linux nice increment (0-19; 0: the same). Ignored elsewhere.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub handshake_nice: u8,
+
     /// Most subscriptions one session may hold.
     #[arg(long, default_value_t = 64, value_parser = at_least_one::<usize>)]
     pub max_subscriptions_per_session: usize,

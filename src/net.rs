@@ -1,5 +1,6 @@
 //! Socket options for accepted connections: TCP keepalive (`tcp-keepalive`)
-//! and `TCP_USER_TIMEOUT` (`write-timeout`), set with `socket2`.
+//! and `TCP_USER_TIMEOUT` (`write-timeout`), set with `socket2`; and the
+//! handshake threads' lower CPU priority (`handshake-nice`).
 
 use socket2::{SockRef, TcpKeepalive};
 use std::time::Duration;
@@ -36,6 +37,37 @@ pub fn configure_accepted(
     Ok(())
 }
 
+/// Lowers the calling thread's CPU priority by `nice` steps (Linux: a
+/// thread's nice value is its own; raising it needs no privilege). Does
+/// nothing for 0, or on other systems.
+pub fn lower_thread_priority(nice: u8) -> std::io::Result<()> {
+    if nice == 0 {
+        return Ok(());
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // The two libc calls, declared here rather than adding a crate for them.
+        extern "C" {
+            fn gettid() -> i32;
+            fn getpriority(which: i32, who: u32) -> i32;
+            fn setpriority(which: i32, who: u32, prio: i32) -> i32;
+        }
+        const PRIO_PROCESS: i32 = 0;
+        // SAFETY: plain syscalls on this thread's own id, no memory passed.
+        unsafe {
+            let thread = gettid() as u32;
+            // getpriority may return -1 as a value; the current nice is
+            // what it is, the increment is what matters.
+            let current = getpriority(PRIO_PROCESS, thread);
+            let target = (current + i32::from(nice)).min(19);
+            if setpriority(PRIO_PROCESS, thread, target) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +95,38 @@ mod tests {
         );
         assert!(accepted.nodelay().unwrap());
         drop(client);
+    }
+
+    #[test]
+    fn a_thread_lowers_its_own_priority_only() {
+        let nice_of_this_thread = || {
+            std::fs::read_to_string("/proc/thread-self/stat")
+                .ok()
+                .and_then(|stat| {
+                    let fields: Vec<String> = stat
+                        .rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect();
+                    fields.get(16)?.parse::<i32>().ok()
+                })
+        };
+        let before = nice_of_this_thread();
+        let lowered = std::thread::spawn(move || {
+            lower_thread_priority(3).unwrap();
+            nice_of_this_thread()
+        })
+        .join()
+        .unwrap();
+        if let (Some(before), Some(lowered)) = (before, lowered) {
+            assert_eq!(lowered, (before + 3).min(19));
+            assert_eq!(
+                nice_of_this_thread(),
+                Some(before),
+                "only the calling thread"
+            );
+        }
+        lower_thread_priority(0).unwrap();
     }
 }

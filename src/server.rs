@@ -1,5 +1,16 @@
 //! The listener: accepts TCP connections and serves each with hyper's HTTP/1
 //! (with upgrades), until shutdown.
+//!
+//! With `handshake-threads` above 0, connections are accepted on a runtime
+//! of their own (the handshake runtime, its threads at `handshake-nice`
+//! lower priority). A connection whose first bytes are the WebSocket
+//! handshake's request line is served there until it is upgraded; then the
+//! socket moves to the runtime the broker was started on (the sessions'
+//! runtime), where the session runs. Any other connection (the HTTP API,
+//! health checks, metrics) moves there at once. So during a connect storm
+//! the handshakes queue behind each other, not ahead of the established
+//! sessions' deliveries, and the operating system gives the sessions' threads
+//! the CPU first.
 
 use crate::broker::Broker;
 use crate::http;
@@ -8,14 +19,18 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// The listen backlog: deep enough for a connect storm (the default of 128
 /// refuses connections when thousands of readers arrive in a second).
@@ -40,8 +55,138 @@ const MAX_REFUSALS_IN_FLIGHT: usize = 256;
 /// so the peer reads the 429 instead of a reset.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
-/// Accepts connections until the broker shuts down.
+tokio::task_local! {
+    /// While a handshake is served on the handshake runtime: the sessions'
+    /// runtime, where the upgraded session is to run (see [`session_runtime`]).
+    static SESSIONS: Handle;
+}
+
+/// The runtime the session of a handshake being served now should run on,
+/// if not the current one (`None` outside the handshake runtime).
+pub fn session_runtime() -> Option<Handle> {
+    SESSIONS.try_with(Handle::clone).ok()
+}
+
+/// Accepts connections until the broker shuts down: on a handshake runtime
+/// of `handshake-threads` threads, or, with 0 (or if that runtime cannot be
+/// started), on the current runtime.
 pub async fn accept_loop(broker: Arc<Broker>, listener: TcpListener) {
+    let config = broker.config();
+    if config.handshake_threads == 0 {
+        return accept_on(broker, listener, None).await;
+    }
+    let runtime = match handshake_runtime(config.handshake_threads, config.handshake_nice) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::warn!(%error, "cannot start the handshake runtime; serving handshakes with the sessions");
+            return accept_on(broker, listener, None).await;
+        }
+    };
+    // The listener is registered with this runtime's I/O driver: move it.
+    let listener = match listener.into_std() {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "cannot move the listener to the handshake runtime");
+            return;
+        }
+    };
+    let handshakes = HandshakeRuntime {
+        runtime: Some(runtime),
+        served: TaskTracker::new(),
+        stop: CancellationToken::new(),
+        linger: config.shutdown_grace + config.handshake_timeout,
+    };
+    let sessions = Sessions {
+        runtime: Handle::current(),
+        served: handshakes.served.clone(),
+        stop: handshakes.stop.clone(),
+    };
+    let accepting = handshakes.spawn(async move {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => accept_on(broker, listener, Some(sessions)).await,
+            Err(error) => tracing::error!(%error, "cannot listen on the handshake runtime"),
+        }
+    });
+    if let Some(accepting) = accepting {
+        let _ = accepting.await;
+    }
+    // Dropping `handshakes` (here, or with this future) stops it.
+}
+
+/// The handshake runtime, as the accept loop on the sessions' runtime holds
+/// it. Dropped (the broker shut down, or the future holding it was
+/// dropped), it stops accepting, and a thread keeps the runtime until the
+/// connections still served there end (within their own bounds, at most
+/// `linger`), since a runtime cannot be dropped on an async worker.
+struct HandshakeRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+    /// The tasks serving connections there.
+    served: TaskTracker,
+    /// Stops its accept loop.
+    stop: CancellationToken,
+    linger: Duration,
+}
+
+impl HandshakeRuntime {
+    fn spawn(
+        &self,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        Some(self.runtime.as_ref()?.spawn(task))
+    }
+}
+
+impl Drop for HandshakeRuntime {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.served.close();
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
+        let (served, linger) = (self.served.clone(), self.linger);
+        let keeper = std::thread::Builder::new()
+            .name("stompede-handshake-exit".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = tokio::time::timeout(linger, served.wait()).await;
+                });
+                runtime.shutdown_background();
+            });
+        if let Err(error) = keeper {
+            tracing::warn!(%error, "cannot start a thread to wait for the handshake runtime");
+        }
+    }
+}
+
+/// What the accept loop on the handshake runtime knows of the sessions'.
+struct Sessions {
+    runtime: Handle,
+    served: TaskTracker,
+    stop: CancellationToken,
+}
+
+/// The handshake runtime: `threads` workers, each `nice` steps below the
+/// broker's CPU priority (Linux).
+fn handshake_runtime(threads: usize, nice: u8) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("stompede-handshake")
+        .on_thread_start(move || {
+            if let Err(error) = crate::net::lower_thread_priority(nice) {
+                tracing::warn!(%error, nice, "cannot lower the handshake thread's priority");
+            }
+        })
+        .enable_all()
+        .build()
+}
+
+/// Accepts connections on the current runtime until the broker shuts down.
+/// With `sessions`, this is the handshake runtime: each connection is sorted
+/// by its first bytes (see [`sort`]).
+async fn accept_on(broker: Arc<Broker>, listener: TcpListener, sessions: Option<Sessions>) {
+    let stop = sessions
+        .as_ref()
+        .map_or_else(CancellationToken::new, |sessions| sessions.stop.clone());
     // Connections still speaking HTTP (not yet upgraded) are bounded by
     // `max-http-connections`: past it, new ones wait in the listen backlog.
     let http_connections = Arc::new(Semaphore::new(broker.config().max_http_connections));
@@ -52,10 +197,12 @@ pub async fn accept_loop(broker: Arc<Broker>, listener: TcpListener) {
         // Cancel safety: `acquire_owned` and `accept` lose nothing when dropped.
         let permit = tokio::select! {
             _ = broker.shutting_down() => return,
+            _ = stop.cancelled() => return,
             permit = http_connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
         };
         let (stream, peer) = tokio::select! {
             _ = broker.shutting_down() => return,
+            _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -81,12 +228,87 @@ pub async fn accept_loop(broker: Arc<Broker>, listener: TcpListener) {
             }
         };
         let broker = broker.clone();
-        broker.clone().spawn(async move {
-            serve_http(broker, stream, peer).await;
-            drop(ip_slot);
-            drop(permit);
-        });
+        match &sessions {
+            None => broker.clone().spawn(async move {
+                let headers_within = broker.config().handshake_timeout;
+                serve_http(broker, stream, peer, headers_within).await;
+                drop(ip_slot);
+                drop(permit);
+            }),
+            Some(Sessions {
+                runtime, served, ..
+            }) => {
+                let sessions = runtime.clone();
+                broker.clone().spawn(served.track_future(async move {
+                    sort(broker, stream, peer, sessions).await;
+                    drop(ip_slot);
+                    drop(permit);
+                }))
+            }
+        }
     }
+}
+
+/// On the handshake runtime: waits (up to `handshake-timeout`) for the
+/// connection's first bytes. The WebSocket handshake's request line is
+/// served here (its session will run on `sessions`); anything else moves to
+/// `sessions` and is served there.
+async fn sort(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, sessions: Handle) {
+    let config = broker.config();
+    let wanted = HANDSHAKE_METHOD.len() + config.ws_path.len() + 1;
+    let mut first = vec![0u8; wanted];
+    let started = Instant::now();
+    let peeked = match tokio::time::timeout(config.handshake_timeout, stream.peek(&mut first)).await
+    {
+        Ok(Ok(peeked)) => peeked,
+        // Nothing within the timeout, or the peer is gone: hyper would close it too.
+        Ok(Err(_)) | Err(_) => return,
+    };
+    // What is left of `handshake-timeout` for the rest of the request's headers.
+    let headers_within = config
+        .handshake_timeout
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_millis(1));
+    if is_handshake(&first[..peeked], &config.ws_path) {
+        SESSIONS
+            .scope(sessions, serve_http(broker, stream, peer, headers_within))
+            .await;
+        return;
+    }
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::debug!(%error, %peer, "cannot move the connection to the sessions' runtime");
+            return;
+        }
+    };
+    // Served there; this task (and so the HTTP permit and the per-IP slot)
+    // ends when it does.
+    let served = sessions.spawn(async move {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => serve_http(broker, stream, peer, headers_within).await,
+            Err(error) => tracing::debug!(%error, %peer, "cannot register the connection"),
+        }
+    });
+    let _ = served.await;
+}
+
+/// The start of a WebSocket handshake's request line, before the path.
+const HANDSHAKE_METHOD: &[u8] = b"GET ";
+
+/// Whether `first` (a connection's first bytes) begins the request line
+/// `GET <ws_path>` followed by a space or a query. Fewer bytes than that
+/// (a client sending its request in pieces) count as not a handshake: the
+/// connection is then served on the sessions' runtime, correctly, only
+/// without the lower priority.
+fn is_handshake(first: &[u8], ws_path: &str) -> bool {
+    let Some(rest) = first.strip_prefix(HANDSHAKE_METHOD) else {
+        return false;
+    };
+    let Some(rest) = rest.strip_prefix(ws_path.as_bytes()) else {
+        return false;
+    };
+    matches!(rest.first(), Some(b' ' | b'?'))
 }
 
 /// One of the peer's `max-http-connections-per-ip` (loopback exempt by the
@@ -200,7 +422,15 @@ impl Drop for InFlight {
     }
 }
 
-async fn serve_http(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+/// Serves one HTTP connection; its request headers must arrive within
+/// `headers_within` (`handshake-timeout`, less any time already waited for
+/// its first bytes).
+async fn serve_http(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    headers_within: Duration,
+) {
     let activity = Arc::new(Activity {
         started: Instant::now(),
         last_done: AtomicU64::new(0),
@@ -221,7 +451,7 @@ async fn serve_http(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     };
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(broker.config().handshake_timeout)
+        .header_read_timeout(headers_within)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
@@ -241,5 +471,138 @@ async fn serve_http(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
             connection.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(broker.config().handshake_timeout, connection).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const PATIENCE: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn only_the_websocket_request_line_counts_as_a_handshake() {
+        assert!(is_handshake(b"GET /ws HTTP/1.1\r\n", "/ws"));
+        assert!(is_handshake(b"GET /ws?token=1 HTTP/1.1", "/ws"));
+        assert!(is_handshake(b"GET /live HTTP/1.1", "/live"));
+        assert!(!is_handshake(b"GET /wsx HTTP/1.1", "/ws"));
+        assert!(!is_handshake(b"GET /ws", "/ws"), "cut short: not known yet");
+        assert!(!is_handshake(b"POST /ws HTTP/1.1", "/ws"));
+        assert!(!is_handshake(b"POST /api/v1/publish HTTP/1.1", "/ws"));
+        assert!(!is_handshake(b"GET /metrics HTTP/1.1", "/ws"));
+        assert!(!is_handshake(b"G", "/ws"));
+        assert!(!is_handshake(b"", "/ws"));
+    }
+
+    /// A broker on 127.0.0.1:0 with `handshake_threads`, until `stop` is sent.
+    async fn start(
+        handshake_threads: usize,
+    ) -> (SocketAddr, Arc<Broker>, tokio::sync::oneshot::Sender<()>) {
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            handshake_threads,
+            ..Config::default()
+        };
+        let listener = bind(config.listen).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let broker = Arc::new(Broker::new(config));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(crate::serve(broker.clone(), listener, async move {
+            let _ = stopped.await;
+        }));
+        (addr, broker, stop)
+    }
+
+    /// One masked WebSocket text frame, as a client sends it.
+    fn client_frame(payload: &[u8]) -> Vec<u8> {
+        assert!(payload.len() < 126);
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    /// Reads until `needle` has arrived (or fails after PATIENCE).
+    async fn read_until(stream: &mut TcpStream, seen: &mut Vec<u8>, needle: &[u8]) {
+        tokio::time::timeout(PATIENCE, async {
+            while !seen.windows(needle.len()).any(|window| window == needle) {
+                let mut chunk = [0u8; 4096];
+                let read = stream.read(&mut chunk).await.unwrap();
+                assert!(
+                    read > 0,
+                    "closed before {:?}",
+                    String::from_utf8_lossy(needle)
+                );
+                seen.extend_from_slice(&chunk[..read]);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {:?} in time", String::from_utf8_lossy(needle)));
+    }
+
+    /// A subscriber whose CONNECT and SUBSCRIBE come in the same write as
+    /// its handshake request (so hyper has read them before the upgrade),
+    /// then a publish over the HTTP API, with and without the handshake
+    /// runtime: the session gets its replies and the message either way.
+    async fn subscribe_and_publish(handshake_threads: usize) {
+        let (addr, broker, stop) = start(handshake_threads).await;
+        let mut subscriber = TcpStream::connect(addr).await.unwrap();
+        let mut bytes = format!(
+            "GET /ws HTTP/1.1\r\nhost: {addr}\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+             sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\
+             sec-websocket-protocol: v12.stomp\r\n\r\n"
+        )
+        .into_bytes();
+        bytes.extend(client_frame(b"CONNECT\naccept-version:1.2\nhost:h\n\n\0"));
+        bytes.extend(client_frame(
+            b"SUBSCRIBE\nid:0\ndestination:/topic/t\nreceipt:r\n\n\0",
+        ));
+        subscriber.write_all(&bytes).await.unwrap();
+        let mut seen = Vec::new();
+        read_until(&mut subscriber, &mut seen, b"101 Switching Protocols").await;
+        read_until(&mut subscriber, &mut seen, b"CONNECTED").await;
+        read_until(&mut subscriber, &mut seen, b"receipt-id:r").await;
+
+        let mut api = TcpStream::connect(addr).await.unwrap();
+        let body = r#"{"destination":"/topic/t","body":"hello"}"#;
+        let request = format!(
+            "POST /api/v1/publish HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        api.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        read_until(&mut api, &mut answer, b"202 Accepted").await;
+        read_until(&mut subscriber, &mut seen, b"hello").await;
+        assert_eq!(broker.subscriber_count("/topic/t"), 1);
+        let _ = stop.send(());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sessions_work_with_the_handshake_runtime() {
+        subscribe_and_publish(1).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sessions_work_without_the_handshake_runtime() {
+        subscribe_and_publish(0).await;
+    }
+
+    #[tokio::test]
+    async fn the_handshake_runtime_stops_with_the_broker() {
+        let (addr, broker, stop) = start(1).await;
+        let _ = stop.send(());
+        tokio::time::timeout(PATIENCE, async {
+            while TcpStream::connect(addr).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the listener closes once the broker has shut down");
+        assert_eq!(broker.open_sessions(), 0);
     }
 }

@@ -5,12 +5,15 @@
 
 use crate::conn::{tcp_connect, Dialer};
 use crate::frames::{send_frame, write_body, Incoming, Stamp};
+use crate::stats::{new_histogram, record_ns};
 use crate::sys::{due_ns, now_ns};
 use crate::target::Target;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
 use serde::Serialize;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,6 +25,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Most messages sent in one burst when a publisher is behind schedule.
 const MAX_BURST: u64 = 4096;
+/// Most unanswered HTTP requests whose write time is kept (to time their
+/// answers); beyond it, requests go untimed.
+const MAX_TIMED_UNANSWERED: usize = 64 * 1024;
 
 /// Where a publisher's messages go.
 #[derive(Debug, Clone)]
@@ -67,11 +73,63 @@ impl Via {
 }
 
 /// Answers and errors seen by a publisher's reader.
-#[derive(Default)]
 struct Answers {
     accepted: AtomicU64,
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
+    /// HTTP: requests written and answers read so far, numbering both.
+    requests: AtomicU64,
+    answers: AtomicU64,
+    /// HTTP: (request number, CLOCK_MONOTONIC ns it was written) of the
+    /// unanswered requests being timed, oldest first; answers come back in
+    /// order. At most `MAX_TIMED_UNANSWERED`: past it, requests go untimed.
+    written_at: Mutex<VecDeque<(u64, u64)>>,
+    /// HTTP: from a request's write to its answer, this step.
+    answered_in: Mutex<Histogram<u64>>,
+}
+
+impl Default for Answers {
+    fn default() -> Answers {
+        Answers {
+            accepted: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            first_error: Mutex::new(None),
+            requests: AtomicU64::new(0),
+            answers: AtomicU64::new(0),
+            written_at: Mutex::new(VecDeque::new()),
+            answered_in: Mutex::new(new_histogram()),
+        }
+    }
+}
+
+impl Answers {
+    /// Notes that `count` requests were written at `now`.
+    fn written(&self, count: u64, now: u64) {
+        let first = self.requests.fetch_add(count, Ordering::Relaxed);
+        let mut written_at = self.written_at.lock().unwrap_or_else(|e| e.into_inner());
+        for request in first..first + count {
+            if written_at.len() >= MAX_TIMED_UNANSWERED {
+                break;
+            }
+            written_at.push_back((request, now));
+        }
+    }
+
+    /// The next answer arrived at `now`.
+    fn answered(&self, now: u64) {
+        let answer = self.answers.fetch_add(1, Ordering::Relaxed);
+        let mut written_at = self.written_at.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(&(request, at)) = written_at.front() {
+            if request > answer {
+                break;
+            }
+            written_at.pop_front();
+            if request == answer {
+                let mut answered_in = self.answered_in.lock().unwrap_or_else(|e| e.into_inner());
+                record_ns(&mut answered_in, now.saturating_sub(at));
+            }
+        }
+    }
 }
 
 /// One connection to one node.
@@ -113,6 +171,11 @@ pub struct PublishStep {
     pub failed: u64,
     /// The furthest the publisher fell behind its schedule.
     pub max_lag_ms: f64,
+    /// HTTP: from writing a request to reading its answer (the broker's
+    /// handling, which includes queueing every subscriber's copy, plus the
+    /// loopback round trip); empty for STOMP SEND, which has no answer.
+    #[serde(skip)]
+    pub answered_in: Option<Histogram<u64>>,
     pub first_error: Option<String>,
 }
 
@@ -240,6 +303,9 @@ impl Publisher {
                 burst += 1;
             }
             if burst > 0 {
+                if matches!(self.links[0], Link::Http { .. }) {
+                    self.answers.written(burst, now_ns());
+                }
                 let mut r = Ok(());
                 for link in &mut self.links {
                     let written = match link {
@@ -300,7 +366,21 @@ impl Publisher {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone()
         });
+        let answered_in = match self.links[0] {
+            Link::Http { .. } => {
+                let mut histogram = self
+                    .answers
+                    .answered_in
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let taken = histogram.clone();
+                histogram.reset();
+                Some(taken)
+            }
+            Link::Stomp { .. } => None,
+        };
         PublishStep {
+            answered_in,
             sent,
             published: k,
             // A STOMP SEND without receipt gets no answer: "accepted" means written.
@@ -339,6 +419,7 @@ async fn read_http_answers(mut read: tokio::net::tcp::OwnedReadHalf, answers: Ar
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
         while let Some((len, status)) = parse_http_answer(&buf) {
+            answers.answered(now_ns());
             let answer = buf.split_to(len);
             if (200..300).contains(&status) {
                 answers.accepted.fetch_add(1, Ordering::Relaxed);

@@ -30,6 +30,24 @@ pub async fn sleep_until_ns(deadline_ns: u64) {
     }
 }
 
+/// Lowers the calling thread's CPU priority by `nice` steps (on Linux a
+/// thread's own; threads it starts later inherit it). 0 does nothing.
+pub fn lower_priority(nice: u8) -> Result<(), String> {
+    if nice == 0 {
+        return Ok(());
+    }
+    // SAFETY: plain syscalls about the calling thread (who = 0).
+    let current = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    let target = (current + i32::from(nice)).min(19);
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, target) } != 0 {
+        return Err(format!(
+            "cannot lower the worker's priority: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
 /// User + system CPU seconds this process has used so far.
 pub fn self_cpu_secs() -> f64 {
     // SAFETY: getrusage writes into the struct we own.

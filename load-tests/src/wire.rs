@@ -35,6 +35,10 @@ pub struct WorkerSpec {
     pub subscribe_concurrency: usize,
     pub storm: Option<StormSpec>,
     pub churn: Option<ChurnSpec>,
+    /// A worker process lowers its CPU priority by this many nice steps
+    /// before it starts (0: not at all; in-process workers ignore it).
+    #[serde(default)]
+    pub nice: u8,
 }
 
 /// This worker's share of a connect storm.

@@ -3,16 +3,23 @@
 
 use super::{error, HttpResponse};
 use crate::admission;
-use crate::broker::{AdmissionRefusal, Broker};
+use crate::broker::{AdmissionRefusal, Broker, SessionSlot};
+use crate::server;
 use crate::session::connection;
 use crate::session::message_limit::MessageLimit;
 use crate::session::writer::Gated;
+use bytes::{Buf, Bytes};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -97,27 +104,59 @@ pub fn handle(
     let connection_id = broker.next_connection_id();
     let span = tracing::info_span!("session", id = connection_id, %peer);
     let on_upgrade = hyper::upgrade::on(request);
-    // One task per connection, bounded by `max-connections` (the slot).
-    broker.spawn(
-        async move {
-            match on_upgrade.await {
-                Ok(upgraded) => {
-                    let ws = WebSocketStream::from_raw_socket(
-                        Gated::new(MessageLimit::new(
-                            TokioIo::new(upgraded),
-                            before_connect_limit,
-                        )),
-                        Role::Server,
-                        Some(ws_config),
-                    )
-                    .await;
-                    connection::serve(slot, ws, connection_id).await;
+    // Served on the handshake runtime (see `server`), the session runs on
+    // the sessions' runtime, its socket moved there.
+    let sessions = server::session_runtime();
+    let move_socket = sessions.is_some();
+    let session = async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(%error, "upgrade failed");
+                return;
+            }
+        };
+        if !move_socket {
+            return serve(
+                slot,
+                TokioIo::new(upgraded),
+                ws_config,
+                before_connect_limit,
+                connection_id,
+            )
+            .await;
+        }
+        // The socket is registered with the handshake runtime's I/O driver:
+        // take it back from hyper and register it with this one.
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => match parts
+                .io
+                .into_inner()
+                .into_std()
+                .and_then(TcpStream::from_std)
+            {
+                Ok(socket) => {
+                    let io = Rewound::new(parts.read_buf, socket);
+                    serve(slot, io, ws_config, before_connect_limit, connection_id).await
                 }
-                Err(error) => tracing::debug!(%error, "upgrade failed"),
+                Err(error) => tracing::debug!(%error, "cannot move the upgraded socket"),
+            },
+            // Not a plain TCP connection: served as it is.
+            Err(upgraded) => {
+                let io = TokioIo::new(upgraded);
+                serve(slot, io, ws_config, before_connect_limit, connection_id).await
             }
         }
-        .instrument(span),
-    );
+    }
+    .instrument(span);
+    // One task per connection, bounded by `max-connections` (the slot).
+    match sessions {
+        Some(sessions) => {
+            let _on_sessions = sessions.enter();
+            broker.spawn(session);
+        }
+        None => broker.spawn(session),
+    }
 
     let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -130,6 +169,87 @@ pub fn handle(
     response
         .body(Full::default())
         .expect("static response parts are valid")
+}
+
+/// Runs the session of an upgraded connection.
+async fn serve<S>(
+    slot: SessionSlot,
+    io: S,
+    ws_config: WebSocketConfig,
+    before_connect_limit: usize,
+    connection_id: u64,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let ws = WebSocketStream::from_raw_socket(
+        Gated::new(MessageLimit::new(io, before_connect_limit)),
+        Role::Server,
+        Some(ws_config),
+    )
+    .await;
+    connection::serve(slot, ws, connection_id).await;
+}
+
+/// The upgraded socket, first giving back what hyper had read past the
+/// handshake request (a client may send its CONNECT right behind it).
+struct Rewound {
+    already_read: Bytes,
+    socket: TcpStream,
+}
+
+impl Rewound {
+    fn new(already_read: Bytes, socket: TcpStream) -> Rewound {
+        Rewound {
+            already_read,
+            socket,
+        }
+    }
+}
+
+impl AsyncRead for Rewound {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.already_read.is_empty() {
+            let n = self.already_read.len().min(buf.remaining());
+            buf.put_slice(&self.already_read[..n]);
+            self.already_read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.socket).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewound {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.socket).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.socket).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.socket.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.socket).poll_shutdown(cx)
+    }
 }
 
 /// 503 with `Retry-After`, counted: past `max-handshakes-per-second`.

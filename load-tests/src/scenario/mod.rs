@@ -128,6 +128,7 @@ impl<'a> RunContext<'a> {
             subscribe_concurrency: self.common.setup_concurrency,
             storm: None,
             churn: None,
+            nice: 0,
         }
     }
 

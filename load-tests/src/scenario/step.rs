@@ -2,6 +2,7 @@
 //! late deliveries, collect every worker's checks and sum them up.
 
 use super::meter::Meter;
+use crate::broker_metrics::{self, BrokerLatency, Buckets};
 use crate::conn::Dialer;
 use crate::fleet::Fleet;
 use crate::format::{human, mib, ms, of_one_core, verdict};
@@ -80,6 +81,9 @@ pub struct FanOut {
     publishers: Vec<Publisher>,
     /// Subscribed connections per destination.
     per_dest_subscribers: Vec<u64>,
+    /// stompede's `/metrics` (`--metrics-url`): each step also reports the
+    /// broker's own delivery latency.
+    metrics_url: Option<String>,
 }
 
 impl FanOut {
@@ -115,6 +119,7 @@ impl FanOut {
         Ok(FanOut {
             publishers: connected,
             per_dest_subscribers,
+            metrics_url: common.metrics_url.clone(),
         })
     }
 
@@ -127,6 +132,7 @@ impl FanOut {
         plan: StepPlan,
     ) -> Result<(StepReport, Histogram<u64>), String> {
         fleet.label = plan.label.clone();
+        let delivery_before = self.broker_delivery_latency().await;
         let broker_before = meter.broker_now();
         let tool_cpu_before = fleet.tool_cpu_secs();
         let started = Instant::now();
@@ -149,6 +155,10 @@ impl FanOut {
         let (drain_secs, drain_active) =
             drain(fleet, expected, plan.drain_secs, plan.drain_idle).await?;
         let broker_after = meter.broker_now();
+        let broker_delivery = match (delivery_before, self.broker_delivery_latency().await) {
+            (Some(before), Some(after)) => BrokerLatency::of(&after.since(&before)),
+            _ => None,
+        };
         let tool_cpu_percent =
             (fleet.tool_cpu_secs() - tool_cpu_before) / started.elapsed().as_secs_f64() * 100.0;
         let results: Vec<StepResult> = fleet.collect(plan.index, sent).await?;
@@ -167,6 +177,14 @@ impl FanOut {
             published: published.iter().map(|p| p.published).sum(),
             publish_failed: published.iter().map(|p| p.failed).sum(),
             publish_max_lag_ms: published.iter().map(|p| p.max_lag_ms).fold(0.0, f64::max),
+            publish_answered: {
+                let mut all = crate::stats::new_histogram();
+                for histogram in published.iter().filter_map(|p| p.answered_in.as_ref()) {
+                    let _ = all.add(histogram);
+                }
+                Percentiles::of(&all)
+            },
+            broker_delivery,
             publish_error: published.iter().find_map(|p| p.first_error.clone()),
             subscribers: sum(|r| r.subscribers),
             expected_deliveries: tally.expected,
@@ -201,6 +219,19 @@ impl FanOut {
             && report.latency.count > 0
             && report.latency.p99_ms <= plan.max_p99_ms;
         Ok((report, histogram))
+    }
+
+    /// The broker's delivery latency histogram so far (`None` without
+    /// `--metrics-url`, or when it cannot be read: the step goes on).
+    async fn broker_delivery_latency(&self) -> Option<Buckets> {
+        let url = self.metrics_url.as_deref()?;
+        match broker_metrics::scrape_histogram(url, broker_metrics::DELIVERY_LATENCY).await {
+            Ok(buckets) => Some(buckets),
+            Err(error) => {
+                eprintln!("stompede-load: broker delivery latency: {error}");
+                None
+            }
+        }
     }
 
     /// Runs every publisher's share of the step, pumping the fleet's
@@ -289,6 +320,12 @@ pub struct StepReport {
     pub published: u64,
     pub publish_failed: u64,
     pub publish_max_lag_ms: f64,
+    /// HTTP publishing: from writing each request to reading its answer
+    /// (count 0 for STOMP SEND).
+    pub publish_answered: Percentiles,
+    /// The broker's own view (`--metrics-url`, stompede): from the publish
+    /// call to the MESSAGE handed to each subscriber's socket.
+    pub broker_delivery: Option<BrokerLatency>,
     pub publish_error: Option<String>,
     pub subscribers: u64,
     pub expected_deliveries: u64,
@@ -325,6 +362,12 @@ pub fn step_rows(report: &mut Report, step: &StepReport) {
             ms(step.publish_max_lag_ms)
         ),
     );
+    if step.publish_answered.count > 0 {
+        report.row(
+            "publish answered in",
+            crate::format::percentiles(&step.publish_answered),
+        );
+    }
     if let Some(error) = &step.publish_error {
         report.row("publish error", error.clone());
     }
@@ -341,6 +384,9 @@ pub fn step_rows(report: &mut Report, step: &StepReport) {
         ),
     );
     report.latency_row("publish-to-receive", &step.latency);
+    if let Some(broker) = &step.broker_delivery {
+        report.row("broker's own view", broker.to_string());
+    }
     report.row(
         "lost / dup / reordered",
         format!(

@@ -40,6 +40,19 @@ pub struct StormArgs {
     /// Messages per second published to the background subscribers.
     #[arg(long, default_value_t = 100.0)]
     pub background_rate: f64,
+    /// Where the background subscribers live: `separate` (a worker process
+    /// of their own that holds no storm connection, so their receive
+    /// timestamps are not taken behind the storm's handshakes in the same
+    /// process), or `shared` (dealt out over the storm's workers, as before).
+    #[arg(long, value_enum, default_value_t = BackgroundWorker::Separate)]
+    pub background_worker: BackgroundWorker,
+    /// The storm's worker processes run this many nice steps below normal
+    /// CPU priority (0-19), the background subscribers' worker and the
+    /// publisher at normal: on this box the storm's clients (17,000
+    /// handshakes) take CPU that, in a real stampede, runs on the readers'
+    /// own machines. 0: all at the same priority.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub storm_nice: u8,
     /// Seconds of background fan-out measured before the storm starts.
     #[arg(long, default_value_t = 3.0)]
     pub baseline: f64,
@@ -64,6 +77,14 @@ pub struct StormArgs {
     pub svg: Option<String>,
 }
 
+/// Where the background subscribers live (`--background-worker`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackgroundWorker {
+    Separate,
+    Shared,
+}
+
 pub async fn run(common: &Common, args: StormArgs) -> Result<(), String> {
     // Written so that NaN fails too.
     if args.rate.is_nan() || args.rate <= 0.0 {
@@ -82,11 +103,29 @@ pub async fn run(common: &Common, args: StormArgs) -> Result<(), String> {
         args.background_destinations,
         "uniform",
     )?;
-    let mut specs = run.worker_specs(
-        subscribers.len() as u64 + args.connections,
-        args.background_destinations,
-        &subscribers,
-    );
+    let separate = args.background_worker == BackgroundWorker::Separate && !subscribers.is_empty();
+    if separate && subscribers.len() as u64 > common.per_worker {
+        return Err(format!(
+            "--background-worker separate: {} background subscribers do not fit in one worker of --per-worker {}",
+            subscribers.len(),
+            common.per_worker
+        ));
+    }
+    if args.storm_nice > 0 && !separate && !subscribers.is_empty() {
+        return Err(
+            "--storm-nice needs --background-worker separate (the background subscribers keep normal priority)"
+                .into(),
+        );
+    }
+    let mut specs = if separate {
+        run.worker_specs(args.connections, args.background_destinations, &[])
+    } else {
+        run.worker_specs(
+            subscribers.len() as u64 + args.connections,
+            args.background_destinations,
+            &subscribers,
+        )
+    };
     let workers = specs.len();
     for (worker, spec) in specs.iter_mut().enumerate() {
         let (count, before) = plan::share(args.connections, workers, worker);
@@ -98,6 +137,15 @@ pub async fn run(common: &Common, args: StormArgs) -> Result<(), String> {
             first_conn: subscribers.len() as u64 + before,
             retry_refused_ms: (args.retry_refused * 1000.0) as u64,
         });
+        if separate || subscribers.is_empty() {
+            spec.nice = args.storm_nice;
+        }
+    }
+    if separate {
+        // One more worker, last, with every background subscriber and no storm share.
+        let mut background = run.worker_spec(specs.len(), args.background_destinations);
+        background.subscribers = subscribers.clone();
+        specs.push(background);
     }
     let (mut fleet, subscribed) = run
         .start_workers(
@@ -120,6 +168,14 @@ pub async fn run(common: &Common, args: StormArgs) -> Result<(), String> {
         )
         .await?;
         setup_rows(&mut report, &subscribed.summary, "background subscribers");
+        report.row(
+            "background subscribers live",
+            if separate {
+                "in a worker process of their own (--background-worker separate)"
+            } else {
+                "in the storm's worker processes (--background-worker shared)"
+            },
+        );
         let baseline = background_step(
             &args,
             drain_idle,

@@ -14,6 +14,8 @@ pub fn process_main() -> Result<(), String> {
         .read_line(&mut line)
         .map_err(|e| format!("reading the worker spec: {e}"))?;
     let spec: WorkerSpec = from_line(&line).map_err(|e| format!("bad worker spec: {e}"))?;
+    // Before the runtime's threads exist, so that they inherit it.
+    crate::sys::lower_priority(spec.nice)?;
     let runtime = crate::runtime()?;
     runtime.block_on(async move {
         let (command_tx, command_rx) = mpsc::unbounded_channel();
