@@ -218,6 +218,37 @@ enum Interest {
 
 pub struct RedisEngine {
     shared: Arc<Shared>,
+    /// Where fred's connection tasks run (see `redis_io_runtime`).
+    io: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for RedisEngine {
+    fn drop(&mut self) {
+        self.shared.stop.cancel();
+        if let Some(io) = self.io.take() {
+            // Dropping a runtime may block, which is not allowed on a tokio worker.
+            io.shutdown_background();
+        }
+    }
+}
+
+/// fred's connection tasks (the socket reads and writes of both Redis
+/// clients, reconnects) run on a runtime of their own, one thread named
+/// `stompede-redis`, not on the broker's workers. On the broker's workers a
+/// Redis reply waits in the run queue behind every writer task the last
+/// fan-out woke (5,000 for 5,000 readers), so each publish's round trip grew
+/// with the fan-out and, since a connection's HTTP requests are answered in
+/// order, capped the publishes per connection (measured: 11 ms per publish
+/// round trip at 5,000 readers, 76-96 publishes/s; 6 ms and 143-151/s with
+/// this runtime, load-tests/RESULTS.md). A task woken from another thread is
+/// taken from the workers' shared queue within a few dozen polls instead.
+fn redis_io_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("stompede-redis")
+        .enable_all()
+        .build()
+        .expect("a one-thread tokio runtime can be built")
 }
 
 struct Shared {
@@ -357,11 +388,19 @@ impl RedisEngine {
         if shared.clustered {
             tokio::spawn(shared.clone().watch_slots());
         }
-        // The connection tasks run until `quit`; their handles are not needed.
-        drop(shared.commands.connect());
-        drop(shared.pubsub.connect());
+        let io = redis_io_runtime();
+        {
+            // fred spawns its connection tasks on the runtime it is called in.
+            let _inside = io.enter();
+            // The connection tasks run until `quit`; their handles are not needed.
+            drop(shared.commands.connect());
+            drop(shared.pubsub.connect());
+        }
         tracing::info!(node = shared.settings.node_id, url = %redacted(&shared.settings.url), "redis engine starting");
-        RedisEngine { shared }
+        RedisEngine {
+            shared,
+            io: Some(io),
+        }
     }
 
     pub async fn publish(&self, publication: &Publication) -> Result<Published, EngineError> {
