@@ -421,7 +421,12 @@ async fn without_redis_at_start_a_node_serves_readers_and_refuses_publishes_unti
         sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(&reader.frame().await.body[..], b"back");
-    assert_eq!(node.broker.metrics().engine_up.get(), 1);
+    // The link watcher updates the gauge on its next look (within 250 ms).
+    wait_until(
+        || node.broker.metrics().engine_up.get() == 1,
+        "engine_up says the engine is up",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
