@@ -24,9 +24,11 @@ use crate::target::Target;
 use crate::wire::{from_line, to_line, Failures, Final};
 use crate::worker::failover::{
     FailoverCommand, FailoverEvent, FailoverProgress, FailoverReady, FailoverResult, FailoverSpec,
+    LATENCY_BIN_NS,
 };
 use crate::Common;
 use clap::Args;
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -327,6 +329,32 @@ pub async fn run(common: &Common, args: FailoverArgs) -> Result<(), String> {
         r.since_drop.add_to(&mut since_drop);
         r.subscribe_to_receipt.add_to(&mut replay);
     }
+    // Live latencies: before the kill, from the kill to the last resume, after.
+    let all_resumed_ns = all.last_resume_ns.max(kill_ns);
+    let (mut live_before, mut live_during, mut live_after, mut replayed_latency) = (
+        new_histogram(),
+        new_histogram(),
+        new_histogram(),
+        new_histogram(),
+    );
+    let mut by_second: BTreeMap<i64, Histogram<u64>> = BTreeMap::new();
+    for r in &results {
+        r.replayed_latency.add_to(&mut replayed_latency);
+        for (i, bin) in r.live_latency.iter().enumerate() {
+            let from = r.latency_t0_ns + i as u64 * LATENCY_BIN_NS;
+            let to = from + LATENCY_BIN_NS;
+            let phase = if to <= kill_ns {
+                &mut live_before
+            } else if from >= all_resumed_ns {
+                &mut live_after
+            } else {
+                &mut live_during
+            };
+            bin.add_to(phase);
+            let second = (from as i64 - kill_ns as i64).div_euclid(1_000_000_000);
+            bin.add_to(by_second.entry(second).or_insert_with(new_histogram));
+        }
+    }
     let all_resumed_secs = if all.last_resume_ns > kill_ns {
         (all.last_resume_ns - kill_ns) as f64 / 1e9
     } else {
@@ -411,6 +439,23 @@ pub async fn run(common: &Common, args: FailoverArgs) -> Result<(), String> {
             .map(u64::to_string)
             .collect::<Vec<_>>()
             .join(" / "),
+    );
+    report.latency_row(
+        "missed comments, publish to replay",
+        &Percentiles::of(&replayed_latency),
+    );
+    report.section("live publish-to-receive latency, by when the message was published");
+    report.latency_row("before the kill", &Percentiles::of(&live_before));
+    report.latency_row("kill to last resume", &Percentiles::of(&live_during));
+    report.latency_row("after", &Percentiles::of(&live_after));
+    report.row(
+        "p99 per second (0 = the kill's)",
+        by_second
+            .iter()
+            .map(|(second, h)| format!("{second}: {}", format::ms(Percentiles::of(h).p99_ms)))
+            .collect::<Vec<_>>()
+            .join(", ")
+            + " ms",
     );
     report.section("every reader checked (offsets start+1..=last, once each)");
     let nothing_missed = all.missed == 0
@@ -533,6 +578,14 @@ pub async fn run(common: &Common, args: FailoverArgs) -> Result<(), String> {
             "since_kill": Percentiles::of(&since_kill),
             "since_drop": Percentiles::of(&since_drop),
             "subscribe_to_receipt": Percentiles::of(&replay),
+            "replayed_latency": Percentiles::of(&replayed_latency),
+            "live_before": Percentiles::of(&live_before),
+            "live_during": Percentiles::of(&live_during),
+            "live_after": Percentiles::of(&live_after),
+            "live_by_second_from_kill": by_second
+                .iter()
+                .map(|(second, h)| (second.to_string(), Percentiles::of(h)))
+                .collect::<BTreeMap<_, _>>(),
             "start": start,
             "last": last,
             "epochs": epochs,
@@ -825,6 +878,8 @@ impl Workers {
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Err(_) => return Ok(()),
+                // Gone after their last event: let the caller look at it.
+                Ok(None) if !self.pending.is_empty() => return Ok(()),
                 Ok(None) => return Err("all failover workers are gone".into()),
                 Ok(Some((worker, FailoverEvent::Progress(p)))) => {
                     self.progress[worker] = p;

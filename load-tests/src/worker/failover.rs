@@ -21,7 +21,7 @@
 //! offset in between exactly once.
 
 use crate::conn::{Dialer, Ws};
-use crate::frames::Credentials;
+use crate::frames::{parse_body, Credentials};
 use crate::stats::{new_histogram, record_ns, HistData};
 use crate::sys::{now_ns, self_cpu_secs, self_rss_bytes};
 use crate::target::Target;
@@ -44,6 +44,12 @@ use super::lock;
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// How long the connections get to close at the end.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
+/// Live latencies are kept per this much of publishing time (by the
+/// message's stamp), so that the coordinator can tell before, during and
+/// after the failover apart.
+pub const LATENCY_BIN_NS: u64 = 500_000_000;
+/// Latency shards (a reader always uses the same one).
+const LATENCY_SHARDS: usize = 4;
 
 /// What a failover worker holds (its first line on stdin).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -159,6 +165,12 @@ pub struct FailoverResult {
     pub since_drop: HistData,
     /// The replay: from sending the resuming SUBSCRIBE to its RECEIPT (us).
     pub subscribe_to_receipt: HistData,
+    /// Publish-to-receive latency of the messages replayed from history (us).
+    pub replayed_latency: HistData,
+    /// Publish-to-receive latency of live messages, one histogram per
+    /// `LATENCY_BIN_NS` of stamp time from `latency_t0_ns` on.
+    pub live_latency: Vec<HistData>,
+    pub latency_t0_ns: u64,
     /// CLOCK_MONOTONIC ns of the last resume's RECEIPT (0: none).
     pub last_resume_ns: u64,
     /// Where the readers are at the end, per node.
@@ -231,7 +243,48 @@ struct Counters {
     tries: AtomicU64,
 }
 
+/// Live latencies binned by the time a message was due to be published.
+struct Binned {
+    t0_ns: u64,
+    shards: Vec<Mutex<Vec<hdrhistogram::Histogram<u64>>>>,
+}
+
+impl Binned {
+    fn record(&self, shard: u64, sent_ns: u64, arrived_ns: u64) {
+        let bin = (sent_ns.saturating_sub(self.t0_ns) / LATENCY_BIN_NS) as usize;
+        // Bounded: an hour of bins.
+        if bin > 7200 {
+            return;
+        }
+        let mut bins = lock(&self.shards[shard as usize % self.shards.len()]);
+        while bins.len() <= bin {
+            bins.push(bin_histogram());
+        }
+        record_ns(&mut bins[bin], arrived_ns.saturating_sub(sent_ns));
+    }
+
+    fn merged(&self) -> Vec<HistData> {
+        let mut all: Vec<hdrhistogram::Histogram<u64>> = Vec::new();
+        for shard in &self.shards {
+            for (i, h) in lock(shard).iter().enumerate() {
+                while all.len() <= i {
+                    all.push(bin_histogram());
+                }
+                let _ = all[i].add(h);
+            }
+        }
+        all.iter().map(HistData::from_hist).collect()
+    }
+}
+
+/// Two significant figures: a bin's histogram stays a few KiB.
+fn bin_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 2).expect("static bounds")
+}
+
 struct Ctx {
+    live: Binned,
+    replayed_latency: Mutex<hdrhistogram::Histogram<u64>>,
     spec: FailoverSpec,
     dialer: Arc<Dialer>,
     counters: Counters,
@@ -321,6 +374,13 @@ async fn run_inner(
         Duration::from_millis(spec.setup_timeout_ms),
     );
     let ctx = Arc::new(Ctx {
+        live: Binned {
+            t0_ns: now_ns(),
+            shards: (0..LATENCY_SHARDS)
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
+        },
+        replayed_latency: Mutex::new(new_histogram()),
         spec: spec.clone(),
         dialer,
         counters: Counters::default(),
@@ -520,6 +580,9 @@ fn finish(
     result.since_kill = HistData::from_hist(&since_kill);
     result.since_drop = HistData::from_hist(&lock(&ctx.since_drop));
     result.subscribe_to_receipt = HistData::from_hist(&lock(&ctx.subscribe_to_receipt));
+    result.replayed_latency = HistData::from_hist(&lock(&ctx.replayed_latency));
+    result.live_latency = ctx.live.merged();
+    result.latency_t0_ns = ctx.live.t0_ns;
     result
 }
 
@@ -627,6 +690,7 @@ async fn read_until_end(
             Some(Ok(_)) => continue,
         };
         conn.buf.extend_from_slice(&payload);
+        let arrived_ns = now_ns();
         let mut track = lock(&reader.track);
         let mut messages = 0;
         loop {
@@ -634,6 +698,9 @@ async fn read_until_end(
                 Ok(Some(frame)) if frame.command == "MESSAGE" => {
                     messages += 1;
                     track.message(frame.offset, frame.epoch.as_deref());
+                    if let Some(sent_ns) = frame.sent_ns {
+                        ctx.live.record(reader.index, sent_ns, arrived_ns);
+                    }
                 }
                 // ERROR (or anything unexpected): the broker closes after it.
                 Ok(Some(_)) | Err(_) => {
@@ -703,6 +770,12 @@ async fn subscribe(
                         track.message(f.offset, f.epoch.as_deref());
                         if resuming {
                             track.replayed += 1;
+                            if let Some(sent_ns) = f.sent_ns {
+                                record_ns(
+                                    &mut lock(&ctx.replayed_latency),
+                                    now_ns().saturating_sub(sent_ns),
+                                );
+                            }
                         }
                     }
                     Some(f) if f.command == "RECEIPT" && f.receipt.as_deref() == Some(&receipt) => {
@@ -750,6 +823,8 @@ struct RawFrame {
     receipt: Option<String>,
     recovered: Option<bool>,
     message: Option<String>,
+    /// A MESSAGE's stamp: when it was due to be published.
+    sent_ns: Option<u64>,
 }
 
 /// Takes the next whole frame off `buf` (`Ok(None)`: more bytes needed).
@@ -785,6 +860,9 @@ fn next_frame(buf: &mut BytesMut) -> Result<Option<RawFrame>, String> {
             .to_string(),
         ..RawFrame::default()
     };
+    if frame.command == "MESSAGE" {
+        frame.sent_ns = parse_body(&whole[body_start..body_start + nul]).map(|s| s.sent_ns);
+    }
     for line in lines {
         let Some((name, value)) = line.trim_end_matches('\r').split_once(':') else {
             continue;
