@@ -202,14 +202,14 @@ struct Track {
 }
 
 impl Track {
-    fn message(&mut self, offset: Option<u64>, epoch: Option<&str>) {
+    fn message(&mut self, offset: Option<u64>, epoch: Option<&[u8]>) {
         self.received += 1;
         if let Some(epoch) = epoch {
-            if self.epoch.as_deref() != Some(epoch) {
+            if self.epoch.as_deref().map(str::as_bytes) != Some(epoch) {
                 if self.epoch.is_some() {
                     self.epoch_changes += 1;
                 }
-                self.epoch = Some(epoch.to_string());
+                self.epoch = Some(unescape(&String::from_utf8_lossy(epoch)));
             }
         }
         let Some(offset) = offset else {
@@ -817,9 +817,10 @@ async fn subscribe(
 /// The parts of a frame this worker looks at.
 #[derive(Debug, Default, PartialEq)]
 struct RawFrame {
-    command: String,
+    command: &'static str,
     offset: Option<u64>,
-    epoch: Option<String>,
+    /// As sent (escaped, which the broker's epochs never need).
+    epoch: Option<Bytes>,
     receipt: Option<String>,
     recovered: Option<bool>,
     message: Option<String>,
@@ -849,15 +850,17 @@ fn next_frame(buf: &mut BytesMut) -> Result<Option<RawFrame>, String> {
     let Some(nul) = memchr::memchr(0, &buf[body_start..]) else {
         return Ok(None);
     };
-    let whole = buf.split_to(body_start + nul + 1);
+    let whole = buf.split_to(body_start + nul + 1).freeze();
     let head = std::str::from_utf8(&whole[..head_end.0]).map_err(|e| e.to_string())?;
     let mut lines = head.lines();
     let mut frame = RawFrame {
-        command: lines
-            .next()
-            .unwrap_or("")
-            .trim_end_matches('\r')
-            .to_string(),
+        command: match lines.next().unwrap_or("").trim_end_matches('\r') {
+            "MESSAGE" => "MESSAGE",
+            "RECEIPT" => "RECEIPT",
+            "ERROR" => "ERROR",
+            "CONNECTED" => "CONNECTED",
+            _ => "other",
+        },
         ..RawFrame::default()
     };
     if frame.command == "MESSAGE" {
@@ -870,7 +873,9 @@ fn next_frame(buf: &mut BytesMut) -> Result<Option<RawFrame>, String> {
         // The first of a repeated header wins (STOMP 1.2).
         match name {
             "x-offset" if frame.offset.is_none() => frame.offset = value.parse().ok(),
-            "x-epoch" if frame.epoch.is_none() => frame.epoch = Some(unescape(value)),
+            "x-epoch" if frame.epoch.is_none() => {
+                frame.epoch = Some(whole.slice_ref(value.as_bytes()))
+            }
             "receipt-id" if frame.receipt.is_none() => frame.receipt = Some(unescape(value)),
             "x-recovered" if frame.recovered.is_none() => frame.recovered = Some(value == "true"),
             "message" if frame.message.is_none() => frame.message = Some(unescape(value)),
@@ -937,12 +942,12 @@ mod tests {
         );
         let m = next_frame(&mut buf).unwrap().unwrap();
         assert_eq!(
-            (m.command.as_str(), m.offset, m.epoch.as_deref()),
-            ("MESSAGE", Some(7), Some("ab:1"))
+            (m.command, m.offset, m.epoch.as_deref()),
+            ("MESSAGE", Some(7), Some(&b"ab\\c1"[..]))
         );
         let r = next_frame(&mut buf).unwrap().unwrap();
         assert_eq!(
-            (r.command.as_str(), r.receipt.as_deref(), r.recovered),
+            (r.command, r.receipt.as_deref(), r.recovered),
             ("RECEIPT", Some("r1"), Some(true))
         );
         assert_eq!(next_frame(&mut buf).unwrap(), None);
@@ -953,11 +958,12 @@ mod tests {
     fn offsets_are_checked() {
         let mut t = Track::default();
         for offset in [3, 4, 4, 7, 8] {
-            t.message(Some(offset), Some("e"));
+            t.message(Some(offset), Some(b"e"));
         }
         assert_eq!((t.first, t.last, t.gaps, t.dups), (3, 8, 2, 1));
-        t.message(Some(9), Some("f"));
+        t.message(Some(9), Some(b"a\\cb"));
         assert_eq!(t.epoch_changes, 1);
+        assert_eq!(t.epoch.as_deref(), Some("a:b"));
     }
 
     #[test]
