@@ -13,6 +13,7 @@
 #                                              nodes x readers per node @ comments/s, in turn)
 #   DESTINATIONS=10  BEFORE=5  AFTER=3
 #   PER_WORKER=12000  (readers per worker process)   BASE_PORT=18500 (Redis on +99)
+#   FIRST_RUN=1  (the first run's number in the file names)
 #   TOOL_ARGS="..."   (more stompede-load flags, e.g. "--setup-concurrency 128")
 #
 # Loopback only; every run is bounded (the tool's --max-runtime, cluster.sh's
@@ -32,6 +33,7 @@ export CLUSTER_DIR="${CLUSTER_DIR:-$OUT/cluster}" MAX_CONNECTIONS="${MAX_CONNECT
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/log.txt" >&2; }
 up() {
     "$here/cluster.sh" start "${NODES:-3}" > "$OUT/cluster.out" 2>&1 &
+    cluster_pid=$!
     for _ in $(seq 150); do
         grep -q "running for at most" "$OUT/cluster.out" 2>/dev/null && return 0
         sleep 0.2
@@ -39,11 +41,19 @@ up() {
     cat "$OUT/cluster.out" >&2
     return 1
 }
-down() { "$here/cluster.sh" stop > /dev/null 2>&1 || true; sleep 1; }
+# Waits for the `cluster.sh start` of up() to exit: it polls its state file
+# once a second, and if the next cluster's state file is there by then, its
+# exit would stop that cluster instead.
+down() {
+    "$here/cluster.sh" stop > /dev/null 2>&1 || true
+    [ -n "${cluster_pid:-}" ] && wait "$cluster_pid" 2>/dev/null || true
+    cluster_pid=
+}
 trap down EXIT
 
 # The variants take turns in each run, so that they share the box's state.
-for i in $(seq "$RUNS"); do
+first="${FIRST_RUN:-1}"
+for i in $(seq "$first" $((first + RUNS - 1))); do
     for variant in ${VARIANTS:-"${NODES}x${READERS_PER_NODE}@${RATE:-100}"}; do
         # NODESxREADERS@RATE
         nodes="${variant%%x*}"
