@@ -28,6 +28,7 @@ NODES="${NODES:-3}" READERS_PER_NODE="${READERS_PER_NODE:-12000}"
 base="${BASE_PORT:-18500}"
 mkdir -p "$OUT"
 export ENGINE=redis BASE_PORT="$base" MAX_SECONDS="${MAX_SECONDS:-600}"
+[ -n "${CLUSTER_DIR:-}" ] && KEEP_CLUSTER_DIR=1
 export CLUSTER_DIR="${CLUSTER_DIR:-$OUT/cluster}" MAX_CONNECTIONS="${MAX_CONNECTIONS:-19500}"
 
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/log.txt" >&2; }
@@ -62,6 +63,8 @@ for i in $(seq "$first" $((first + RUNS - 1))); do
         rate="${rest#*@}"
         urls=()
         for n in $(seq 0 $((nodes - 1))); do urls+=(--url "ws://127.0.0.1:$((base + n))/ws"); done
+        # Each run's Redis and node logs are kept apart.
+        [ -n "${KEEP_CLUSTER_DIR:-}" ] || export CLUSTER_DIR="$OUT/cluster-$variant-$i"
         NODES="$nodes" up
         kill_pid="$("$here/cluster.sh" pids | tail -1)"
         log "run $i $variant: load average $(cut -d' ' -f1-3 /proc/loadavg); killing pid $kill_pid"
