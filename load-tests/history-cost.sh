@@ -17,10 +17,13 @@ OUT="${OUT:-$here/results/history-$(date -u +%Y%m%dT%H%M%SZ)}"
 RUNS="${1:-3}"
 mkdir -p "$OUT"
 export MAX_SECONDS="${MAX_SECONDS:-600}" ENGINE=memory
+# The node listens on BASE_PORT (cluster.sh's default 18100).
+port="${BASE_PORT:-18100}"
 
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/log.txt" >&2; }
 up() { # bin node-args
     STOMPEDE_BIN="$1" NODE_ARGS="$2" "$here/cluster.sh" start 1 > "$OUT/cluster.out" 2>&1 &
+    cluster_pid=$!
     for _ in $(seq 150); do
         grep -q "running for at most" "$OUT/cluster.out" 2>/dev/null && return 0
         sleep 0.2
@@ -28,7 +31,15 @@ up() { # bin node-args
     cat "$OUT/cluster.out" >&2
     return 1
 }
-down() { "$here/cluster.sh" stop > /dev/null 2>&1 || true; sleep 1; }
+# Waits for up()'s `cluster.sh start` to exit too: it polls its state file
+# once a second and, exiting after the next cluster has written its own,
+# would stop that one instead.
+down() {
+    "$here/cluster.sh" stop > /dev/null 2>&1 || true
+    [ -n "${cluster_pid:-}" ] && wait "$cluster_pid" 2>/dev/null || true
+    cluster_pid=
+    sleep 1
+}
 trap down EXIT
 pid() { "$here/cluster.sh" pids | head -1; }
 
@@ -42,14 +53,14 @@ for i in $(seq "$RUNS"); do
         up "$bin" "$args"
         log "run $i $name: load average $(cut -d' ' -f1-3 /proc/loadavg)"
         "$L" --quiet --max-runtime 300 --json "$OUT/fanout-$name-$i.json" \
-            --url ws://127.0.0.1:18100/ws --broker-pid "$(pid)" \
+            --url ws://127.0.0.1:$port/ws --broker-pid "$(pid)" \
             fanout --subscribers 5000 --destinations 1 \
             --rate 16,24,32,48,64,96,128,160,200,240,280,320,400 --duration 5 \
             --stop-on-fail --max-p99-ms 1000 > "$OUT/fanout-$name-$i.txt" 2>&1 || log "fanout $name failed"
         down
         up "$bin" "$args"
         "$L" --quiet --max-runtime 120 --json "$OUT/latency-$name-$i.json" \
-            --url ws://127.0.0.1:18100/ws --broker-pid "$(pid)" \
+            --url ws://127.0.0.1:$port/ws --broker-pid "$(pid)" \
             fanout --subscribers 1000 --destinations 1 --rate 10 --duration 10 \
             > "$OUT/latency-$name-$i.txt" 2>&1 || log "latency $name failed"
         down

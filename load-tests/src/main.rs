@@ -124,9 +124,14 @@ enum Scenario {
     Churn(scenario::churn::ChurnArgs),
     /// Holds N idle subscribed connections; the broker's memory per connection.
     Idle(scenario::idle::IdleArgs),
+    /// Kills one node of a cluster while comments are published; its readers resume elsewhere.
+    Failover(scenario::failover::FailoverArgs),
     /// Internal: a worker process driven by the coordinator over stdin/stdout.
     #[command(hide = true)]
     Worker,
+    /// Internal: a `failover` worker process.
+    #[command(hide = true)]
+    FailoverWorker,
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -140,6 +145,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.scenario {
         Scenario::Worker => worker::process_main(),
+        Scenario::FailoverWorker => worker::failover::process_main(),
         scenario => runtime().and_then(|runtime| {
             runtime.block_on(async move {
                 let limit = std::time::Duration::from_secs_f64(
@@ -151,7 +157,10 @@ fn main() {
                         Scenario::Storm(args) => scenario::storm::run(&cli.common, args).await,
                         Scenario::Churn(args) => scenario::churn::run(&cli.common, args).await,
                         Scenario::Idle(args) => scenario::idle::run(&cli.common, args).await,
-                        Scenario::Worker => unreachable!(),
+                        Scenario::Failover(args) => {
+                            scenario::failover::run(&cli.common, args).await
+                        }
+                        Scenario::Worker | Scenario::FailoverWorker => unreachable!(),
                     }
                 };
                 tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {

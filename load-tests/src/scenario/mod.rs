@@ -8,6 +8,7 @@
 //! run costs, broker and tool).
 
 pub mod churn;
+pub mod failover;
 pub mod fanout;
 pub mod idle;
 mod merge;

@@ -10,6 +10,7 @@
 //! - `storm.rs`, `churn.rs`: the activities `Command::Start` begins.
 
 mod churn;
+pub mod failover;
 mod sequence;
 mod setup;
 mod stdio;
