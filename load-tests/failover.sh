@@ -33,6 +33,8 @@ export CLUSTER_DIR="${CLUSTER_DIR:-$OUT/cluster}" MAX_CONNECTIONS="${MAX_CONNECT
 
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/log.txt" >&2; }
 up() {
+    # Emptied first: the last cluster's "running for at most" must not count.
+    : > "$OUT/cluster.out"
     "$here/cluster.sh" start "${NODES:-3}" > "$OUT/cluster.out" 2>&1 &
     cluster_pid=$!
     for _ in $(seq 150); do

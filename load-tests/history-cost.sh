@@ -22,6 +22,9 @@ port="${BASE_PORT:-18100}"
 
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/log.txt" >&2; }
 up() { # bin node-args
+    # Emptied first: the last cluster's "running for at most" must not count
+    # (it did once: the tool then got no --broker-pid).
+    : > "$OUT/cluster.out"
     STOMPEDE_BIN="$1" NODE_ARGS="$2" "$here/cluster.sh" start 1 > "$OUT/cluster.out" 2>&1 &
     cluster_pid=$!
     for _ in $(seq 150); do
