@@ -246,16 +246,6 @@ impl History {
         &self.settings
     }
 
-    /// Bytes held, as counted against `history-max-bytes`.
-    pub fn bytes(&self) -> usize {
-        self.bytes.load(Relaxed)
-    }
-
-    /// Destinations with a log (a counter and an epoch, maybe messages).
-    pub fn destinations(&self) -> usize {
-        self.logs.len()
-    }
-
     /// Publishes one message to `destination`: assigns the next offset,
     /// `build`s the message for it, stores it and hands it to `deliver`, all
     /// under the destination's lock, so that offsets and deliveries keep one
@@ -268,27 +258,11 @@ impl History {
     ) -> R {
         let now = Instant::now();
         let result = self.with_log(destination, |log| {
-            let mut freed = log.expire(now, self.settings.ttl);
+            let freed = log.expire(now, self.settings.ttl);
+            self.sub_bytes(freed);
             log.latest += 1;
             let message = build(&log.position());
-            if self.settings.size > 0 {
-                let cost = stored_cost(&message);
-                log.messages.push_back(Stored {
-                    offset: log.latest,
-                    message: message.clone(),
-                    cost,
-                });
-                log.bytes += cost;
-                while log.messages.len() > self.settings.size {
-                    let dropped = log.messages.pop_front().expect("not empty");
-                    log.bytes -= dropped.cost;
-                    freed += dropped.cost;
-                }
-                self.add_bytes(cost);
-            }
-            self.sub_bytes(freed);
-            log.last_publish = now;
-            self.republished(log);
+            self.store(log, &message, now);
             deliver(&message)
         });
         self.evict_past_budget(destination);
@@ -358,25 +332,9 @@ impl History {
                 freed += dropped;
                 log.epoch = position.epoch.clone();
             }
-            log.latest = position.offset;
-            if self.settings.size > 0 {
-                let cost = stored_cost(message);
-                log.messages.push_back(Stored {
-                    offset: position.offset,
-                    message: message.clone(),
-                    cost,
-                });
-                log.bytes += cost;
-                self.add_bytes(cost);
-                while log.messages.len() > self.settings.size {
-                    let dropped = log.messages.pop_front().expect("not empty");
-                    log.bytes -= dropped.cost;
-                    freed += dropped.cost;
-                }
-            }
             self.sub_bytes(freed);
-            log.last_publish = now;
-            self.republished(log);
+            log.latest = position.offset;
+            self.store(log, message, now);
             deliver(message)
         });
         self.evict_past_budget(destination);
@@ -428,14 +386,13 @@ impl History {
     /// Forgets `destination`'s log (the redis engine stopped listening to
     /// it, so it would go stale).
     pub fn forget(&self, destination: &str) {
-        let Some((_, log)) = self.logs.remove(destination) else {
+        let Some(log) = self.logs.get(destination).map(|log| log.clone()) else {
             return;
         };
         let mut log = lock(&log);
-        log.forgotten = true;
-        lock(&self.by_publish).remove(&log.published_seq);
-        self.sub_bytes(log.bytes);
-        self.metrics.destinations.dec();
+        if !log.forgotten {
+            self.drop_log(&mut log);
+        }
     }
 
     /// For the HTTP API: the messages of `destination` after `after` (in
@@ -518,6 +475,40 @@ impl History {
         }))
     }
 
+    /// Keeps `message` (at `log.latest`) within `history-size`, and moves the
+    /// log to the newest end of `by_publish`.
+    fn store(&self, log: &mut Log, message: &Arc<PreparedMessage>, now: Instant) {
+        if self.settings.size > 0 {
+            let cost = stored_cost(message);
+            log.messages.push_back(Stored {
+                offset: log.latest,
+                message: message.clone(),
+                cost,
+            });
+            log.bytes += cost;
+            self.add_bytes(cost);
+            let mut freed = 0;
+            while log.messages.len() > self.settings.size {
+                let dropped = log.messages.pop_front().expect("not empty");
+                log.bytes -= dropped.cost;
+                freed += dropped.cost;
+            }
+            self.sub_bytes(freed);
+        }
+        log.last_publish = now;
+        self.republished(log);
+    }
+
+    /// Removes a log from the map and from `by_publish` (its lock is held),
+    /// and gives back what it cost.
+    fn drop_log(&self, log: &mut Log) {
+        log.forgotten = true;
+        self.logs.remove(&log.destination);
+        lock(&self.by_publish).remove(&log.published_seq);
+        self.sub_bytes(log.bytes);
+        self.metrics.destinations.dec();
+    }
+
     /// Moves `log` to the newest end of `by_publish` (its lock is held).
     fn republished(&self, log: &mut Log) {
         let seq = self.next_publish_seq.fetch_add(1, Relaxed);
@@ -550,11 +541,7 @@ impl History {
                 // Published again meanwhile: no longer the oldest.
                 continue;
             }
-            log.forgotten = true;
-            self.logs.remove(&destination);
-            lock(&self.by_publish).remove(&seq);
-            self.sub_bytes(log.bytes);
-            self.metrics.destinations.dec();
+            self.drop_log(&mut log);
             self.metrics.evictions.inc();
         }
     }
