@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-use stompede_protocol::Headers;
+use stompede_protocol::{Headers, PreparedMessage};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
@@ -247,21 +247,13 @@ impl Broker {
                 }
             }
         };
-        let now = std::time::Instant::now();
         let up_to = resumed
             .position
             .as_ref()
             .map(|position| (&position.epoch, position.offset));
         let (replayed, duplicates) = resume.outbox.release(
             &resume.subscription,
-            resumed.messages.iter().map(|message| {
-                Delivery::new(
-                    message.clone(),
-                    resume.subscription.clone(),
-                    resume.ack,
-                    now,
-                )
-            }),
+            replayed_deliveries(&resumed.messages, &resume.subscription, resume.ack),
             up_to,
         );
         metrics
@@ -289,23 +281,18 @@ impl Broker {
         subscriber: Subscriber,
         request: &ReplayRequest,
     ) -> Subscribed {
-        let metrics = self.metrics();
         let outbox = subscriber.outbox.clone();
         let (subscription, ack) = (subscriber.subscription.clone(), subscriber.ack);
         let hold = || outbox.hold(&subscription);
-        let mut subscribed =
-            self.engine
-                .subscribe(destination, request, hold, |replayed| {
-                    let outbox = subscriber.outbox.clone();
-                    let (subscription, ack) = (subscriber.subscription.clone(), subscriber.ack);
-                    self.hub.subscribe(destination, key, subscriber);
-                    let now = std::time::Instant::now();
-                    let queued = outbox.push_replayed(replayed.iter().map(|message| {
-                        Delivery::new(message.clone(), subscription.clone(), ack, now)
-                    }));
-                    metrics.outbound_queued.add(queued as i64);
-                    metrics.history_replayed.inc_by(queued as u64);
-                });
+        let mut subscribed = self
+            .engine
+            .subscribe(destination, request, hold, |replayed| {
+                self.hub.subscribe(destination, key, subscriber);
+                let queued =
+                    outbox.push_replayed(replayed_deliveries(replayed, &subscription, ack));
+                self.metrics().outbound_queued.add(queued as i64);
+                self.metrics().history_replayed.inc_by(queued as u64);
+            });
         self.count_resume(subscribed.recovered);
         self.engine.count_changed(destination);
         if subscribed.reads_later {
@@ -475,6 +462,18 @@ fn random_node_id() -> String {
             .unwrap_or_default(),
     );
     format!("{:08x}", hasher.finish() as u32)
+}
+
+/// Messages from history as deliveries to one subscription, oldest first.
+fn replayed_deliveries<'a>(
+    messages: &'a [Arc<PreparedMessage>],
+    subscription: &'a Arc<str>,
+    ack: bool,
+) -> impl Iterator<Item = Delivery> + 'a {
+    let now = std::time::Instant::now();
+    messages
+        .iter()
+        .map(move |message| Delivery::new(message.clone(), subscription.clone(), ack, now))
 }
 
 /// What a SUBSCRIBE's RECEIPT says of the destination's history.

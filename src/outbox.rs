@@ -73,6 +73,14 @@ impl Queued {
         }
     }
 
+    /// How many of `items` are MESSAGEs (what `outbound_queued_frames` counts).
+    pub fn deliveries<'a>(items: impl IntoIterator<Item = &'a Queued>) -> usize {
+        items
+            .into_iter()
+            .filter(|item| !matches!(item, Queued::Reply(_)))
+            .count()
+    }
+
     fn delivery(&self) -> Option<&Delivery> {
         match self {
             Queued::Message(delivery) | Queued::Replayed(delivery) => Some(delivery),

@@ -260,11 +260,15 @@ impl Engine {
                 Ok(HistoryPage { position, since })
             }
             Engine::Redis(engine) => {
-                let read = match after {
-                    None => redis::Read::Last(limit),
+                let page = match after {
+                    None => {
+                        engine
+                            .read_history(destination, redis::Read::Last(limit))
+                            .await?
+                    }
                     Some(after) => {
                         // Without an epoch, the destination's current one.
-                        let current = match epoch {
+                        let epoch = match epoch {
                             Some(epoch) => epoch.to_owned(),
                             None => engine
                                 .read_history(destination, redis::Read::Last(0))
@@ -274,15 +278,14 @@ impl Engine {
                                 .unwrap_or_default(),
                         };
                         let read = redis::Read::Since {
-                            epoch: &current,
+                            epoch: &epoch,
                             after,
                             limit,
                         };
-                        let page = engine.read_history(destination, read).await?;
-                        return Ok(page_of(page));
+                        engine.read_history(destination, read).await?
                     }
                 };
-                Ok(page_of(engine.read_history(destination, read).await?))
+                Ok(page_of(page))
             }
         }
     }

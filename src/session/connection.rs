@@ -81,10 +81,7 @@ impl Drop for Gauges {
         self.outbox.set_state(OutboxState::Closed);
         let mut undelivered = VecDeque::new();
         self.outbox.drain_into(&mut undelivered);
-        let deliveries = undelivered
-            .iter()
-            .filter(|item| !matches!(item, Queued::Reply(_)))
-            .count();
+        let deliveries = Queued::deliveries(&undelivered);
         metrics.outbound_queued.sub(deliveries as i64);
         metrics.subscriptions.sub(self.subscriptions);
         if let Some(version) = self.version {

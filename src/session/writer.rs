@@ -205,11 +205,7 @@ impl Writer {
         metrics: &Metrics,
         with_replayed: bool,
     ) {
-        let deliveries = self
-            .batch
-            .iter()
-            .filter(|item| !matches!(item, Queued::Reply(_)))
-            .count();
+        let deliveries = Queued::deliveries(&self.batch);
         metrics.outbound_queued.sub(deliveries as i64);
         if state == OutboxState::Open && !self.batch.is_empty() {
             self.mark_started();
