@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use stompede_protocol::{encode, Command as StompCommand, Frame, Version};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
@@ -312,19 +312,10 @@ pub fn process_main() -> Result<(), String> {
     runtime.block_on(async move {
         let (command_tx, command_rx) = mpsc::unbounded_channel();
         let (event_tx, mut event_rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(tokio::io::stdin()).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                match from_line::<FailoverCommand>(&line) {
-                    Ok(command) => {
-                        if command_tx.send(command).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => eprintln!("failover worker: bad command {line:?}: {e}"),
-                }
-            }
-        });
+        tokio::spawn(super::stdio::forward_commands::<FailoverCommand>(
+            command_tx,
+            "failover worker",
+        ));
         let worker = tokio::spawn(run(spec, command_rx, event_tx));
         let mut stdout = tokio::io::stdout();
         while let Some(event) = event_rx.recv().await {

@@ -20,21 +20,7 @@ pub fn process_main() -> Result<(), String> {
     runtime.block_on(async move {
         let (command_tx, command_rx) = mpsc::unbounded_channel();
         let (event_tx, mut event_rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(tokio::io::stdin()).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                match from_line::<Command>(&line) {
-                    Ok(command) => {
-                        if command_tx.send(command).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => eprintln!("worker: bad command {line:?}: {e}"),
-                }
-            }
-            // stdin closed: the coordinator is gone; dropping command_tx
-            // stops the worker.
-        });
+        tokio::spawn(forward_commands::<Command>(command_tx, "worker"));
         tokio::spawn(super::run(spec, command_rx, event_tx));
         let mut stdout = tokio::io::stdout();
         while let Some(event) = event_rx.recv().await {
@@ -49,4 +35,24 @@ pub fn process_main() -> Result<(), String> {
         }
     });
     Ok(())
+}
+
+/// Reads one command per stdin line into `commands` until stdin closes (the
+/// coordinator is gone: dropping `commands` stops the worker) or the worker
+/// stops listening. `who` names the worker in complaints about a bad line.
+pub async fn forward_commands<C: serde::de::DeserializeOwned>(
+    commands: mpsc::UnboundedSender<C>,
+    who: &'static str,
+) {
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        match from_line::<C>(&line) {
+            Ok(command) => {
+                if commands.send(command).is_err() {
+                    break;
+                }
+            }
+            Err(e) => eprintln!("{who}: bad command {line:?}: {e}"),
+        }
+    }
 }
