@@ -4,7 +4,7 @@
 //! frame by frame.
 
 use crate::auth::Identity;
-use crate::broker::{receipt_headers, Broker, Pending};
+use crate::broker::{receipt_headers, Broker, Pending, ReceiptHeaders};
 use crate::fanout::{EPOCH_HEADER, OFFSET_HEADER};
 use crate::history::ReplayRequest;
 
@@ -105,7 +105,7 @@ pub struct Session {
     pending: Pending,
     /// Headers the frame being handled adds to its RECEIPT (a SUBSCRIBE's
     /// history position).
-    receipt_headers: Vec<(&'static str, String)>,
+    receipt_headers: ReceiptHeaders,
 }
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
