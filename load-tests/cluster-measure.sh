@@ -7,6 +7,7 @@
 #   load-tests/cluster-measure.sh fanout|latency|storm|steady|wide [RUNS]
 #
 # fanout   a: fan-out ceiling, 5,000 readers of 1 destination, redis (1 node) vs memory
+#          (RAMP=r1,r2,... overrides the publish rates)
 # latency  b: 10,000 deliveries/s, readers on node1, publishing on node0, vs memory (1 node)
 # storm    c: 20,000 readers onto one new destination over 2 nodes (vs memory, 19,000 on 1 node)
 # steady   d: 100,000 destinations, 36,000 readers over 2 nodes, 1,000 publishes/s: Redis commands/s
@@ -54,12 +55,17 @@ run() { # name args...
 }
 
 fanout() {
-    local ramp=16,24,32,48,64,96,128,160,200,240,280,320,400
+    # From where both engines still pass to past memory's ceiling. "redis-api0"
+    # is the redis engine with the HTTP API on the sessions' runtime
+    # (`--api-threads 0`, the default before the API runtime), for comparison.
+    local ramp="${RAMP:-240,320,360,400,440,480,520,560,640}"
     for i in $(seq "$1"); do
-        for engine in memory redis; do
-            up "$engine" 1
-            run "fanout-$engine-$i" --url ws://127.0.0.1:18100/ws --broker-pid "$(pid_of 0)" \
-                fanout --subscribers 5000 --destinations 1 --rate $ramp --duration 5 \
+        for variant in memory redis redis-api0; do
+            local engine="${variant%-api0}" args=""
+            [ "$variant" = redis-api0 ] && args="--api-threads 0"
+            up "$engine" 1 "$args"
+            run "fanout-$variant-$i" --url ws://127.0.0.1:18100/ws --broker-pid "$(pid_of 0)" \
+                fanout --subscribers 5000 --destinations 1 --rate "$ramp" --duration 5 \
                 --stop-on-fail --max-p99-ms 1000
             down
         done

@@ -224,6 +224,17 @@ pub struct Config {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=19))]
     pub handshake_nice: u8,
 
+    /// Threads of the API runtime: HTTP connections that are not WebSocket handshakes (the HTTP
+    /// API, health checks, metrics) are served there, at the broker's own priority, so that a
+    /// publish's answer (and, with the redis engine, its Redis round trip) does not wait in the
+    /// run queue behind the writer tasks the last fan-out woke; a connection's requests are
+    /// answered in order, so that wait would cap the publishes per connection. Needs
+    /// `handshake-threads` above 0 (connections are sorted there). 0: on the sessions' runtime.
+    /// Default: 1 with the redis engine, 0 with memory (whose publish does the fan-out itself,
+    /// which costs less on the sessions' workers than woken from another thread).
+    #[arg(long)]
+    pub api_threads: Option<usize>,
+
     /// Most subscriptions one session may hold.
     #[arg(long, default_value_t = 64, value_parser = at_least_one::<usize>)]
     pub max_subscriptions_per_session: usize,
@@ -514,6 +525,14 @@ impl Config {
 
     /// Whether a CONNECT without credentials is accepted: as configured, else
     /// only when neither static users nor a JWT key are configured.
+    /// `api-threads`, or its default for the engine.
+    pub fn api_threads(&self) -> usize {
+        self.api_threads.unwrap_or(match self.engine {
+            EngineKind::Redis => 1,
+            EngineKind::Memory => 0,
+        })
+    }
+
     pub fn anonymous_allowed(&self) -> bool {
         self.allow_anonymous
             .unwrap_or(self.users.is_empty() && self.jwt.is_none())

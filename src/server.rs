@@ -7,10 +7,12 @@
 //! handshake's request line is served there until it is upgraded; then the
 //! socket moves to the runtime the broker was started on (the sessions'
 //! runtime), where the session runs. Any other connection (the HTTP API,
-//! health checks, metrics) moves there at once. So during a connect storm
-//! the handshakes queue behind each other, not ahead of the established
-//! sessions' deliveries, and the operating system gives the sessions' threads
-//! the CPU first.
+//! health checks, metrics) moves at once to the API runtime (`api-threads`,
+//! at the broker's own priority), or with 0 to the sessions' runtime. So
+//! during a connect storm the handshakes queue behind each other, not ahead
+//! of the established sessions' deliveries, and the operating system gives
+//! the sessions' threads the CPU first; and a publish is answered without
+//! waiting behind the writer tasks of the last fan-out.
 
 use crate::broker::Broker;
 use crate::http;
@@ -90,14 +92,26 @@ pub async fn accept_loop(broker: Arc<Broker>, listener: TcpListener) {
             return;
         }
     };
+    let api = match config.api_threads() {
+        0 => None,
+        threads => api_runtime(threads)
+            .inspect_err(|error| {
+                tracing::warn!(%error, "cannot start the API runtime; serving the API with the sessions")
+            })
+            .ok(),
+    };
+    let api_handle = api
+        .as_ref()
+        .map_or_else(Handle::current, |api| api.handle().clone());
     let handshakes = HandshakeRuntime {
-        runtime: Some(runtime),
+        runtimes: std::iter::once(runtime).chain(api).collect(),
         served: TaskTracker::new(),
         stop: CancellationToken::new(),
         linger: config.shutdown_grace + config.handshake_timeout,
     };
     let sessions = Sessions {
         runtime: Handle::current(),
+        api: api_handle,
         served: handshakes.served.clone(),
         stop: handshakes.stop.clone(),
     };
@@ -113,13 +127,15 @@ pub async fn accept_loop(broker: Arc<Broker>, listener: TcpListener) {
     // Dropping `handshakes` (here, or with this future) stops it.
 }
 
-/// The handshake runtime, as the accept loop on the sessions' runtime holds
-/// it. Dropped (the broker shut down, or the future holding it was
-/// dropped), it stops accepting, and a thread keeps the runtime until the
-/// connections still served there end (within their own bounds, at most
-/// `linger`), since a runtime cannot be dropped on an async worker.
+/// The handshake runtime (and the API runtime, if any), as the accept loop
+/// on the sessions' runtime holds them. Dropped (the broker shut down, or
+/// the future holding it was dropped), it stops accepting, and a thread
+/// keeps the runtimes until the connections still served there end (within
+/// their own bounds, at most `linger`), since a runtime cannot be dropped on
+/// an async worker.
 struct HandshakeRuntime {
-    runtime: Option<tokio::runtime::Runtime>,
+    /// The handshake runtime first.
+    runtimes: Vec<tokio::runtime::Runtime>,
     /// The tasks serving connections there.
     served: TaskTracker,
     /// Stops its accept loop.
@@ -132,7 +148,7 @@ impl HandshakeRuntime {
         &self,
         task: impl Future<Output = ()> + Send + 'static,
     ) -> Option<tokio::task::JoinHandle<()>> {
-        Some(self.runtime.as_ref()?.spawn(task))
+        Some(self.runtimes.first()?.spawn(task))
     }
 }
 
@@ -140,17 +156,22 @@ impl Drop for HandshakeRuntime {
     fn drop(&mut self) {
         self.stop.cancel();
         self.served.close();
-        let Some(runtime) = self.runtime.take() else {
+        let runtimes = std::mem::take(&mut self.runtimes);
+        if runtimes.is_empty() {
             return;
-        };
+        }
         let (served, linger) = (self.served.clone(), self.linger);
         let keeper = std::thread::Builder::new()
             .name("stompede-handshake-exit".into())
             .spawn(move || {
-                runtime.block_on(async {
+                // `served` holds every connection's task, the API's included
+                // (its sorting task waits for it).
+                runtimes[0].block_on(async {
                     let _ = tokio::time::timeout(linger, served.wait()).await;
                 });
-                runtime.shutdown_background();
+                for runtime in runtimes {
+                    runtime.shutdown_background();
+                }
             });
         if let Err(error) = keeper {
             tracing::warn!(%error, "cannot start a thread to wait for the handshake runtime");
@@ -161,6 +182,8 @@ impl Drop for HandshakeRuntime {
 /// What the accept loop on the handshake runtime knows of the sessions'.
 struct Sessions {
     runtime: Handle,
+    /// Where connections other than WebSocket handshakes are served.
+    api: Handle,
     served: TaskTracker,
     stop: CancellationToken,
 }
@@ -176,6 +199,15 @@ fn handshake_runtime(threads: usize, nice: u8) -> std::io::Result<tokio::runtime
                 tracing::warn!(%error, nice, "cannot lower the handshake thread's priority");
             }
         })
+        .enable_all()
+        .build()
+}
+
+/// The API runtime: `threads` workers at the broker's own priority.
+fn api_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("stompede-api")
         .enable_all()
         .build()
 }
@@ -236,11 +268,14 @@ async fn accept_on(broker: Arc<Broker>, listener: TcpListener, sessions: Option<
                 drop(permit);
             }),
             Some(Sessions {
-                runtime, served, ..
+                runtime,
+                api,
+                served,
+                ..
             }) => {
-                let sessions = runtime.clone();
+                let (sessions, api) = (runtime.clone(), api.clone());
                 broker.clone().spawn(served.track_future(async move {
-                    sort(broker, stream, peer, sessions).await;
+                    sort(broker, stream, peer, sessions, api).await;
                     drop(ip_slot);
                     drop(permit);
                 }))
@@ -252,8 +287,14 @@ async fn accept_on(broker: Arc<Broker>, listener: TcpListener, sessions: Option<
 /// On the handshake runtime: waits (up to `handshake-timeout`) for the
 /// connection's first bytes. The WebSocket handshake's request line is
 /// served here (its session will run on `sessions`); anything else moves to
-/// `sessions` and is served there.
-async fn sort(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, sessions: Handle) {
+/// `api` and is served there.
+async fn sort(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    sessions: Handle,
+    api: Handle,
+) {
     let config = broker.config();
     let wanted = HANDSHAKE_METHOD.len() + config.ws_path.len() + 1;
     let mut first = vec![0u8; wanted];
@@ -278,13 +319,13 @@ async fn sort(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, sessions
     let stream = match stream.into_std() {
         Ok(stream) => stream,
         Err(error) => {
-            tracing::debug!(%error, %peer, "cannot move the connection to the sessions' runtime");
+            tracing::debug!(%error, %peer, "cannot move the connection to the API runtime");
             return;
         }
     };
     // Served there; this task (and so the HTTP permit and the per-IP slot)
     // ends when it does.
-    let served = sessions.spawn(async move {
+    let served = api.spawn(async move {
         match TcpStream::from_std(stream) {
             Ok(stream) => serve_http(broker, stream, peer, headers_within).await,
             Err(error) => tracing::debug!(%error, %peer, "cannot register the connection"),
@@ -501,10 +542,20 @@ mod tests {
     async fn start(
         handshake_threads: usize,
     ) -> (SocketAddr, Arc<Broker>, tokio::sync::oneshot::Sender<()>) {
-        let config = Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
+        start_with(Config {
             handshake_threads,
             ..Config::default()
+        })
+        .await
+    }
+
+    /// A broker on 127.0.0.1:0 with `config`, until `stop` is sent.
+    async fn start_with(
+        config: Config,
+    ) -> (SocketAddr, Arc<Broker>, tokio::sync::oneshot::Sender<()>) {
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..config
         };
         let listener = bind(config.listen).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -590,6 +641,69 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sessions_work_without_the_handshake_runtime() {
         subscribe_and_publish(0).await;
+    }
+
+    /// How long `GET /healthz` takes to be answered while the sessions'
+    /// runtime (one worker here) is kept busy for `BUSY`.
+    async fn health_answered_while_the_sessions_are_busy(api_threads: usize) -> Duration {
+        const BUSY: Duration = Duration::from_secs(3);
+        let (addr, _broker, stop) = start_with(Config {
+            handshake_threads: 1,
+            api_threads: Some(api_threads),
+            ..Config::default()
+        })
+        .await;
+        // The client runs on a runtime of its own: the test's is the one kept busy.
+        let health = move || {
+            std::thread::spawn(move || {
+                let client = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                client.block_on(async move {
+                    let mut api = TcpStream::connect(addr).await.unwrap();
+                    let request = format!(
+                        "GET /healthz HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+                    );
+                    api.write_all(request.as_bytes()).await.unwrap();
+                    let mut answer = Vec::new();
+                    let asked = Instant::now();
+                    read_until(&mut api, &mut answer, b"200 OK").await;
+                    asked.elapsed()
+                })
+            })
+        };
+        // The accept loop is on the handshake runtime once this is answered.
+        health().join().unwrap();
+        // Stands for a fan-out's writer tasks: the one worker is taken.
+        let (busy_tx, busy) = std::sync::mpsc::channel();
+        tokio::spawn(async move {
+            let _ = busy_tx.send(());
+            std::thread::sleep(BUSY)
+        });
+        busy.recv().unwrap();
+        let answered_in = health().join().unwrap();
+        let _ = stop.send(());
+        answered_in
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn the_api_is_answered_on_its_own_runtime_while_the_sessions_are_busy() {
+        let answered_in = health_answered_while_the_sessions_are_busy(1).await;
+        assert!(
+            answered_in < Duration::from_millis(1500),
+            "answered in {answered_in:?}: it waited for the sessions' runtime"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn without_the_api_runtime_the_api_waits_for_the_sessions() {
+        // The counterpart of the test above: it shows that test can fail.
+        let answered_in = health_answered_while_the_sessions_are_busy(0).await;
+        assert!(
+            answered_in > Duration::from_millis(1500),
+            "answered in {answered_in:?} while the only sessions' worker was busy"
+        );
     }
 
     #[tokio::test]
