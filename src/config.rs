@@ -313,7 +313,10 @@ pub struct Config {
     pub engine: EngineKind,
 
     /// Redis for the `redis` engine: `redis://[user:password@]host:port[/db]`, or `rediss://`
-    /// for TLS.
+    /// for TLS; a Redis Cluster as `redis-cluster://host:port?node=host:port...`; a master
+    /// found through Sentinel as
+    /// `redis-sentinel://[user:password@]sentinel:port[/db]?sentinelServiceName=NAME[&node=sentinel2:port...]`
+    /// (the credentials go to the sentinels and the master alike; no TLS through Sentinel).
     #[arg(long, default_value = "redis://127.0.0.1:6379", value_parser = parse_redis_url)]
     pub redis_url: String,
 
@@ -713,15 +716,16 @@ fn parse_ws_path(text: &str) -> Result<String, String> {
 
 fn parse_redis_url(text: &str) -> Result<String, String> {
     let plain = crate::engine::redis::tls::without_tls_scheme(text);
-    if !(plain.starts_with("redis://") || plain.starts_with("redis-cluster://")) {
-        return Err("use redis://[user:password@]host:port[/db] or redis-cluster://host:port?node=host:port (rediss:// and rediss-cluster:// for TLS)".into());
+    const FORMS: &str = "use redis://[user:password@]host:port[/db], \
+        redis-cluster://host:port?node=host:port (rediss:// and rediss-cluster:// for TLS) \
+        or redis-sentinel://sentinel:port?sentinelServiceName=NAME";
+    let schemes = ["redis://", "redis-cluster://", "redis-sentinel://"];
+    if !schemes.iter().any(|scheme| plain.starts_with(scheme)) {
+        return Err(FORMS.into());
     }
     match fred::types::config::Config::from_url(&plain) {
         Ok(_) => Ok(text.to_owned()),
-        Err(error) => Err(format!(
-            "not a Redis URL ({error}): use redis://[user:password@]host:port[/db] \
-             or redis-cluster://host:port?node=host:port"
-        )),
+        Err(error) => Err(format!("not a Redis URL ({error}): {FORMS}")),
     }
 }
 
@@ -795,6 +799,11 @@ mod tests {
         assert!(refused(&["--redis-url", "http://x"]).contains("use redis://"));
         assert!(refused(&["--redis-url", "rediss-sentinel://x:1"]).contains("use redis://"));
         assert!(Config::try_parse_from(["stompede", "--redis-url", "rediss://x:1"]).is_ok());
+        let sentinel = "redis-sentinel://x:26379?sentinelServiceName=m&node=y:26379";
+        assert!(Config::try_parse_from(["stompede", "--redis-url", sentinel]).is_ok());
+        assert!(
+            refused(&["--redis-url", "redis-sentinel://x:26379"]).contains("sentinel service name")
+        );
         let invalid = |args: &[&str]| {
             let args = std::iter::once("stompede").chain(args.iter().copied());
             Config::try_parse_from(args)

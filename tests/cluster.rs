@@ -6,7 +6,7 @@ mod common;
 mod redis;
 
 use common::{http, start, Client, TestBroker, PATIENCE};
-use redis::Redis;
+use redis::{Redis, Sentinel};
 use std::time::Duration;
 use stompede::config::{ClientSend, EngineKind};
 use stompede::Config;
@@ -480,6 +480,78 @@ async fn when_redis_is_lost_sessions_stay_and_everything_recovers_when_it_is_bac
         }
     }
     wait_for_count(&nodes[0], "/topic/lost", 1).await;
+    assert!(nodes[1].broker.metrics().engine_reconnects.get() >= 1);
+}
+
+/// Publishes `body` to `destination` on `node` until it is accepted (the
+/// engine may be reconnecting), returning how many tries it took.
+async fn publish_until_accepted(node: &TestBroker, destination: &str, body: &str) -> u32 {
+    let deadline = Instant::now() + FRAME_PATIENCE;
+    for tries in 1.. {
+        let request = serde_json::json!({"destination": destination, "body": body});
+        let (status, answer) = publish(node, request).await;
+        if status == 202 {
+            return tries;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never accepted: {status} {answer}"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_url_finds_the_master_and_follows_it_through_a_failover() {
+    logs();
+    let (destination, channel) = ("/topic/sentinel", "stompede:{/topic/sentinel}");
+    let master = Redis::start();
+    let replica = Redis::start_replica_of(&master);
+    let sentinel = Sentinel::start("stompede", &master);
+    let nodes = nodes_on(&sentinel.url(), &["a", "b"]).await;
+    let mut reader = subscriber(&nodes[1], destination).await;
+    // Node b listens on the master the sentinel named, not on the replica.
+    assert_eq!(master.numsub(channel), 1);
+    assert_eq!(replica.numsub(channel), 0);
+    assert_eq!(
+        publish_until_accepted(&nodes[0], destination, "before").await,
+        1
+    );
+    assert_eq!(&reader.frame().await.body[..], b"before");
+
+    sentinel.failover();
+    let deadline = Instant::now() + FRAME_PATIENCE;
+    while replica.role() != "master" {
+        assert!(Instant::now() < deadline, "the replica was never promoted");
+        sleep(Duration::from_millis(100)).await;
+    }
+    // Both nodes find the new master through the sentinel: node b listens
+    // there again, and node a's publishes are taken there.
+    let deadline = Instant::now() + FRAME_PATIENCE;
+    while replica.numsub(channel) != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "node b never subscribed on the promoted replica"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    publish_until_accepted(&nodes[0], destination, "after").await;
+    assert!(
+        replica
+            .cli(&["LLEN", "stompede:{/topic/sentinel}log"])
+            .trim()
+            != "0",
+        "the publish went to the new master's history"
+    );
+    // The reader's session stayed through the failover and gets it.
+    loop {
+        let message = reader.frame().await;
+        assert_eq!(message.command, Command::Message, "{message:?}");
+        if &message.body[..] == b"after" {
+            break;
+        }
+    }
     assert!(nodes[1].broker.metrics().engine_reconnects.get() >= 1);
 }
 

@@ -82,6 +82,24 @@ impl Redis {
         redis
     }
 
+    /// A replica of `master` (`--replicaof`) on a free port.
+    pub fn start_replica_of(master: &Redis) -> Redis {
+        let mut redis = Redis::stopped(free_port());
+        let master_port = master.port.to_string();
+        redis.resume_with(&["--replicaof", "127.0.0.1", &master_port]);
+        redis
+    }
+
+    /// `master` or `slave`, from ROLE.
+    pub fn role(&self) -> String {
+        self.cli(&["ROLE"])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned()
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -164,6 +182,104 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One Sentinel (`redis-server CONF --sentinel`) watching `master` as
+/// `service`, with quorum 1; stopped when dropped.
+pub struct Sentinel {
+    pub port: u16,
+    service: String,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Sentinel {
+    /// Starts it and waits until it knows the master and one replica (so a
+    /// failover can promote it).
+    pub fn start(service: &str, master: &Redis) -> Sentinel {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("stompede-sentinel-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Sentinel rewrites its file, so each gets its own.
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                 sentinel monitor {service} 127.0.0.1 {master} 1\n\
+                 sentinel down-after-milliseconds {service} 1000\n\
+                 sentinel failover-timeout {service} 10000\n",
+                dir = dir.display(),
+                master = master.port,
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs as a sentinel");
+        let sentinel = Sentinel {
+            port,
+            service: service.to_owned(),
+            dir,
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let replicas = sentinel.cli(&["SENTINEL", "REPLICAS", service]);
+            if replicas.contains("slave") && !replicas.contains("disconnected") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel on {port} never saw a replica of {service}: {replicas:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        sentinel
+    }
+
+    /// The engine's `redis-url` for the master behind this sentinel.
+    pub fn url(&self) -> String {
+        format!(
+            "redis-sentinel://127.0.0.1:{}?sentinelServiceName={}",
+            self.port, self.service
+        )
+    }
+
+    /// Asks for a failover (retrying while no replica is ready for it yet).
+    pub fn failover(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = self.cli(&["SENTINEL", "FAILOVER", &self.service]);
+            if answer.trim() == "OK" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "SENTINEL FAILOVER: {answer:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
