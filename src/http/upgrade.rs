@@ -193,14 +193,16 @@ async fn serve<S>(
 /// The upgraded socket, first giving back what hyper had read past the
 /// handshake request (a client may send its CONNECT right behind it).
 struct Rewound {
-    already_read: Bytes,
+    /// `None` once given back: even empty, the `Bytes` would keep hyper's
+    /// whole read buffer (about 8 KB) alive for as long as the session.
+    already_read: Option<Bytes>,
     socket: TcpStream,
 }
 
 impl Rewound {
     fn new(already_read: Bytes, socket: TcpStream) -> Rewound {
         Rewound {
-            already_read,
+            already_read: (!already_read.is_empty()).then_some(already_read),
             socket,
         }
     }
@@ -212,10 +214,13 @@ impl AsyncRead for Rewound {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.already_read.is_empty() {
-            let n = self.already_read.len().min(buf.remaining());
-            buf.put_slice(&self.already_read[..n]);
-            self.already_read.advance(n);
+        if let Some(already_read) = &mut self.already_read {
+            let n = already_read.len().min(buf.remaining());
+            buf.put_slice(&already_read[..n]);
+            already_read.advance(n);
+            if already_read.is_empty() {
+                self.already_read = None;
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.socket).poll_read(cx, buf)
@@ -330,4 +335,55 @@ fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), String> {
     Err(format!(
         "origin {origin:?} is not allowed (see the allowed-origin setting)"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+
+    /// Stands for hyper's read buffer: says when it is freed.
+    struct ReadBuffer(Vec<u8>, Arc<AtomicBool>);
+
+    impl AsRef<[u8]> for ReadBuffer {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for ReadBuffer {
+        fn drop(&mut self) {
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn what_hyper_read_is_given_back_first_and_its_buffer_then_freed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (mut client, socket) = (client.unwrap(), accepted.unwrap().0);
+        let freed = Arc::new(AtomicBool::new(false));
+        // hyper's buffer holds more than the bytes past the handshake.
+        let buffer = Bytes::from_owner(ReadBuffer(b"GET /ws ...CONNECT".to_vec(), freed.clone()));
+        let mut rewound = Rewound::new(buffer.slice(11..), socket);
+        drop(buffer);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"\n\n\0")
+            .await
+            .unwrap();
+        let mut read = vec![0u8; 7];
+        rewound.read_exact(&mut read[..4]).await.unwrap();
+        assert!(!freed.load(Ordering::SeqCst), "still being given back");
+        rewound.read_exact(&mut read[4..]).await.unwrap();
+        assert_eq!(&read, b"CONNECT");
+        assert!(
+            freed.load(Ordering::SeqCst),
+            "given back, the buffer must not live as long as the session"
+        );
+        let mut rest = [0u8; 3];
+        rewound.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"\n\n\0", "then the socket's own bytes");
+    }
 }
