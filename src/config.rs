@@ -526,8 +526,6 @@ impl Config {
         }
     }
 
-    /// Whether a CONNECT without credentials is accepted: as configured, else
-    /// only when neither static users nor a JWT key are configured.
     /// `api-threads`, or its default for the engine.
     pub fn api_threads(&self) -> usize {
         self.api_threads.unwrap_or(match self.engine {
@@ -536,6 +534,8 @@ impl Config {
         })
     }
 
+    /// Whether a CONNECT without credentials is accepted: as configured, else
+    /// only when neither static users nor a JWT key are configured.
     pub fn anonymous_allowed(&self) -> bool {
         self.allow_anonymous
             .unwrap_or(self.users.is_empty() && self.jwt.is_none())
