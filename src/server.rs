@@ -75,6 +75,12 @@ pub fn session_runtime() -> Option<Handle> {
 pub async fn accept_loop(broker: Arc<Broker>, listener: TcpListener) {
     let config = broker.config();
     if config.handshake_threads == 0 {
+        if config.api_threads.is_some_and(|threads| threads > 0) {
+            tracing::warn!(
+                "api-threads needs handshake-threads above 0 (connections are sorted there): \
+                 the API is served with the sessions"
+            );
+        }
         return accept_on(broker, listener, None).await;
     }
     let runtime = match handshake_runtime(config.handshake_threads, config.handshake_nice) {
