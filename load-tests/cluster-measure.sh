@@ -27,16 +27,10 @@ redis_port=18199
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/log.txt" >&2; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
-up() { # engine nodes [node args]
-    ENGINE="$1" NODE_ARGS="${3:-}" "$here/cluster.sh" start "$2" > "$OUT/cluster.out" 2>&1 &
-    for _ in $(seq 150); do
-        grep -q "running for at most" "$OUT/cluster.out" 2>/dev/null && return 0
-        sleep 0.2
-    done
-    cat "$OUT/cluster.out" >&2
-    return 1
-}
-down() { "$here/cluster.sh" stop > /dev/null 2>&1 || true; sleep 1; }
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+up() { ENGINE="$1" NODE_ARGS="${3:-}" cluster_up "$2"; } # engine nodes [node args]
+down() { cluster_down; sleep 1; }
 trap down EXIT
 pid_of() { "$here/cluster.sh" pids | sed -n "$(( $1 + 1 ))p"; }
 metric() { curl -s "http://127.0.0.1:$((18100 + $1))/metrics" | awk -v n="$2" '$1 == n {print $2}'; }

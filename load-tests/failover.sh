@@ -32,26 +32,10 @@ export ENGINE=redis BASE_PORT="$base" MAX_SECONDS="${MAX_SECONDS:-600}"
 export CLUSTER_DIR="${CLUSTER_DIR:-$OUT/cluster}" MAX_CONNECTIONS="${MAX_CONNECTIONS:-19500}"
 
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/log.txt" >&2; }
-up() {
-    # Emptied first: the last cluster's "running for at most" must not count.
-    : > "$OUT/cluster.out"
-    "$here/cluster.sh" start "${NODES:-3}" > "$OUT/cluster.out" 2>&1 &
-    cluster_pid=$!
-    for _ in $(seq 150); do
-        grep -q "running for at most" "$OUT/cluster.out" 2>/dev/null && return 0
-        sleep 0.2
-    done
-    cat "$OUT/cluster.out" >&2
-    return 1
-}
-# Waits for the `cluster.sh start` of up() to exit: it polls its state file
-# once a second, and if the next cluster's state file is there by then, its
-# exit would stop that cluster instead.
-down() {
-    "$here/cluster.sh" stop > /dev/null 2>&1 || true
-    [ -n "${cluster_pid:-}" ] && wait "$cluster_pid" 2>/dev/null || true
-    cluster_pid=
-}
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+up() { cluster_up "${NODES:-3}"; }
+down() { cluster_down; }
 trap down EXIT
 
 # The variants take turns in each run, so that they share the box's state.

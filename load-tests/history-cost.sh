@@ -21,28 +21,10 @@ export MAX_SECONDS="${MAX_SECONDS:-600}" ENGINE=memory
 port="${BASE_PORT:-18100}"
 
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/log.txt" >&2; }
-up() { # bin node-args
-    # Emptied first: the last cluster's "running for at most" must not count
-    # (it did once: the tool then got no --broker-pid).
-    : > "$OUT/cluster.out"
-    STOMPEDE_BIN="$1" NODE_ARGS="$2" "$here/cluster.sh" start 1 > "$OUT/cluster.out" 2>&1 &
-    cluster_pid=$!
-    for _ in $(seq 150); do
-        grep -q "running for at most" "$OUT/cluster.out" 2>/dev/null && return 0
-        sleep 0.2
-    done
-    cat "$OUT/cluster.out" >&2
-    return 1
-}
-# Waits for up()'s `cluster.sh start` to exit too: it polls its state file
-# once a second and, exiting after the next cluster has written its own,
-# would stop that one instead.
-down() {
-    "$here/cluster.sh" stop > /dev/null 2>&1 || true
-    [ -n "${cluster_pid:-}" ] && wait "$cluster_pid" 2>/dev/null || true
-    cluster_pid=
-    sleep 1
-}
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+up() { STOMPEDE_BIN="$1" NODE_ARGS="$2" cluster_up 1; } # bin node-args
+down() { cluster_down; sleep 1; }
 trap down EXIT
 pid() { "$here/cluster.sh" pids | head -1; }
 
