@@ -44,8 +44,12 @@ async fn nodes_on(redis_url: &str, ids: &[&str]) -> Vec<TestBroker> {
     nodes
 }
 
-async fn wait_until(mut condition: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + PATIENCE;
+async fn wait_until(condition: impl FnMut() -> bool, what: &str) {
+    wait_until_within(PATIENCE, condition, what).await
+}
+
+async fn wait_until_within(patience: Duration, mut condition: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + patience;
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         sleep(Duration::from_millis(10)).await;
@@ -521,21 +525,17 @@ async fn a_sentinel_url_finds_the_master_and_follows_it_through_a_failover() {
     assert_eq!(&reader.frame().await.body[..], b"before");
 
     sentinel.failover();
-    let deadline = Instant::now() + FRAME_PATIENCE;
-    while replica.role() != "master" {
-        assert!(Instant::now() < deadline, "the replica was never promoted");
-        sleep(Duration::from_millis(100)).await;
-    }
+    let promoted = || replica.role() == "master";
+    wait_until_within(FRAME_PATIENCE, promoted, "the replica is promoted").await;
     // Both nodes find the new master through the sentinel: node b listens
     // there again, and node a's publishes are taken there.
-    let deadline = Instant::now() + FRAME_PATIENCE;
-    while replica.numsub(channel) != 1 {
-        assert!(
-            Instant::now() < deadline,
-            "node b never subscribed on the promoted replica"
-        );
-        sleep(Duration::from_millis(100)).await;
-    }
+    let listening = || replica.numsub(channel) == 1;
+    wait_until_within(
+        FRAME_PATIENCE,
+        listening,
+        "node b subscribes on the promoted replica",
+    )
+    .await;
     publish_until_accepted(&nodes[0], destination, "after").await;
     assert!(
         replica

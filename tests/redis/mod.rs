@@ -148,13 +148,7 @@ impl Redis {
 
     /// Runs one command with redis-cli and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(&self.cli_args)
-            .args(args)
-            .output()
-            .expect("redis-cli runs");
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        redis_cli(self.port, &self.cli_args, args)
     }
 
     /// Subscribers (connections) of one shard channel on this server, from
@@ -267,13 +261,20 @@ impl Sentinel {
     }
 
     pub fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli runs");
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        redis_cli(self.port, &[], args)
     }
+}
+
+/// Runs one command with redis-cli against `port` (`options` first, such
+/// as TLS files) and returns its output.
+fn redis_cli(port: u16, options: &[String], args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(options)
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 impl Drop for Sentinel {
