@@ -15,6 +15,11 @@ pub struct Target {
 }
 
 impl Target {
+    /// Parses every one of `urls` with [`Target::parse`].
+    pub fn parse_all(urls: &[String], scheme: &str) -> Result<Vec<Target>, String> {
+        urls.iter().map(|url| Target::parse(url, scheme)).collect()
+    }
+
     /// Parses `url` with the given scheme (`ws` or `http`) and refuses
     /// non-loopback hosts.
     pub fn parse(url: &str, scheme: &str) -> Result<Target, String> {

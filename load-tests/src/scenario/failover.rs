@@ -112,11 +112,7 @@ pub async fn run(common: &Common, args: FailoverArgs) -> Result<(), String> {
     if args.rate.is_nan() || args.rate <= 0.0 || args.destinations == 0 {
         return Err("--rate and --destinations must be positive".into());
     }
-    let ws: Vec<Target> = common
-        .url
-        .iter()
-        .map(|url| Target::parse(url, "ws"))
-        .collect::<Result<_, _>>()?;
+    let ws = super::ws_targets(common)?;
     check_pid(args.kill_pid, &ws[kill_node].authority)?;
     let total = args.readers_per_node * nodes as u64;
     let mut run = RunContext::new(

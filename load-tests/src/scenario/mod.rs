@@ -265,11 +265,7 @@ fn ws_targets(common: &Common) -> Result<Vec<Target>, String> {
     if common.url.is_empty() {
         return Err("give at least one --url".into());
     }
-    common
-        .url
-        .iter()
-        .map(|url| Target::parse(url, "ws"))
-        .collect()
+    Target::parse_all(&common.url, "ws")
 }
 
 fn credentials(common: &Common) -> Credentials {

@@ -25,7 +25,7 @@ use crate::frames::{parse_body, Credentials};
 use crate::stats::{new_histogram, record_ns, HistData};
 use crate::sys::{now_ns, self_cpu_secs, self_rss_bytes};
 use crate::target::Target;
-use crate::wire::{from_line, to_line, Failures};
+use crate::wire::{to_line, Failures};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -303,11 +303,7 @@ struct Conn {
 /// `stompede-load failover-worker`: reads the spec and commands from
 /// stdin, writes events to stdout.
 pub fn process_main() -> Result<(), String> {
-    let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .map_err(|e| format!("reading the failover worker spec: {e}"))?;
-    let spec: FailoverSpec = from_line(&line).map_err(|e| format!("bad worker spec: {e}"))?;
+    let spec: FailoverSpec = super::stdio::read_spec("failover worker")?;
     let runtime = crate::runtime()?;
     runtime.block_on(async move {
         let (command_tx, command_rx) = mpsc::unbounded_channel();
@@ -350,11 +346,7 @@ async fn run_inner(
     mut commands: mpsc::UnboundedReceiver<FailoverCommand>,
     events: &mpsc::UnboundedSender<FailoverEvent>,
 ) -> Result<(), String> {
-    let targets = spec
-        .urls
-        .iter()
-        .map(|url| Target::parse(url, "ws"))
-        .collect::<Result<Vec<_>, _>>()?;
+    let targets = Target::parse_all(&spec.urls, "ws")?;
     if targets.is_empty() || spec.destinations == 0 {
         return Err("a failover worker needs URLs and destinations".into());
     }

@@ -152,11 +152,7 @@ async fn run_inner(
     commands: &mut mpsc::UnboundedReceiver<Command>,
     events: &mpsc::UnboundedSender<Event>,
 ) -> Result<(), String> {
-    let targets = spec
-        .urls
-        .iter()
-        .map(|url| Target::parse(url, "ws"))
-        .collect::<Result<Vec<_>, _>>()?;
+    let targets = Target::parse_all(&spec.urls, "ws")?;
     if targets.is_empty() {
         return Err("a worker needs at least one URL".into());
     }

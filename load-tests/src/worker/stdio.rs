@@ -6,14 +6,19 @@ use crate::wire::{from_line, to_line, Command, WorkerSpec};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
-/// Reads the spec (the first line) and then commands from stdin, runs the
-/// worker, and writes its events to stdout until the last one.
-pub fn process_main() -> Result<(), String> {
+/// A worker's spec: the first line on stdin, as JSON.
+pub fn read_spec<T: serde::de::DeserializeOwned>(worker: &str) -> Result<T, String> {
     let mut line = String::new();
     std::io::stdin()
         .read_line(&mut line)
-        .map_err(|e| format!("reading the worker spec: {e}"))?;
-    let spec: WorkerSpec = from_line(&line).map_err(|e| format!("bad worker spec: {e}"))?;
+        .map_err(|e| format!("reading the {worker} spec: {e}"))?;
+    from_line(&line).map_err(|e| format!("bad {worker} spec: {e}"))
+}
+
+/// Reads the spec (the first line) and then commands from stdin, runs the
+/// worker, and writes its events to stdout until the last one.
+pub fn process_main() -> Result<(), String> {
+    let spec: WorkerSpec = read_spec("worker")?;
     // Before the runtime's threads exist, so that they inherit it.
     crate::sys::lower_priority(spec.nice)?;
     let runtime = crate::runtime()?;
