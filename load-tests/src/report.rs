@@ -68,6 +68,32 @@ impl Report {
         }
     }
 
+    /// " = N x the fan-out floor's CPU per send" for CPU microseconds per
+    /// delivery, or "" without that floor.
+    pub fn in_fanout_cpu(&self, cpu_us: f64) -> String {
+        match self.floor.as_ref().and_then(|floor| floor.fanout.as_ref()) {
+            Some(fanout) => format!(
+                " = {:.2} x the fan-out floor's {:.1} us CPU per send",
+                cpu_us / fanout.cpu_us.max(1e-3),
+                fanout.cpu_us
+            ),
+            None => String::new(),
+        }
+    }
+
+    /// A latency against the wall time of one unbatched send to each of
+    /// `readers` (the fan-out floor), or `None` without that floor.
+    pub fn in_fanout_sends(&self, millis: f64, readers: u64) -> Option<String> {
+        let fanout = self.floor.as_ref()?.fanout.as_ref()?;
+        let sends_ms = fanout.send_us * readers as f64 / 1000.0;
+        Some(format!(
+            "{:.2} x the {:.1} ms that {readers} unbatched sends take ({:.1} us each)",
+            millis / sends_ms.max(1e-6),
+            sends_ms,
+            fanout.send_us
+        ))
+    }
+
     pub fn set(&mut self, key: &str, value: impl Serialize) {
         self.json.insert(
             key.into(),

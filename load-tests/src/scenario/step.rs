@@ -206,6 +206,12 @@ impl FanOut {
                 }
                 _ => None,
             },
+            broker_cpu_us_per_delivery: match (broker_before, broker_after) {
+                (Some(before), Some(after)) if tally.received > 0 => {
+                    Some((after.cpu_secs - before.cpu_secs) * 1e6 / tally.received as f64)
+                }
+                _ => None,
+            },
             broker_rss_bytes: broker_after.map(|b| b.rss_bytes),
             tool_cpu_percent,
             passed: false,
@@ -341,6 +347,9 @@ pub struct StepReport {
     pub subscribers_disconnected: u64,
     pub latency: Percentiles,
     pub broker_cpu_percent: Option<f64>,
+    /// The broker's CPU over the step (heart-beats and the API included)
+    /// divided by the deliveries.
+    pub broker_cpu_us_per_delivery: Option<f64>,
     pub broker_rss_bytes: Option<u64>,
     /// The load tool's CPU over the step (100 = one core).
     pub tool_cpu_percent: f64,
@@ -384,6 +393,9 @@ pub fn step_rows(report: &mut Report, step: &StepReport) {
         ),
     );
     report.latency_row("publish-to-receive", &step.latency);
+    if let Some(sends) = report.in_fanout_sends(step.latency.p99_ms, step.subscribers) {
+        report.row("p99 against the fan-out floor", sends);
+    }
     if let Some(broker) = &step.broker_delivery {
         report.row("broker's own view", broker.to_string());
     }
@@ -405,6 +417,13 @@ pub fn step_rows(report: &mut Report, step: &StepReport) {
         report.row(
             "broker",
             format!("CPU {}, RSS {}", of_one_core(cpu), mib(rss)),
+        );
+    }
+    if let Some(per_delivery) = step.broker_cpu_us_per_delivery {
+        let vs_floor = report.in_fanout_cpu(per_delivery);
+        report.row(
+            "broker CPU per delivery",
+            format!("{per_delivery:.2} us{vs_floor}"),
         );
     }
     report.row(
