@@ -16,6 +16,7 @@ mod fleet;
 mod floor;
 mod format;
 mod frames;
+mod ideal;
 mod publisher;
 mod report;
 mod scenario;
@@ -126,6 +127,14 @@ enum Scenario {
     Idle(scenario::idle::IdleArgs),
     /// Kills one node of a cluster while comments are published; its readers resume elsewhere.
     Failover(scenario::failover::FailoverArgs),
+    /// Measures this box's floor (as every scenario does first) and prints it, N times.
+    Floor {
+        #[arg(long, default_value_t = 1)]
+        times: u32,
+    },
+    /// The least a broker can do for `fanout --publish stomp` (see `ideal.rs`):
+    /// a peer to run beside a broker, never a broker.
+    IdealBroker(ideal::IdealArgs),
     /// Internal: a worker process driven by the coordinator over stdin/stdout.
     #[command(hide = true)]
     Worker,
@@ -146,6 +155,12 @@ fn main() {
     let result = match cli.scenario {
         Scenario::Worker => worker::process_main(),
         Scenario::FailoverWorker => worker::failover::process_main(),
+        Scenario::IdealBroker(args) => ideal::run(&args),
+        Scenario::Floor { times } => (0..times.clamp(1, 100)).try_for_each(|_| {
+            let floor = floor::Floor::measure()?;
+            println!("{}", floor.describe());
+            Ok(())
+        }),
         scenario => runtime().and_then(|runtime| {
             runtime.block_on(async move {
                 let limit = std::time::Duration::from_secs_f64(
@@ -160,7 +175,12 @@ fn main() {
                         Scenario::Failover(args) => {
                             scenario::failover::run(&cli.common, args).await
                         }
-                        Scenario::Worker | Scenario::FailoverWorker => unreachable!(),
+                        Scenario::Worker
+                        | Scenario::FailoverWorker
+                        | Scenario::Floor { .. }
+                        | Scenario::IdealBroker(_) => {
+                            unreachable!()
+                        }
                     }
                 };
                 tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
