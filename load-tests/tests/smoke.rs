@@ -371,3 +371,57 @@ fn refuses_non_loopback_targets() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not loopback"));
 }
+
+/// The ideal peer takes the tool's readers and delivers every message to
+/// every one of them, so that a run beside a broker reads as a floor.
+#[test]
+fn ideal_broker_delivers_to_every_reader() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let mut ideal = Command::new(LOAD)
+        .args(["ideal-broker", "--listen", &addr.to_string()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting ideal-broker");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ideal-broker never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let peer = Broker {
+        url: format!("ws://{addr}/ws"),
+        extra: vec!["--publish".into(), "stomp".into()],
+        pid: Some(ideal.id()),
+        metrics_url: None,
+        stop: None,
+        thread: None,
+    };
+    let v = run(
+        &peer,
+        &[
+            "fanout",
+            "--subscribers",
+            "40",
+            "--destinations",
+            "2",
+            "--rate",
+            "20",
+            "--duration",
+            "1.5",
+        ],
+    );
+    let _ = ideal.kill();
+    let _ = ideal.wait();
+    let step = &v["steps"][0];
+    assert!(step["published"].as_u64().unwrap() > 0, "{step}");
+    assert_eq!(step["lost"], 0, "{step}");
+    assert_eq!(step["delivered"], step["expected_deliveries"], "{step}");
+    assert!(
+        step["broker_cpu_us_per_delivery"].as_f64().unwrap() > 0.0,
+        "{step}"
+    );
+}
