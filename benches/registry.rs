@@ -54,7 +54,7 @@ fn with_subscribers(subscribers: usize, outbox: &Arc<Outbox>) -> Registry {
 }
 
 fn registry_benches(c: &mut Criterion) {
-    let outbox = Arc::new(Outbox::new(usize::MAX, usize::MAX));
+    let outbox = Arc::new(Outbox::new(usize::MAX, usize::MAX, None));
 
     let mut group = c.benchmark_group("subscribe_unsubscribe/destinations");
     for destinations in [10usize, 10_000, 1_000_000] {
@@ -119,12 +119,14 @@ fn registry_benches(c: &mut Criterion) {
     for subscribers in [10usize, 10_000] {
         let registry = Registry::new();
         let outboxes: Vec<Arc<Outbox>> = (0..subscribers)
-            .map(|_| Arc::new(Outbox::new(usize::MAX, usize::MAX)))
+            .map(|_| Arc::new(Outbox::new(usize::MAX, usize::MAX, None)))
             .collect();
         for (i, outbox) in outboxes.iter().enumerate() {
             registry.subscribe("/topic/hot", key(i as u64), subscriber(outbox));
         }
         let body = bytes::Bytes::from(vec![b'c'; 300]);
+        // No sockets here: every delivery is queued.
+        let direct_writers = fanout::DirectWriters::here();
         group.throughput(criterion::Throughput::Elements(subscribers as u64));
         group.bench_function(BenchmarkId::from_parameter(subscribers), |b| {
             b.iter_batched(
@@ -143,6 +145,7 @@ fn registry_benches(c: &mut Criterion) {
                         &message,
                         SlowConsumerPolicy::Drop,
                         &metrics,
+                        &direct_writers,
                     );
                     // Empty the queues so they do not grow without bound.
                     let mut drained = std::collections::VecDeque::new();

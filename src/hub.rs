@@ -3,7 +3,7 @@
 //! it for each message its pub/sub link receives.
 
 use crate::config::SlowConsumerPolicy;
-use crate::fanout;
+use crate::fanout::{self, DirectWriters};
 use crate::history::Position;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Subscriber, SubscriberKey};
@@ -15,14 +15,17 @@ pub struct Hub {
     registry: Registry,
     metrics: Metrics,
     slow_consumer: SlowConsumerPolicy,
+    direct_writers: DirectWriters,
 }
 
 impl Hub {
+    /// Made on the sessions' runtime: the fan-out's direct writes run there.
     pub fn new(slow_consumer: SlowConsumerPolicy) -> Hub {
         Hub {
             registry: Registry::new(),
             metrics: Metrics::new(),
             slow_consumer,
+            direct_writers: DirectWriters::here(),
         }
     }
 
@@ -60,6 +63,7 @@ impl Hub {
             message,
             self.slow_consumer,
             &self.metrics,
+            &self.direct_writers,
         )
     }
 

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub messages_published: IntCounter,
     /// MESSAGE frames written to sockets.
     pub messages_delivered: IntCounter,
+    /// Of those, written by the fan-out straight into an idle connection's socket.
+    pub messages_delivered_direct: IntCounter,
     pub slow_consumer_disconnects: IntCounter,
     pub slow_consumer_drops: IntCounter,
     /// WebSocket handshakes answered 503 past `max-handshakes-per-second`.
@@ -184,6 +186,13 @@ impl Metrics {
                 IntCounter::new(
                     "messages_delivered_total",
                     "MESSAGE frames written to subscriber sockets",
+                ),
+            ),
+            messages_delivered_direct: register(
+                &registry,
+                IntCounter::new(
+                    "messages_delivered_direct_total",
+                    "Of messages_delivered_total, those the fan-out wrote straight into an idle connection's socket",
                 ),
             ),
             slow_consumer_disconnects: register(

@@ -12,12 +12,29 @@
 //! - the session's replies (RECEIPT, ERROR), which wait behind the messages
 //!   queued before them (bounded by the connection, which stops reading
 //!   while replies wait behind more than `ws-write-buffer-bytes`).
+//!
+//! Direct writes: while the connection's own writer is idle (nothing queued,
+//! nothing half written, its task asleep), it hands the socket to the
+//! publishers. A live push into an empty queue then does not wake the
+//! connection's task: the fan-out writes the frame into the socket itself
+//! ([`Outbox::write_direct`], a non-blocking `send()` under this outbox's
+//! lock), which spares the wake-up, the task's poll and its bookkeeping on
+//! the one-comment-to-every-reader path. Whatever cannot be written at once
+//! (a full socket, a frame only partly taken, a message that needs the
+//! session's `ack` id) is left to the connection's task, woken for it, and
+//! the socket stays the task's until its writer is idle again. Everything
+//! still goes through the queue in order, and only one writer at a time
+//! touches the socket: publishers under the lock, the task after taking the
+//! socket back under the lock ([`Outbox::claim_socket`]).
 
+use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use stompede_protocol::{Frame, PreparedMessage};
+use stompede_protocol::{Frame, PreparedMessage, Version};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// A MESSAGE waiting for one subscriber: the shared encoding plus the
 /// subscriber's own `subscription` (and `ack`) header, stamped when written.
@@ -130,6 +147,43 @@ pub enum PushError {
     Duplicate,
 }
 
+/// What a live push leaves to the fan-out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued; the connection's task writes it (woken if it has to be).
+    Queued,
+    /// Queued, and the socket is the publishers' (see the module's doc):
+    /// the caller is to call [`Outbox::write_direct`] soon, from anywhere.
+    WriteDirect,
+}
+
+/// What [`Outbox::write_direct`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectWrite {
+    /// Nothing: the socket was the connection's again, or the queue empty.
+    Skipped,
+    /// `deliveries` frames went into the socket (the last maybe only in
+    /// part, its end left to the connection's task), in one `send()`; the
+    /// oldest was published at `oldest`.
+    Written {
+        deliveries: usize,
+        oldest: std::time::Instant,
+    },
+    /// The socket took nothing: the connection's task was woken to write.
+    Handed,
+}
+
+/// A publisher's reusable encoding buffer for direct writes. It remembers
+/// what it holds, so that the same message for the next reader with the same
+/// subscription id and version (most readers of a page: stompjs numbers its
+/// subscriptions from `sub-0`) is not encoded again.
+#[derive(Debug, Default)]
+pub struct DirectBuffer {
+    bytes: BytesMut,
+    /// What `bytes` holds, when it is one delivery without `x-gap`.
+    holds: Option<(Arc<PreparedMessage>, Version, Arc<str>)>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutboxState {
     Open,
@@ -177,6 +231,20 @@ struct Queue {
     /// their replay went up to: live messages up to there may still be on
     /// their way (from Redis) and are dropped, until one past it comes.
     floors: Vec<(Arc<str>, Arc<str>, u64)>,
+    /// The connection's socket, for direct writes (`None`: not a plain TCP
+    /// socket, or the connection is closing).
+    socket: Option<Arc<TcpStream>>,
+    /// What frames are encoded for: set at CONNECT.
+    version: Option<Version>,
+    /// The socket is the publishers' (the connection's writer is idle).
+    direct_open: bool,
+    /// A fan-out is to call `write_direct` on this outbox (at most one is).
+    direct_scheduled: bool,
+    /// The end of a frame a direct write could write only in part; it goes
+    /// out before anything else (taken by the connection's writer).
+    remainder: Option<Bytes>,
+    /// When a direct write last wrote (the connection's heart-beats count from it).
+    direct_written_at: Option<Instant>,
 }
 
 impl Queue {
@@ -223,8 +291,55 @@ impl Queue {
     }
 }
 
+impl DirectBuffer {
+    /// Encodes `items` (all plain live messages, or it returns `false`) for
+    /// `version`, unless the buffer already holds exactly that.
+    fn encode(&mut self, items: &VecDeque<Queued>, version: Version) -> bool {
+        let single = match (items.len(), items.front()) {
+            (1, Some(Queued::Message(delivery))) if !delivery.gap && !delivery.ack => {
+                Some(delivery)
+            }
+            _ => None,
+        };
+        if let (Some(delivery), Some((message, held_version, subscription))) = (single, &self.holds)
+        {
+            if Arc::ptr_eq(message, &delivery.message)
+                && *held_version == version
+                && **subscription == *delivery.subscription
+            {
+                return true;
+            }
+        }
+        self.holds = None;
+        self.bytes.clear();
+        for item in items {
+            match item {
+                Queued::Message(delivery) if !delivery.ack => {
+                    crate::session::writer::encode_delivery(
+                        &mut self.bytes,
+                        version,
+                        delivery,
+                        None,
+                    )
+                }
+                _ => return false,
+            }
+        }
+        self.holds = single.map(|delivery| {
+            (
+                delivery.message.clone(),
+                version,
+                delivery.subscription.clone(),
+            )
+        });
+        true
+    }
+}
+
 impl Outbox {
-    pub fn new(max_frames: usize, max_bytes: usize) -> Outbox {
+    /// An outbox; with `socket`, publishers may write into it directly
+    /// once the session is connected (see the module's doc).
+    pub fn new(max_frames: usize, max_bytes: usize, socket: Option<Arc<TcpStream>>) -> Outbox {
         Outbox {
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
@@ -236,6 +351,12 @@ impl Outbox {
                 gapped: Vec::new(),
                 held: Vec::new(),
                 floors: Vec::new(),
+                socket,
+                version: None,
+                direct_open: false,
+                direct_scheduled: false,
+                remainder: None,
+                direct_written_at: None,
             }),
             ready: Notify::new(),
             closing: Notify::new(),
@@ -255,7 +376,7 @@ impl Outbox {
     }
 
     /// Queues a live message, within the queue's bounds.
-    pub fn push(&self, mut delivery: Delivery) -> Result<(), PushError> {
+    pub fn push(&self, mut delivery: Delivery) -> Result<Pushed, PushError> {
         let mut queue = self.lock();
         if queue.state != OutboxState::Open {
             return Err(PushError::Closed);
@@ -300,15 +421,96 @@ impl Outbox {
             waiting.push_back(delivery);
             queue.live += 1;
             queue.live_bytes += cost;
-            return Ok(());
+            return Ok(Pushed::Queued);
         }
         let was_empty = queue.items.is_empty();
+        if delivery.ack {
+            // Its `ack` header is the writer's to stamp.
+            queue.direct_open = false;
+        }
         queue.add(Queued::Message(delivery));
+        if queue.direct_open {
+            // Whoever scheduled the pending direct write writes this one too.
+            let first = !queue.direct_scheduled;
+            queue.direct_scheduled = true;
+            return Ok(if first {
+                Pushed::WriteDirect
+            } else {
+                Pushed::Queued
+            });
+        }
         drop(queue);
         if was_empty {
             self.ready.notify_one();
         }
-        Ok(())
+        Ok(Pushed::Queued)
+    }
+
+    /// Writes what is queued into the socket, if the socket is still the
+    /// publishers' (see the module's doc): one non-blocking `send()`, under
+    /// the lock. What it cannot write is left to the connection's task,
+    /// which is woken for it.
+    pub fn write_direct(&self, buffer: &mut DirectBuffer, now: Instant) -> DirectWrite {
+        let mut queue = self.lock();
+        queue.direct_scheduled = false;
+        if !queue.direct_open || queue.items.is_empty() || queue.state != OutboxState::Open {
+            return DirectWrite::Skipped;
+        }
+        let (Some(socket), Some(version)) = (&queue.socket, queue.version) else {
+            return DirectWrite::Skipped;
+        };
+        // Not a plain live message (cannot happen while the socket is the
+        // publishers', but the task knows how to write anything), or a full
+        // (or broken: the task finds out on its own write) socket.
+        let written = match buffer.encode(&queue.items, version) {
+            true => socket.try_write(&buffer.bytes).unwrap_or(0),
+            false => 0,
+        };
+        if written == 0 {
+            queue.direct_open = false;
+            drop(queue);
+            self.ready.notify_one();
+            return DirectWrite::Handed;
+        }
+        let deliveries = queue.items.len();
+        let mut oldest = None;
+        while let Some(item) = queue.take_front() {
+            if let Queued::Message(delivery) = item {
+                oldest.get_or_insert(delivery.published_at);
+            }
+        }
+        queue.shrink_when_empty();
+        queue.direct_written_at = Some(now);
+        let oldest = oldest.unwrap_or_else(std::time::Instant::now);
+        if written < buffer.bytes.len() {
+            // The frame's end must go out next, and only the task may wait for that.
+            queue.remainder = Some(Bytes::copy_from_slice(&buffer.bytes[written..]));
+            queue.direct_open = false;
+            drop(queue);
+            self.ready.notify_one();
+        }
+        DirectWrite::Written { deliveries, oldest }
+    }
+
+    /// The connection's task is about to write something of its own (a
+    /// heart-beat, a pong): the socket is the task's again, and any direct
+    /// write still going on has finished once this returns. Returns whether
+    /// the end of a partly written frame waits to go first (the task's
+    /// writer takes it with the queue).
+    pub fn claim_socket(&self) -> bool {
+        let mut queue = self.lock();
+        queue.direct_open = false;
+        queue.remainder.is_some()
+    }
+
+    /// The session is connected with `version`: direct writes encode for it.
+    pub fn set_version(&self, version: Version) {
+        self.lock().version = Some(version);
+    }
+
+    /// When a direct write last wrote into the socket.
+    pub fn direct_written_at(&self) -> Option<Instant> {
+        self.lock().direct_written_at
     }
 
     /// Notes that a message for `subscription` was dropped (`slow-consumer
@@ -357,6 +559,8 @@ impl Outbox {
             Some(at) => queue.held.swap_remove(at).1,
             None => VecDeque::new(),
         };
+        // Replayed messages are the task's to write (they are not live ones).
+        queue.direct_open = false;
         let was_empty = queue.items.is_empty();
         let before = queue.items.len();
         let open = queue.state == OutboxState::Open;
@@ -398,6 +602,7 @@ impl Outbox {
         if queue.state != OutboxState::Open {
             return 0;
         }
+        queue.direct_open = false;
         let was_empty = queue.items.is_empty();
         let before = queue.items.len();
         for delivery in deliveries {
@@ -416,6 +621,7 @@ impl Outbox {
         let mut queue = self.lock();
         let state = queue.state;
         if state == OutboxState::Open {
+            queue.direct_open = false;
             let was_empty = queue.items.is_empty();
             for reply in replies.drain(..) {
                 queue.add(Queued::Reply(reply));
@@ -449,6 +655,12 @@ impl Outbox {
         if queue.state == OutboxState::Open {
             queue.state = state;
         }
+        // From now on only the task writes (its goodbye), and a closed
+        // connection's socket is not kept open by its outbox.
+        queue.direct_open = false;
+        if state == OutboxState::Closed {
+            queue.socket = None;
+        }
         drop(queue);
         self.ready.notify_one();
         self.closing.notify_one();
@@ -475,11 +687,21 @@ impl Outbox {
     }
 
     /// Moves items from the front of the queue into `batch` until they
-    /// cost `max_bytes` (at least one, when any is queued); returns the state.
-    /// The writer takes one socket write's worth at a time, so what it has
-    /// not encoded yet stays here.
-    pub fn drain_up_to(&self, batch: &mut VecDeque<Queued>, max_bytes: usize) -> OutboxState {
+    /// cost `max_bytes` (at least one, when any is queued), and the end of
+    /// a partly written frame into `remainder` (to go out first); returns
+    /// the state. The writer takes one socket write's worth at a time, so
+    /// what it has not encoded yet stays here. When nothing is queued and
+    /// `hand_over` is true (the writer is idle, nothing of tungstenite's
+    /// unwritten), the socket becomes the publishers' (see the module's doc).
+    pub fn drain_up_to(
+        &self,
+        batch: &mut VecDeque<Queued>,
+        remainder: &mut Option<Bytes>,
+        max_bytes: usize,
+        hand_over: bool,
+    ) -> OutboxState {
         let mut queue = self.lock();
+        *remainder = queue.remainder.take();
         let mut taken = 0;
         while let Some(item) = queue.take_front() {
             taken += item.cost();
@@ -490,6 +712,12 @@ impl Outbox {
         }
         self.replies_queued.store(queue.replies, Ordering::Relaxed);
         queue.shrink_when_empty();
+        let nothing_taken = batch.is_empty() && remainder.is_none();
+        queue.direct_open = hand_over
+            && nothing_taken
+            && queue.state == OutboxState::Open
+            && queue.socket.is_some()
+            && queue.version.is_some();
         queue.state
     }
 
@@ -555,5 +783,230 @@ impl Outbox {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout;
+    use stompede_protocol::{Command, Decoder, Headers, Item, Limits};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// A connected pair: the broker's side (shared, as a connection shares
+    /// it) and the reader's.
+    async fn socket_pair() -> (Arc<TcpStream>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let reader = TcpStream::connect(listener.local_addr().unwrap());
+        let (reader, accepted) = tokio::join!(reader, listener.accept());
+        (Arc::new(accepted.unwrap().0), reader.unwrap())
+    }
+
+    /// An outbox whose socket is the publishers' (its writer idle).
+    fn handed_over(socket: &Arc<TcpStream>) -> Outbox {
+        let outbox = Outbox::new(100_000, usize::MAX, Some(socket.clone()));
+        outbox.set_version(Version::V1_2);
+        let (mut batch, mut remainder) = (VecDeque::new(), None);
+        outbox.drain_up_to(&mut batch, &mut remainder, usize::MAX, true);
+        assert!(batch.is_empty() && remainder.is_none());
+        outbox
+    }
+
+    fn delivery(seq: usize, body_bytes: usize) -> Delivery {
+        let mut body = format!("{seq} ").into_bytes();
+        body.resize(body_bytes.max(body.len()), b'.');
+        let message = fanout::prepare(
+            "/topic/a",
+            &seq.to_string(),
+            None,
+            &Headers::new(),
+            body.into(),
+        );
+        Delivery::new(
+            Arc::new(message),
+            Arc::from("sub-0"),
+            false,
+            std::time::Instant::now(),
+        )
+    }
+
+    /// Reads WebSocket frames off `reader` until `count` MESSAGEs have come,
+    /// and returns their sequence numbers (the first word of the body).
+    async fn read_messages(reader: &mut TcpStream, count: usize) -> Vec<usize> {
+        let mut bytes = Vec::new();
+        let mut sequence = Vec::new();
+        let mut decoder = Decoder::new(Limits::default());
+        decoder.set_version(Version::V1_2);
+        while sequence.len() < count {
+            let mut chunk = [0u8; 65536];
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(5), reader.read(&mut chunk))
+                    .await
+                    .expect("the frames arrive")
+                    .unwrap();
+            assert!(read > 0, "closed after {} messages", sequence.len());
+            bytes.extend_from_slice(&chunk[..read]);
+            // Whole WebSocket frames off the front.
+            loop {
+                if bytes.len() < 2 {
+                    break;
+                }
+                assert_eq!(bytes[0], 0x81, "a whole text frame starts here");
+                let (len, header) = match bytes[1] {
+                    126 if bytes.len() >= 4 => {
+                        (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4)
+                    }
+                    127 if bytes.len() >= 10 => (
+                        u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+                        10,
+                    ),
+                    126 | 127 => break,
+                    len => (len as usize, 2),
+                };
+                if bytes.len() < header + len {
+                    break;
+                }
+                let mut payload = bytes::BytesMut::from(&bytes[header..header + len]);
+                bytes.drain(..header + len);
+                match decoder.decode(&mut payload).unwrap() {
+                    Some(Item::Frame(frame)) => {
+                        assert_eq!(frame.command, Command::Message);
+                        assert_eq!(frame.headers.get("subscription"), Some("sub-0"));
+                        let body = std::str::from_utf8(&frame.body).unwrap();
+                        sequence.push(body.split(' ').next().unwrap().parse().unwrap());
+                    }
+                    other => panic!("one MESSAGE per WebSocket frame, got {other:?}"),
+                }
+                assert!(payload.is_empty(), "nothing after the frame");
+            }
+        }
+        sequence
+    }
+
+    #[tokio::test]
+    async fn a_push_into_a_handed_over_outbox_is_written_by_the_publisher() {
+        let (socket, mut reader) = socket_pair().await;
+        let outbox = handed_over(&socket);
+        assert_eq!(outbox.push(delivery(0, 10)), Ok(Pushed::WriteDirect));
+        // A second one before the write: the same write takes it.
+        assert_eq!(outbox.push(delivery(1, 10)), Ok(Pushed::Queued));
+        let mut buffer = DirectBuffer::default();
+        assert!(matches!(
+            outbox.write_direct(&mut buffer, Instant::now()),
+            DirectWrite::Written { deliveries: 2, .. }
+        ));
+        assert!(outbox.is_empty());
+        assert_eq!(read_messages(&mut reader, 2).await, [0, 1]);
+        // Still the publishers': the next push is written directly again.
+        assert_eq!(outbox.push(delivery(2, 10)), Ok(Pushed::WriteDirect));
+        assert!(matches!(
+            outbox.write_direct(&mut buffer, Instant::now()),
+            DirectWrite::Written { .. }
+        ));
+        assert_eq!(read_messages(&mut reader, 1).await, [2]);
+        assert!(outbox.direct_written_at().is_some());
+    }
+
+    #[tokio::test]
+    async fn the_connection_claiming_its_socket_stops_direct_writes() {
+        let (socket, _reader) = socket_pair().await;
+        let outbox = handed_over(&socket);
+        assert_eq!(outbox.push(delivery(0, 10)), Ok(Pushed::WriteDirect));
+        assert!(!outbox.claim_socket(), "no frame was left half written");
+        // The scheduled write finds the socket taken back and leaves the message queued.
+        assert_eq!(
+            outbox.write_direct(&mut DirectBuffer::default(), Instant::now()),
+            DirectWrite::Skipped
+        );
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(outbox.push(delivery(1, 10)), Ok(Pushed::Queued));
+        // A message that needs the session's `ack` id is never written directly.
+        let outbox = handed_over(&socket);
+        let mut acked = delivery(2, 10);
+        acked.ack = true;
+        assert_eq!(outbox.push(acked), Ok(Pushed::Queued));
+        assert_eq!(outbox.push(delivery(3, 10)), Ok(Pushed::Queued));
+        // Not before CONNECT either.
+        let outbox = Outbox::new(10, usize::MAX, Some(socket.clone()));
+        let (mut batch, mut remainder) = (VecDeque::new(), None);
+        outbox.drain_up_to(&mut batch, &mut remainder, usize::MAX, true);
+        assert_eq!(outbox.push(delivery(4, 10)), Ok(Pushed::Queued));
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_leaves_the_end_of_the_frame_to_go_first() {
+        let (socket, mut reader) = socket_pair().await;
+        let outbox = handed_over(&socket);
+        let mut buffer = DirectBuffer::default();
+        // The reader reads nothing: write until the socket is full. A write
+        // taken only in part hands the socket back (the next push is queued);
+        // one that took nothing hands it back too.
+        let mut pushed = 0;
+        loop {
+            let result = outbox.push(delivery(pushed, 16 * 1024));
+            pushed += 1;
+            if result == Ok(Pushed::Queued) {
+                assert!(outbox.claim_socket(), "a frame's end waits");
+                break;
+            }
+            assert_eq!(result, Ok(Pushed::WriteDirect));
+            match outbox.write_direct(&mut buffer, Instant::now()) {
+                DirectWrite::Written { deliveries, .. } => assert_eq!(deliveries, 1),
+                DirectWrite::Handed => break,
+                DirectWrite::Skipped => panic!("the socket was the publishers'"),
+            }
+            assert!(pushed < 10_000, "a loopback socket takes less than 160 MB");
+        }
+        // Handed to the connection: what comes now is queued, behind the rest.
+        for _ in 0..3 {
+            assert_eq!(outbox.push(delivery(pushed, 16 * 1024)), Ok(Pushed::Queued));
+            pushed += 1;
+        }
+        let (mut batch, mut remainder) = (VecDeque::new(), None);
+        outbox.drain_up_to(&mut batch, &mut remainder, usize::MAX, false);
+        // The connection's writer: the frame's end first, then the queue, in order.
+        let mut out = BytesMut::new();
+        if let Some(remainder) = remainder {
+            out.extend_from_slice(&remainder);
+        }
+        for item in batch {
+            let Queued::Message(delivery) = item else {
+                panic!("only messages were queued")
+            };
+            crate::session::writer::encode_delivery(&mut out, Version::V1_2, &delivery, None);
+        }
+        let writer = tokio::spawn(async move {
+            let mut at = 0;
+            while at < out.len() {
+                socket.writable().await.unwrap();
+                match socket.try_write(&out[at..]) {
+                    Ok(written) => at += written,
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(error) => panic!("{error}"),
+                }
+            }
+        });
+        let sequence = read_messages(&mut reader, pushed).await;
+        assert_eq!(
+            sequence,
+            (0..pushed).collect::<Vec<_>>(),
+            "every frame whole, in order"
+        );
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_closed_outbox_lets_go_of_the_socket() {
+        let (socket, _reader) = socket_pair().await;
+        let outbox = handed_over(&socket);
+        assert_eq!(Arc::strong_count(&socket), 2);
+        outbox.set_state(OutboxState::Closed);
+        assert_eq!(
+            Arc::strong_count(&socket),
+            1,
+            "the connection's own handle only"
+        );
+        assert_eq!(outbox.push(delivery(0, 10)), Err(PushError::Closed));
     }
 }

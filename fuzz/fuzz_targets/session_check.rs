@@ -65,7 +65,7 @@ pub fn check(data: &[u8]) {
     let broker = brokers()[usize::from(control % 3)].clone();
     let chunk = usize::from(control / 3) % 23 + 1;
 
-    let outbox = Arc::new(Outbox::new(QUEUE_FRAMES, 4096));
+    let outbox = Arc::new(Outbox::new(QUEUE_FRAMES, 4096, None));
     let mut session = Session::new(broker.clone(), 1, outbox.clone());
     let limits = Limits {
         max_headers: 16,

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -108,6 +108,12 @@ pub fn handle(
     // the sessions' runtime, its socket moved there.
     let sessions = server::session_runtime();
     let move_socket = sessions.is_some();
+    let setup = Setup {
+        slot,
+        ws_config,
+        before_connect_limit,
+        connection_id,
+    };
     let session = async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -116,36 +122,27 @@ pub fn handle(
                 return;
             }
         };
-        if !move_socket {
-            return serve(
-                slot,
-                TokioIo::new(upgraded),
-                ws_config,
-                before_connect_limit,
-                connection_id,
-            )
-            .await;
-        }
-        // The socket is registered with the handshake runtime's I/O driver:
-        // take it back from hyper and register it with this one.
         match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => match parts
-                .io
-                .into_inner()
-                .into_std()
-                .and_then(TcpStream::from_std)
-            {
-                Ok(socket) => {
-                    let io = Rewound::new(parts.read_buf, socket);
-                    serve(slot, io, ws_config, before_connect_limit, connection_id).await
+            Ok(parts) => {
+                let mut socket = parts.io.into_inner();
+                if move_socket {
+                    // The socket is registered with the handshake runtime's
+                    // I/O driver: register it with this one.
+                    socket = match socket.into_std().and_then(TcpStream::from_std) {
+                        Ok(socket) => socket,
+                        Err(error) => {
+                            tracing::debug!(%error, "cannot move the upgraded socket");
+                            return;
+                        }
+                    };
                 }
-                Err(error) => tracing::debug!(%error, "cannot move the upgraded socket"),
-            },
-            // Not a plain TCP connection: served as it is.
-            Err(upgraded) => {
-                let io = TokioIo::new(upgraded);
-                serve(slot, io, ws_config, before_connect_limit, connection_id).await
+                // Shared: the fan-out may write into it directly (see `outbox`).
+                let socket = Arc::new(socket);
+                let io = Rewound::new(parts.read_buf, socket.clone());
+                setup.serve(io, Some(socket)).await
             }
+            // Not a plain TCP connection: served as it is, without direct writes.
+            Err(upgraded) => setup.serve(TokioIo::new(upgraded), None).await,
         }
     }
     .instrument(span);
@@ -171,36 +168,43 @@ pub fn handle(
         .expect("static response parts are valid")
 }
 
-/// Runs the session of an upgraded connection.
-async fn serve<S>(
+/// What an upgraded connection's session starts with, besides its socket.
+struct Setup {
     slot: SessionSlot,
-    io: S,
     ws_config: WebSocketConfig,
     before_connect_limit: usize,
     connection_id: u64,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let ws = WebSocketStream::from_raw_socket(
-        Gated::new(MessageLimit::new(io, before_connect_limit)),
-        Role::Server,
-        Some(ws_config),
-    )
-    .await;
-    connection::serve(slot, ws, connection_id).await;
+}
+
+impl Setup {
+    /// Runs the session over `io`; `direct` is its TCP socket, when it is one.
+    async fn serve<S>(self, io: S, direct: Option<Arc<TcpStream>>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let ws = WebSocketStream::from_raw_socket(
+            Gated::new(MessageLimit::new(io, self.before_connect_limit)),
+            Role::Server,
+            Some(self.ws_config),
+        )
+        .await;
+        connection::serve(self.slot, ws, self.connection_id, direct).await;
+    }
 }
 
 /// The upgraded socket, first giving back what hyper had read past the
-/// handshake request (a client may send its CONNECT right behind it).
+/// handshake request (a client may send its CONNECT right behind it). The
+/// socket is shared with the connection's outbox, for direct writes, so it
+/// is read and written through `&TcpStream` (readiness, then `try_*`).
 struct Rewound {
     /// `None` once given back: even empty, the `Bytes` would keep hyper's
     /// whole read buffer (about 8 KB) alive for as long as the session.
     already_read: Option<Bytes>,
-    socket: TcpStream,
+    socket: Arc<TcpStream>,
 }
 
 impl Rewound {
-    fn new(already_read: Bytes, socket: TcpStream) -> Rewound {
+    fn new(already_read: Bytes, socket: Arc<TcpStream>) -> Rewound {
         Rewound {
             already_read: (!already_read.is_empty()).then_some(already_read),
             socket,
@@ -223,37 +227,45 @@ impl AsyncRead for Rewound {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.socket).poll_read(cx, buf)
+        loop {
+            ready!(self.socket.poll_read_ready(cx))?;
+            // `try_read` clears the readiness when the socket would block.
+            // (tungstenite's buffers come initialized: nothing is zeroed here.)
+            match self.socket.try_read(buf.initialize_unfilled()) {
+                Ok(read) => {
+                    buf.advance(read);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
     }
 }
 
 impl AsyncWrite for Rewound {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.socket).poll_write(cx, buf)
+        loop {
+            ready!(self.socket.poll_write_ready(cx))?;
+            match self.socket.try_write(buf) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.socket).poll_write_vectored(cx, bufs)
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // TCP sends as it is written (TCP_NODELAY): nothing to flush.
+        Poll::Ready(Ok(()))
     }
 
-    fn is_write_vectored(&self) -> bool {
-        self.socket.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.socket).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.socket).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let socket = socket2::SockRef::from(&*self.socket);
+        Poll::Ready(socket.shutdown(std::net::Shutdown::Write))
     }
 }
 
@@ -368,7 +380,7 @@ mod tests {
         let freed = Arc::new(AtomicBool::new(false));
         // hyper's buffer holds more than the bytes past the handshake.
         let buffer = Bytes::from_owner(ReadBuffer(b"GET /ws ...CONNECT".to_vec(), freed.clone()));
-        let mut rewound = Rewound::new(buffer.slice(11..), socket);
+        let mut rewound = Rewound::new(buffer.slice(11..), Arc::new(socket));
         drop(buffer);
         tokio::io::AsyncWriteExt::write_all(&mut client, b"\n\n\0")
             .await

@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use stompede_protocol::{Command, Decoder, Frame, Item, Limits, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -137,20 +138,29 @@ where
     Poll::Pending
 }
 
+/// Runs one connection's session. With `direct`, its TCP socket (the one
+/// `ws` reads and writes), publishers may write into it while the
+/// connection's writer is idle (see `outbox`).
 pub async fn serve<S>(
     slot: SessionSlot,
     mut ws: WebSocketStream<Gated<MessageLimit<S>>>,
     connection_id: u64,
+    direct: Option<Arc<TcpStream>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let broker = slot.broker().clone();
     let config = broker.config();
     let metrics = broker.metrics();
+    let direct_writes = direct.is_some();
     let outbox = Arc::new(Outbox::new(
         config.outbound_queue_frames,
         config.outbound_queue_bytes,
+        direct,
     ));
+    if direct_writes {
+        ws.get_mut().share_with(outbox.clone());
+    }
     let mut session = Session::new(broker.clone(), connection_id, outbox.clone());
     // Puts the gauges back however this task ends (a panic, or the future
     // dropped mid-await, included).
@@ -197,7 +207,7 @@ pub async fn serve<S>(
 
     let ending = 'session: loop {
         if writer.is_idle() {
-            match writer.fill_from_outbox(&outbox, metrics) {
+            match writer.fill_from_outbox(&outbox, metrics, ws.get_mut()) {
                 OutboxState::Open => {}
                 OutboxState::SlowConsumer => break slow_consumer(),
                 OutboxState::Closed => break Ending::Quiet,
@@ -342,7 +352,17 @@ pub async fn serve<S>(
                         }
                     }
                 } else {
-                    if !beats.send.is_zero() && writer.is_idle() && now >= last_write + beats.send {
+                    // Publishers' direct writes count as writes too.
+                    if let Some(written) = outbox.direct_written_at() {
+                        last_write = last_write.max(written);
+                    }
+                    if !beats.send.is_zero()
+                        && writer.is_idle()
+                        && now >= last_write + beats.send
+                        // The socket is the task's again (unless the end of
+                        // a publisher's frame must go first: retried soon).
+                        && !outbox.claim_socket()
+                    {
                         // Written by `poll_io`; `last_write` moves once it is.
                         writer.queue_heartbeat();
                     }
@@ -386,6 +406,7 @@ pub async fn serve<S>(
                     gauges.add_subscriptions(added);
                     if let (false, Some(version)) = (was_connected, session.version()) {
                         gauges.connected(version);
+                        outbox.set_version(version);
                         decoder.set_version(version);
                         decoder.set_limits(limits);
                         ws.get_mut().inner_mut().lift();

@@ -775,7 +775,7 @@ mod tests {
     impl Harness {
         fn new(config: Config) -> Harness {
             let broker = Arc::new(Broker::new(config));
-            let outbox = Arc::new(Outbox::new(16, 1 << 20));
+            let outbox = Arc::new(Outbox::new(16, 1 << 20, None));
             let session = Session::new(broker.clone(), 7, outbox.clone());
             Harness {
                 broker,

@@ -19,11 +19,12 @@
 use crate::fanout::GAP_HEADER;
 use crate::metrics::Metrics;
 use crate::outbox::{Delivery, Outbox, OutboxState, Queued};
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::Sink;
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 use stompede_protocol::{encode, encoded_len, Frame, PreparedMessage, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -43,7 +44,10 @@ const FIN: u8 = 0x80;
 
 /// The connection's socket, with a gate on the writes that come through
 /// tungstenite (pongs, the close frame): while the [`Writer`] is in the
-/// middle of its own bytes, those wait, so they never land mid-frame.
+/// middle of its own bytes, those wait, so they never land mid-frame. With
+/// direct writes (see `outbox`), tungstenite's writes also take the socket
+/// back from the publishers first, and wait while the end of a frame a
+/// publisher wrote in part has still to go out.
 #[derive(Debug)]
 pub struct Gated<S> {
     inner: S,
@@ -51,6 +55,11 @@ pub struct Gated<S> {
     closed: bool,
     /// tungstenite's task, to wake once the gate opens again.
     waiting: Option<Waker>,
+    /// The outbox whose publishers may write into this socket.
+    direct: Option<Arc<Outbox>>,
+    /// tungstenite has written since it last flushed: it may still hold
+    /// bytes, so the socket is not handed to the publishers.
+    control_unflushed: bool,
 }
 
 impl<S> Gated<S> {
@@ -59,7 +68,19 @@ impl<S> Gated<S> {
             inner,
             closed: false,
             waiting: None,
+            direct: None,
+            control_unflushed: false,
         }
+    }
+
+    /// Publishers of `outbox` may write into this socket while it is theirs.
+    pub fn share_with(&mut self, outbox: Arc<Outbox>) {
+        self.direct = Some(outbox);
+    }
+
+    /// Whether tungstenite may hold bytes it has not written yet.
+    pub fn control_unflushed(&self) -> bool {
+        self.control_unflushed
     }
 
     /// The socket inside.
@@ -86,6 +107,22 @@ impl<S> Gated<S> {
             Poll::Ready(Ok(()))
         }
     }
+
+    /// Before tungstenite writes: the socket is taken back from the
+    /// publishers, and a frame they left half written goes first (the
+    /// connection's writer takes it, woken by the outbox, then opens the gate).
+    fn wait_to_write(&mut self, cx: &Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.wait(cx))?;
+        if self
+            .direct
+            .as_ref()
+            .is_some_and(|outbox| outbox.claim_socket())
+        {
+            self.waiting = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Gated<S> {
@@ -104,17 +141,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gated<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        ready!(self.wait(cx))?;
+        ready!(self.wait_to_write(cx))?;
+        self.control_unflushed = true;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.wait(cx))?;
-        Pin::new(&mut self.inner).poll_flush(cx)
+        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+        self.control_unflushed = false;
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.wait(cx))?;
+        ready!(self.wait_to_write(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -185,16 +225,53 @@ impl Writer {
         self.progress
     }
 
-    /// Encodes one round of queued deliveries (about `ws-write-buffer-bytes`)
-    /// into the pending bytes; returns the outbox's state.
-    pub fn fill_from_outbox(&mut self, outbox: &Outbox, metrics: &Metrics) -> OutboxState {
-        self.fill(outbox, metrics, self.max_write_bytes)
+    /// The writer is idle: encodes one round of queued deliveries (about
+    /// `ws-write-buffer-bytes`) into the pending bytes, or, with nothing
+    /// queued, hands the socket to the publishers (see `outbox`) unless
+    /// tungstenite may still hold bytes; returns the outbox's state.
+    pub fn fill_from_outbox<S>(
+        &mut self,
+        outbox: &Outbox,
+        metrics: &Metrics,
+        socket: &mut Gated<S>,
+    ) -> OutboxState {
+        let hand_over = !socket.control_unflushed();
+        let state = self.fill(outbox, metrics, self.max_write_bytes, hand_over);
+        if self.holding_gate {
+            // The end of a frame a publisher began: nothing may come between.
+            socket.close_gate();
+        }
+        state
     }
 
-    fn fill(&mut self, outbox: &Outbox, metrics: &Metrics, max_bytes: usize) -> OutboxState {
-        let state = outbox.drain_up_to(&mut self.batch, max_bytes);
+    fn fill(
+        &mut self,
+        outbox: &Outbox,
+        metrics: &Metrics,
+        max_bytes: usize,
+        hand_over: bool,
+    ) -> OutboxState {
+        let mut remainder = None;
+        let state = outbox.drain_up_to(&mut self.batch, &mut remainder, max_bytes, hand_over);
+        if let Some(remainder) = remainder {
+            self.put_remainder(remainder);
+        }
         self.encode_batch(state, outbox, metrics, true);
         state
+    }
+
+    /// The end of a frame a direct write wrote in part: it is the next
+    /// thing the socket gets, before tungstenite's bytes too.
+    fn put_remainder(&mut self, remainder: Bytes) {
+        debug_assert!(
+            self.pending.is_empty(),
+            "a direct write needs an idle writer"
+        );
+        if self.pending.is_empty() {
+            self.mark_started();
+            self.pending.extend_from_slice(&remainder);
+            self.holding_gate = true;
+        }
     }
 
     /// Encodes the batch taken from the outbox (when it is still open), or drops it.
@@ -245,7 +322,11 @@ impl Writer {
         outbox: &Outbox,
         metrics: &Metrics,
     ) -> OutboxState {
-        let state = outbox.drain_up_to(&mut self.batch, usize::MAX);
+        let mut remainder = None;
+        let state = outbox.drain_up_to(&mut self.batch, &mut remainder, usize::MAX, false);
+        if let Some(remainder) = remainder {
+            self.put_remainder(remainder);
+        }
         self.encode_batch(state, outbox, metrics, false);
         state
     }
@@ -341,7 +422,6 @@ impl Writer {
     }
 
     fn put_delivery(&mut self, delivery: &Delivery) {
-        let message: &PreparedMessage = &delivery.message;
         // STOMP 1.2 acknowledges by an `ack` id of this session's own; 1.0
         // and 1.1 by the shared `message-id`.
         let ack = match (delivery.ack, self.version) {
@@ -353,30 +433,38 @@ impl Writer {
                 self.acks_issued += 1;
                 Some(self.ack_text.as_str())
             }
-            (true, _) => Some(message.headers().get("message-id").unwrap_or_default()),
+            (true, _) => Some(
+                delivery
+                    .message
+                    .headers()
+                    .get("message-id")
+                    .unwrap_or_default(),
+            ),
         };
-        let extra: &[(&str, &str)] = if delivery.gap {
-            &[(GAP_HEADER, "true")]
-        } else {
-            &[]
-        };
-        let len = message.len_for_with(self.version, &delivery.subscription, ack, extra);
-        // Headers are always UTF-8, so the frame is text exactly when its body is.
-        put_header(&mut self.pending, message.body_is_utf8(), len);
-        let start = self.pending.len();
-        message.write_for_with(
-            self.version,
-            &delivery.subscription,
-            ack,
-            extra,
-            &mut self.pending,
-        );
-        debug_assert_eq!(
-            self.pending.len() - start,
-            len,
-            "len_for and write_for disagree"
-        );
+        encode_delivery(&mut self.pending, self.version, delivery, ack);
     }
+}
+
+/// Appends one delivery as a WebSocket frame holding its MESSAGE, encoded
+/// for `version`, with `ack` as its `ack` header (if any).
+pub fn encode_delivery(
+    out: &mut BytesMut,
+    version: Version,
+    delivery: &Delivery,
+    ack: Option<&str>,
+) {
+    let message: &PreparedMessage = &delivery.message;
+    let extra: &[(&str, &str)] = if delivery.gap {
+        &[(GAP_HEADER, "true")]
+    } else {
+        &[]
+    };
+    let len = message.len_for_with(version, &delivery.subscription, ack, extra);
+    // Headers are always UTF-8, so the frame is text exactly when its body is.
+    put_header(out, message.body_is_utf8(), len);
+    let start = out.len();
+    message.write_for_with(version, &delivery.subscription, ack, extra, out);
+    debug_assert_eq!(out.len() - start, len, "len_for and write_for disagree");
 }
 
 /// The header of an unmasked, final WebSocket frame (server to client) with a
