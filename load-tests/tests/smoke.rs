@@ -420,8 +420,10 @@ fn ideal_broker_delivers_to_every_reader() {
     assert!(step["published"].as_u64().unwrap() > 0, "{step}");
     assert_eq!(step["lost"], 0, "{step}");
     assert_eq!(step["delivered"], step["expected_deliveries"], "{step}");
+    // Read from the peer's /proc (a step this short may take under one
+    // clock tick of it, so only its presence is certain).
     assert!(
-        step["broker_cpu_us_per_delivery"].as_f64().unwrap() > 0.0,
+        step["broker_cpu_us_per_delivery"].as_f64().is_some(),
         "{step}"
     );
 }
