@@ -78,8 +78,9 @@ pub enum Queued {
     Message(Delivery),
     /// A MESSAGE from history, queued when its subscription began.
     Replayed(Delivery),
-    /// A reply to the client's frames.
-    Reply(Frame),
+    /// A reply to the client's frames (boxed: replies are few, and every
+    /// queue slot, kept by an idle connection too, is as large as the largest item).
+    Reply(Box<Frame>),
 }
 
 impl Queued {
@@ -624,7 +625,7 @@ impl Outbox {
             queue.direct_open = false;
             let was_empty = queue.items.is_empty();
             for reply in replies.drain(..) {
-                queue.add(Queued::Reply(reply));
+                queue.add(Queued::Reply(Box::new(reply)));
             }
             self.replies_queued.store(queue.replies, Ordering::Relaxed);
             drop(queue);

@@ -438,6 +438,10 @@ pub async fn serve<S>(
         if pending.is_none() && inbound.is_empty() && inbound.capacity() > IDLE_BUFFER_BYTES {
             inbound = BytesMut::new();
         }
+        if pending.is_none() && replies.is_empty() && replies.capacity() > 0 {
+            // A reader's replies are few (CONNECTED, a RECEIPT): keep no room for them.
+            replies = Vec::new();
+        }
     };
 
     drop(gauges);

@@ -241,6 +241,11 @@ impl Writer {
             // The end of a frame a publisher began: nothing may come between.
             socket.close_gate();
         }
+        if hand_over && self.pending.is_empty() && self.batch.capacity() > 0 {
+            // Nothing to write: from now on the publishers write (see
+            // `outbox`), so an idle reader keeps no batch either.
+            self.batch = VecDeque::new();
+        }
         state
     }
 
@@ -292,7 +297,7 @@ impl Writer {
                     Queued::Message(delivery) => self.put_message(&delivery),
                     Queued::Replayed(delivery) if with_replayed => self.put_message(&delivery),
                     Queued::Replayed(_) => {}
-                    Queued::Reply(frame) => self.queue_frames(std::iter::once(frame)),
+                    Queued::Reply(frame) => self.queue_frames(std::iter::once(*frame)),
                 }
             }
             if self.acks_issued != acks_before {
