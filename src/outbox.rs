@@ -504,6 +504,13 @@ impl Outbox {
         queue.remainder.is_some()
     }
 
+    /// The end of a frame a direct write left, if any (for the goodbye: it
+    /// must go out before the ERROR frame, or the client reads one frame
+    /// spliced into another).
+    pub fn take_remainder(&self) -> Option<Bytes> {
+        self.lock().remainder.take()
+    }
+
     /// The session is connected with `version`: direct writes encode for it.
     pub fn set_version(&self, version: Version) {
         self.lock().version = Some(version);

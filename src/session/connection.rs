@@ -444,7 +444,12 @@ pub async fn serve<S>(
         }
     };
 
+    // Closed first (no publisher writes after this), then the end of a frame
+    // a publisher began, if the loop ended before the writer took it.
     drop(gauges);
+    if let Some(remainder) = outbox.take_remainder() {
+        writer.put_remainder(remainder);
+    }
     session.close();
     let goodbye = match ending {
         Ending::Quiet => None,

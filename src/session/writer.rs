@@ -267,7 +267,7 @@ impl Writer {
 
     /// The end of a frame a direct write wrote in part: it is the next
     /// thing the socket gets, before tungstenite's bytes too.
-    fn put_remainder(&mut self, remainder: Bytes) {
+    pub fn put_remainder(&mut self, remainder: Bytes) {
         debug_assert!(
             self.pending.is_empty(),
             "a direct write needs an idle writer"
