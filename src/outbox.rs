@@ -504,6 +504,24 @@ impl Outbox {
         queue.remainder.is_some()
     }
 
+    /// Takes the socket away from the publishers, to move it to another
+    /// runtime: once this returns, no direct write is under way and none
+    /// starts until [`Outbox::put_socket`]. Pushes meanwhile are queued.
+    pub fn take_socket(&self) -> Option<Arc<TcpStream>> {
+        let mut queue = self.lock();
+        queue.direct_open = false;
+        queue.socket.take()
+    }
+
+    /// Gives back the socket [`Outbox::take_socket`] took (moved); it is
+    /// the publishers' again once the writer is next idle.
+    pub fn put_socket(&self, socket: Arc<TcpStream>) {
+        let mut queue = self.lock();
+        if queue.state != OutboxState::Closed {
+            queue.socket = Some(socket);
+        }
+    }
+
     /// The end of a frame a direct write left, if any (for the goodbye: it
     /// must go out before the ERROR frame, or the client reads one frame
     /// spliced into another).

@@ -4,9 +4,10 @@
 //! With `handshake-threads` above 0, connections are accepted on a runtime
 //! of their own (the handshake runtime, its threads at `handshake-nice`
 //! lower priority). A connection whose first bytes are the WebSocket
-//! handshake's request line is served there until it is upgraded; then the
-//! socket moves to the runtime the broker was started on (the sessions'
-//! runtime), where the session runs. Any other connection (the HTTP API,
+//! handshake's request line is served there until it is upgraded, and its
+//! session is set up there (CONNECT, and the frame after it: a reader's
+//! SUBSCRIBE); then the session and its socket move to the runtime the
+//! broker was started on (the sessions' runtime), see `session::relocation`. Any other connection (the HTTP API,
 //! health checks, metrics) moves at once to the API runtime (`api-threads`,
 //! at the broker's own priority), or with 0 to the sessions' runtime. So
 //! during a connect storm the handshakes queue behind each other, not ahead
@@ -60,13 +61,22 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 tokio::task_local! {
     /// While a handshake is served on the handshake runtime: the sessions'
     /// runtime, where the upgraded session is to run (see [`session_runtime`]).
-    static SESSIONS: Handle;
+    static SESSIONS: SessionRuntime;
+}
+
+/// Where the session of a handshake served on the handshake runtime runs.
+#[derive(Clone)]
+pub struct SessionRuntime {
+    pub handle: Handle,
+    /// The handshake runtime's tasks, which it is kept for at shutdown: a
+    /// session being set up there is one (see `session::relocation`).
+    pub served: TaskTracker,
 }
 
 /// The runtime the session of a handshake being served now should run on,
 /// if not the current one (`None` outside the handshake runtime).
-pub fn session_runtime() -> Option<Handle> {
-    SESSIONS.try_with(Handle::clone).ok()
+pub fn session_runtime() -> Option<SessionRuntime> {
+    SESSIONS.try_with(SessionRuntime::clone).ok()
 }
 
 /// Accepts connections until the broker shuts down: on a handshake runtime
@@ -279,7 +289,11 @@ async fn accept_on(broker: Arc<Broker>, listener: TcpListener, sessions: Option<
                 served,
                 ..
             }) => {
-                let (sessions, api) = (runtime.clone(), api.clone());
+                let sessions = SessionRuntime {
+                    handle: runtime.clone(),
+                    served: served.clone(),
+                };
+                let api = api.clone();
                 broker.clone().spawn(served.track_future(async move {
                     sort(broker, stream, peer, sessions, api).await;
                     drop(ip_slot);
@@ -298,7 +312,7 @@ async fn sort(
     broker: Arc<Broker>,
     stream: TcpStream,
     peer: SocketAddr,
-    sessions: Handle,
+    sessions: SessionRuntime,
     api: Handle,
 ) {
     let config = broker.config();
@@ -709,6 +723,96 @@ mod tests {
         assert!(
             answered_in > Duration::from_millis(1500),
             "answered in {answered_in:?} while the only sessions' worker was busy"
+        );
+    }
+
+    /// A session's handshake, CONNECT and a SUBSCRIBE to `destination`
+    /// with a receipt, in one write; returns its socket once the RECEIPT is
+    /// in. Without a destination, only the handshake and CONNECT.
+    async fn set_up_session(addr: SocketAddr, destination: Option<&str>) -> TcpStream {
+        let mut socket = TcpStream::connect(addr).await.unwrap();
+        let mut bytes = format!(
+            "GET /ws HTTP/1.1\r\nhost: {addr}\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+             sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\
+             sec-websocket-protocol: v12.stomp\r\n\r\n"
+        )
+        .into_bytes();
+        bytes.extend(client_frame(b"CONNECT\naccept-version:1.2\nhost:h\n\n\0"));
+        let Some(destination) = destination else {
+            socket.write_all(&bytes).await.unwrap();
+            read_until(&mut socket, &mut Vec::new(), b"CONNECTED").await;
+            return socket;
+        };
+        let subscribe = format!("SUBSCRIBE\nid:0\ndestination:{destination}\nreceipt:set-up\n\n\0");
+        bytes.extend(client_frame(subscribe.as_bytes()));
+        socket.write_all(&bytes).await.unwrap();
+        read_until(&mut socket, &mut Vec::new(), b"receipt-id:set-up").await;
+        socket
+    }
+
+    /// Sends a SUBSCRIBE with a receipt; how long after `started` it came.
+    async fn receipt_after(session: &mut TcpStream, started: Instant) -> Duration {
+        let frame = client_frame(b"SUBSCRIBE\nid:1\ndestination:/topic/b\nreceipt:again\n\n\0");
+        session.write_all(&frame).await.unwrap();
+        read_until(session, &mut Vec::new(), b"receipt-id:again").await;
+        started.elapsed()
+    }
+
+    /// With the sessions' runtime (one worker) kept busy: a new session is
+    /// set up all the same (on the handshake runtime), while a session set
+    /// up before waits (it has moved to the sessions' runtime), and so does
+    /// one that only sent CONNECT, `SETUP_PHASE_LIMIT` before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn sessions_are_set_up_on_the_handshake_runtime_then_move() {
+        const BUSY: Duration = Duration::from_secs(3);
+        let (addr, _broker, stop) = start(1).await;
+        let (set_up_tx, set_up) = std::sync::mpsc::channel();
+        let (busy_tx, busy) = std::sync::mpsc::channel();
+        // The clients run on a runtime of their own: the test's is the one kept busy.
+        let clients = std::thread::spawn(move || {
+            let client = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            client.block_on(async move {
+                let mut earlier = set_up_session(addr, Some("/topic/earlier")).await;
+                let mut connected = set_up_session(addr, None).await;
+                tokio::time::sleep(Duration::from_millis(1300)).await;
+                set_up_tx.send(()).unwrap();
+                busy.recv().unwrap();
+                let started = Instant::now();
+                let new_one = async {
+                    set_up_session(addr, Some("/topic/new")).await;
+                    started.elapsed()
+                };
+                tokio::join!(
+                    new_one,
+                    receipt_after(&mut earlier, started),
+                    receipt_after(&mut connected, started)
+                )
+            })
+        });
+        set_up.recv().unwrap();
+        // Stands for a fan-out's writer tasks: the one worker is taken.
+        tokio::spawn(async move {
+            let _ = busy_tx.send(());
+            std::thread::sleep(BUSY)
+        });
+        let (new_one, earlier_one, connected_one) = clients.join().unwrap();
+        let _ = stop.send(());
+        assert!(
+            new_one < Duration::from_millis(1500),
+            "a new session was set up in {new_one:?}: it waited for the sessions' runtime"
+        );
+        assert!(
+            earlier_one > Duration::from_millis(1500),
+            "a set-up session answered in {earlier_one:?} while the only sessions' worker \
+             was busy: it did not move there"
+        );
+        assert!(
+            connected_one > Duration::from_millis(1500),
+            "a session connected for over a second answered in {connected_one:?}: \
+             it did not move to the sessions' runtime"
         );
     }
 

@@ -7,6 +7,7 @@ use crate::broker::{AdmissionRefusal, Broker, SessionSlot};
 use crate::server;
 use crate::session::connection;
 use crate::session::message_limit::MessageLimit;
+use crate::session::relocation::{MovableSocket, Relocation, SetUpHere};
 use crate::session::writer::Gated;
 use bytes::{Buf, Bytes};
 use http_body_util::Full;
@@ -104,58 +105,51 @@ pub fn handle(
     let connection_id = broker.next_connection_id();
     let span = tracing::info_span!("session", id = connection_id, %peer);
     let on_upgrade = hyper::upgrade::on(request);
-    // Served on the handshake runtime (see `server`), the session runs on
-    // the sessions' runtime, its socket moved there.
-    let sessions = server::session_runtime();
-    let move_socket = sessions.is_some();
     let setup = Setup {
         slot,
         ws_config,
         before_connect_limit,
         connection_id,
     };
-    let session = async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(error) => {
-                tracing::debug!(%error, "upgrade failed");
-                return;
-            }
-        };
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => {
-                let mut socket = parts.io.into_inner();
-                if move_socket {
-                    // The socket is registered with the handshake runtime's
-                    // I/O driver: register it with this one.
-                    socket = match socket.into_std().and_then(TcpStream::from_std) {
-                        Ok(socket) => socket,
-                        Err(error) => {
-                            tracing::debug!(%error, "cannot move the upgraded socket");
-                            return;
-                        }
-                    };
+    let session = |relocation: Option<Relocation>| {
+        async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(error) => {
+                    tracing::debug!(%error, "upgrade failed");
+                    return;
                 }
-                // Shared: the fan-out may write into it directly (see `outbox`).
-                let socket = Arc::new(socket);
-                let io = Rewound::new(parts.read_buf, socket.clone());
-                // Boxed, both: the task's future would otherwise be laid out
-                // for the two sessions' futures side by side (5.3 KB, against
-                // 320 B and a box of the one that runs).
-                Box::pin(setup.serve(io, Some(socket))).await
+            };
+            match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => {
+                    // Shared: the fan-out may write into it directly (see `outbox`).
+                    let socket = Arc::new(parts.io.into_inner());
+                    let io = Rewound::new(parts.read_buf, socket.clone());
+                    // Boxed, both: the task's future would otherwise be laid
+                    // out for the two sessions' futures side by side (5.3 KB,
+                    // against 320 B and a box of the one that runs).
+                    Box::pin(setup.serve(io, Some(socket), relocation)).await
+                }
+                // Not a plain TCP connection: served as it is, without direct writes.
+                Err(upgraded) => {
+                    let io = TokioIo::new(upgraded);
+                    Box::pin(setup.serve(io, None, relocation)).await
+                }
             }
-            // Not a plain TCP connection: served as it is, without direct writes.
-            Err(upgraded) => Box::pin(setup.serve(TokioIo::new(upgraded), None)).await,
         }
-    }
-    .instrument(span);
+        .instrument(span)
+    };
     // One task per connection, bounded by `max-connections` (the slot).
-    match sessions {
+    // Served on the handshake runtime (see `server`), the session is set up
+    // here and then moves to the sessions' runtime (see `relocation`).
+    match server::session_runtime() {
         Some(sessions) => {
-            let _on_sessions = sessions.enter();
-            broker.spawn(session);
+            let set_up_here = SetUpHere::new(broker.clone(), sessions.handle, |relocation| {
+                session(Some(relocation))
+            });
+            broker.spawn(sessions.served.track_future(set_up_here));
         }
-        None => broker.spawn(session),
+        None => broker.spawn(session(None)),
     }
 
     let mut response = Response::builder()
@@ -181,9 +175,9 @@ struct Setup {
 
 impl Setup {
     /// Runs the session over `io`; `direct` is its TCP socket, when it is one.
-    async fn serve<S>(self, io: S, direct: Option<Arc<TcpStream>>)
+    async fn serve<S>(self, io: S, direct: Option<Arc<TcpStream>>, relocation: Option<Relocation>)
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + MovableSocket + Unpin,
     {
         let ws = WebSocketStream::from_raw_socket(
             Gated::new(MessageLimit::new(io, self.before_connect_limit)),
@@ -191,7 +185,7 @@ impl Setup {
             Some(self.ws_config),
         )
         .await;
-        connection::serve(self.slot, ws, self.connection_id, direct).await;
+        connection::serve(self.slot, ws, self.connection_id, direct, relocation).await;
     }
 }
 
@@ -203,16 +197,42 @@ struct Rewound {
     /// `None` once given back: even empty, the `Bytes` would keep hyper's
     /// whole read buffer (about 8 KB) alive for as long as the session.
     already_read: Option<Bytes>,
-    socket: Arc<TcpStream>,
+    /// `None` only while it moves to another runtime, or if that failed.
+    socket: Option<Arc<TcpStream>>,
 }
 
 impl Rewound {
     fn new(already_read: Bytes, socket: Arc<TcpStream>) -> Rewound {
         Rewound {
             already_read: (!already_read.is_empty()).then_some(already_read),
-            socket,
+            socket: Some(socket),
         }
     }
+
+    fn socket(&self) -> io::Result<&TcpStream> {
+        self.socket
+            .as_deref()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "the socket was not moved"))
+    }
+}
+
+impl MovableSocket for Rewound {
+    fn take_socket(&mut self) -> Option<Arc<TcpStream>> {
+        self.socket.take()
+    }
+
+    fn put_socket(&mut self, socket: Arc<TcpStream>) {
+        self.socket = Some(socket);
+    }
+}
+
+/// Not a TCP socket of its own (see `handle`): it stays where it is.
+impl MovableSocket for TokioIo<hyper::upgrade::Upgraded> {
+    fn take_socket(&mut self) -> Option<Arc<TcpStream>> {
+        None
+    }
+
+    fn put_socket(&mut self, _socket: Arc<TcpStream>) {}
 }
 
 impl AsyncRead for Rewound {
@@ -230,11 +250,12 @@ impl AsyncRead for Rewound {
             }
             return Poll::Ready(Ok(()));
         }
+        let socket = self.socket()?;
         loop {
-            ready!(self.socket.poll_read_ready(cx))?;
+            ready!(socket.poll_read_ready(cx))?;
             // `try_read` clears the readiness when the socket would block.
             // (tungstenite's buffers come initialized: nothing is zeroed here.)
-            match self.socket.try_read(buf.initialize_unfilled()) {
+            match socket.try_read(buf.initialize_unfilled()) {
                 Ok(read) => {
                     buf.advance(read);
                     return Poll::Ready(Ok(()));
@@ -252,9 +273,10 @@ impl AsyncWrite for Rewound {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        let socket = self.socket()?;
         loop {
-            ready!(self.socket.poll_write_ready(cx))?;
-            match self.socket.try_write(buf) {
+            ready!(socket.poll_write_ready(cx))?;
+            match socket.try_write(buf) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                 result => return Poll::Ready(result),
             }
@@ -267,7 +289,7 @@ impl AsyncWrite for Rewound {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let socket = socket2::SockRef::from(&*self.socket);
+        let socket = socket2::SockRef::from(self.socket()?);
         Poll::Ready(socket.shutdown(std::net::Shutdown::Write))
     }
 }

@@ -7,6 +7,7 @@ use crate::engine::EngineError;
 use crate::metrics::{ErrorReason, Metrics};
 use crate::outbox::{Outbox, OutboxState, Queued};
 use crate::session::message_limit::{MessageLimit, TooLargeBeforeConnect};
+use crate::session::relocation::{self, MovableSocket, Relocation};
 use crate::session::writer::{Gated, Writer};
 use crate::session::{Flow, Session};
 use bytes::BytesMut;
@@ -39,6 +40,9 @@ const IDLE_BUFFER_BYTES: usize = 8 * 1024;
 /// A heart-beat deadline that has passed (its write still pending, or reads
 /// paused) is looked at again after this long, not in a busy loop.
 const HEARTBEAT_RETRY: Duration = Duration::from_millis(100);
+/// A session set up on the handshake runtime moves to the sessions' this
+/// long after CONNECT at the latest, set up or not (see `relocation`).
+const SETUP_PHASE_LIMIT: Duration = Duration::from_secs(1);
 
 /// Why the loop ended.
 enum Ending {
@@ -140,14 +144,19 @@ where
 
 /// Runs one connection's session. With `direct`, its TCP socket (the one
 /// `ws` reads and writes), publishers may write into it while the
-/// connection's writer is idle (see `outbox`).
+/// connection's writer is idle (see `outbox`). With `relocation`, the
+/// session is being served on the handshake runtime: it moves to the
+/// sessions' once set up, i.e. once the first frame after CONNECT (a
+/// reader's SUBSCRIBE) is handled and answered, or `SETUP_PHASE_LIMIT`
+/// after CONNECT.
 pub async fn serve<S>(
     slot: SessionSlot,
     mut ws: WebSocketStream<Gated<MessageLimit<S>>>,
     connection_id: u64,
     direct: Option<Arc<TcpStream>>,
+    mut relocation: Option<Relocation>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + MovableSocket + Unpin,
 {
     let broker = slot.broker().clone();
     let config = broker.config();
@@ -204,8 +213,27 @@ pub async fn serve<S>(
     let mut pending_flow = Flow::Continue;
     let timer = sleep_until(connect_deadline);
     tokio::pin!(timer);
+    // Set up on the handshake runtime: whether the frame after CONNECT was
+    // handled, and when to move regardless (see `relocation`).
+    let mut set_up = false;
+    let mut move_by: Option<Instant> = None;
 
     let ending = 'session: loop {
+        if relocation.is_some() && pending.is_none() {
+            let answered = set_up && !writer.holds_replies() && !outbox.holds_replies();
+            if answered || move_by.is_some_and(|by| Instant::now() >= by) {
+                let relocation = relocation.take().expect("checked above");
+                let io = ws.get_mut().inner_mut().inner_mut();
+                if let Err(error) = relocation::move_session(relocation, &outbox, io).await {
+                    tracing::debug!(%error, "cannot move the session's socket");
+                    break Ending::Quiet;
+                }
+                // The timer is the old runtime's: make one on this one.
+                let deadline = timer.deadline();
+                timer.set(sleep_until(deadline));
+                move_by = None;
+            }
+        }
         if writer.is_idle() {
             match writer.fill_from_outbox(&outbox, metrics, ws.get_mut()) {
                 OutboxState::Open => {}
@@ -375,6 +403,9 @@ pub async fn serve<S>(
                     if let Some(progress) = writer.progress() {
                         next = next.min(progress + config.write_timeout);
                     }
+                    if let Some(move_by) = move_by {
+                        next = next.min(move_by.max(now + HEARTBEAT_RETRY));
+                    }
                     timer.as_mut().reset(next);
                     continue;
                 }
@@ -402,6 +433,7 @@ pub async fn serve<S>(
                     let was_connected = session.version().is_some();
                     let subscriptions_before = session.subscription_count();
                     let flow = session.handle(frame, &mut replies);
+                    set_up |= was_connected;
                     let added = session.subscription_count() as i64 - subscriptions_before as i64;
                     gauges.add_subscriptions(added);
                     if let (false, Some(version)) = (was_connected, session.version()) {
@@ -414,6 +446,9 @@ pub async fn serve<S>(
                         tracing::debug!(version = version.as_str(), "session connected");
                         // Heart-beats start now: let the timer pick the new deadline.
                         timer.as_mut().reset(Instant::now());
+                        if relocation.is_some() {
+                            move_by = Some(Instant::now() + SETUP_PHASE_LIMIT);
+                        }
                     }
                     if let Some(work) = session.take_pending() {
                         let broker = broker.clone();

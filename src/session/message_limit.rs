@@ -57,6 +57,11 @@ impl<S> MessageLimit<S> {
         }
     }
 
+    /// The stream inside.
+    pub fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
     /// CONNECT succeeded: tungstenite's own limit applies from now on.
     pub fn lift(&mut self) {
         self.limit = None;

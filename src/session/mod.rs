@@ -3,6 +3,7 @@
 
 pub mod connection;
 pub mod message_limit;
+pub mod relocation;
 pub mod state;
 pub mod writer;
 
