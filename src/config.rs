@@ -214,8 +214,10 @@ pub struct Config {
     /// connections are accepted there, and those whose first request is the WebSocket handshake
     /// are served there until upgraded, so that a connect storm waits behind itself rather than
     /// ahead of the deliveries to readers already connected (other HTTP connections move to the
-    /// sessions' runtime after their first bytes; so does each upgraded session). 0: one runtime
-    /// for everything.
+    /// API runtime after their first bytes, or with `api-threads 0` to the sessions' runtime).
+    /// Each upgraded session is set up there too (its CONNECT and the frame after it answered),
+    /// then moves to the sessions' runtime, 1 s after CONNECT at the latest. 0: one runtime for
+    /// everything.
     #[arg(long, default_value_t = 1)]
     pub handshake_threads: usize,
 
