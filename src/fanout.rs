@@ -231,7 +231,11 @@ fn write_direct(outboxes: &[Arc<Outbox>], meters: &DirectMeters) {
     let mut written = 0;
     // Heart-beats count from it: a chunk's writes take well under a millisecond.
     let started = tokio::time::Instant::now();
-    for outbox in outboxes {
+    for (at, outbox) in outboxes.iter().enumerate() {
+        // One ahead: its cache lines arrive while this one's send() runs.
+        if let Some(next) = outboxes.get(at + 1) {
+            next.prefetch();
+        }
         if let DirectWrite::Written { deliveries, oldest } =
             outbox.write_direct(&mut buffer, started)
         {

@@ -29,7 +29,7 @@
 
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use stompede_protocol::{Frame, PreparedMessage, Version};
 use tokio::net::TcpStream;
@@ -209,6 +209,9 @@ pub struct Outbox {
     acks_issued: AtomicU64,
     /// `Queue::replies`, readable without the lock.
     replies_queued: AtomicUsize,
+    /// Where `Queue::socket` points (null: none), readable without the
+    /// lock, for [`Outbox::prefetch`] only: it is never dereferenced.
+    socket_hint: AtomicPtr<TcpStream>,
 }
 
 #[derive(Debug)]
@@ -241,6 +244,12 @@ struct Queue {
     direct_open: bool,
     /// A fan-out is to call `write_direct` on this outbox (at most one is).
     direct_scheduled: bool,
+    /// The one live message a scheduled direct write is to write, when it
+    /// came into an empty queue: kept here, beside the lock, so that the
+    /// write (on another core, most often) does not also have to fetch the
+    /// queue's buffer. Counted as queued; any other use of the queue first
+    /// moves it to the front of `items` (see [`Outbox::lock`]).
+    direct_next: Option<Delivery>,
     /// The end of a frame a direct write could write only in part; it goes
     /// out before anything else (taken by the connection's writer).
     remainder: Option<Bytes>,
@@ -284,6 +293,14 @@ impl Queue {
         self.items.push_back(item);
     }
 
+    /// Puts `direct_next` back at the front of the queue (it is the oldest:
+    /// it is only set while the queue is empty).
+    fn settle(&mut self) {
+        if let Some(delivery) = self.direct_next.take() {
+            self.items.push_front(Queued::Message(delivery));
+        }
+    }
+
     /// Gives back memory after a burst so idle connections stay small.
     fn shrink_when_empty(&mut self) {
         if self.items.is_empty() && self.items.capacity() > 64 {
@@ -292,24 +309,66 @@ impl Queue {
     }
 }
 
+/// One non-blocking `send()` of `bytes`; how many went (0: none, or the
+/// socket failed, which the connection's task finds on its own write).
+/// Straight on the file descriptor, not through tokio's readiness state
+/// (one cache line fewer per reader): a "would block" here is not recorded
+/// there, so the task's next write may try once more before it waits.
+fn send_now(socket: &TcpStream, bytes: &[u8]) -> usize {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        extern "C" {
+            fn send(fd: i32, buf: *const u8, len: usize, flags: i32) -> isize;
+        }
+        const MSG_DONTWAIT: i32 = 0x40;
+        const MSG_NOSIGNAL: i32 = 0x4000;
+        // SAFETY: the descriptor is the socket's own, open while `socket`
+        // is borrowed; `bytes` is a valid buffer of `len` bytes.
+        let sent = unsafe {
+            send(
+                socket.as_raw_fd(),
+                bytes.as_ptr(),
+                bytes.len(),
+                MSG_DONTWAIT | MSG_NOSIGNAL,
+            )
+        };
+        usize::try_from(sent).unwrap_or(0)
+    }
+    #[cfg(not(target_os = "linux"))]
+    socket.try_write(bytes).unwrap_or(0)
+}
+
+fn socket_address(socket: &Option<Arc<TcpStream>>) -> *mut TcpStream {
+    socket.as_ref().map_or(std::ptr::null_mut(), |socket| {
+        Arc::as_ptr(socket).cast_mut()
+    })
+}
+
+/// Asks the CPU to bring the cache lines of the `T` at `at` in. Never reads
+/// them, so `at` need not point at a live value.
+fn prefetch_bytes<T>(at: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let start = at.cast::<i8>();
+        let size = std::mem::size_of::<T>();
+        // `at` need not be at a line's start: the last byte's line too.
+        for offset in (0..size).step_by(64).chain(size.checked_sub(1)) {
+            // SAFETY: a prefetch is a hint: it reads nothing and never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
 impl DirectBuffer {
     /// Encodes `items` (all plain live messages, or it returns `false`) for
     /// `version`, unless the buffer already holds exactly that.
     fn encode(&mut self, items: &VecDeque<Queued>, version: Version) -> bool {
-        let single = match (items.len(), items.front()) {
-            (1, Some(Queued::Message(delivery))) if !delivery.gap && !delivery.ack => {
-                Some(delivery)
-            }
-            _ => None,
-        };
-        if let (Some(delivery), Some((message, held_version, subscription))) = (single, &self.holds)
-        {
-            if Arc::ptr_eq(message, &delivery.message)
-                && *held_version == version
-                && **subscription == *delivery.subscription
-            {
-                return true;
-            }
+        if let (1, Some(Queued::Message(delivery))) = (items.len(), items.front()) {
+            return self.encode_one(delivery, version);
         }
         self.holds = None;
         self.bytes.clear();
@@ -326,13 +385,32 @@ impl DirectBuffer {
                 _ => return false,
             }
         }
-        self.holds = single.map(|delivery| {
-            (
-                delivery.message.clone(),
-                version,
-                delivery.subscription.clone(),
-            )
-        });
+        true
+    }
+
+    /// [`encode`](Self::encode) for one delivery.
+    fn encode_one(&mut self, delivery: &Delivery, version: Version) -> bool {
+        if delivery.ack {
+            return false;
+        }
+        let reusable = !delivery.gap;
+        if let (true, Some((message, held_version, subscription))) = (reusable, &self.holds) {
+            if Arc::ptr_eq(message, &delivery.message)
+                && *held_version == version
+                && **subscription == *delivery.subscription
+            {
+                return true;
+            }
+        }
+        self.bytes.clear();
+        crate::session::writer::encode_delivery(&mut self.bytes, version, delivery, None);
+        // The same message as last time, most often (another reader of the
+        // page): its count is touched by every core, so it is not cloned again.
+        let message = match self.holds.take() {
+            Some((message, ..)) if Arc::ptr_eq(&message, &delivery.message) => message,
+            _ => delivery.message.clone(),
+        };
+        self.holds = reusable.then(|| (message, version, delivery.subscription.clone()));
         true
     }
 }
@@ -341,6 +419,7 @@ impl Outbox {
     /// An outbox; with `socket`, publishers may write into it directly
     /// once the session is connected (see the module's doc).
     pub fn new(max_frames: usize, max_bytes: usize, socket: Option<Arc<TcpStream>>) -> Outbox {
+        let socket_hint = AtomicPtr::new(socket_address(&socket));
         Outbox {
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
@@ -356,6 +435,7 @@ impl Outbox {
                 version: None,
                 direct_open: false,
                 direct_scheduled: false,
+                direct_next: None,
                 remainder: None,
                 direct_written_at: None,
             }),
@@ -365,20 +445,52 @@ impl Outbox {
             max_bytes,
             acks_issued: AtomicU64::new(0),
             replies_queued: AtomicUsize::new(0),
+            socket_hint,
         }
+    }
+
+    fn set_socket(
+        &self,
+        queue: &mut Queue,
+        socket: Option<Arc<TcpStream>>,
+    ) -> Option<Arc<TcpStream>> {
+        self.socket_hint
+            .store(socket_address(&socket), Ordering::Relaxed);
+        std::mem::replace(&mut queue.socket, socket)
+    }
+
+    /// The queue, with everything in `items` (`direct_next` moved there).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        let mut queue = self.lock_unsettled();
+        queue.settle();
+        queue
     }
 
     // A std Mutex, not tokio's: it is held for a few instructions and never
     // across an `.await`.
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+    fn lock_unsettled(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Asks the CPU to bring this outbox into its cache, so that a fan-out
+    /// writing into many sockets in turn does not wait for each outbox's
+    /// lock and queue to come from the other core (they were last touched
+    /// by the publisher there), nor for its socket's. A hint only: nothing
+    /// is read.
+    pub fn prefetch(&self) {
+        prefetch_bytes(self);
+        let socket = self.socket_hint.load(Ordering::Relaxed);
+        if !socket.is_null() {
+            // It may be gone by now, which a prefetch does not mind.
+            prefetch_bytes(socket.cast_const());
+        }
+    }
+
     /// Queues a live message, within the queue's bounds.
     pub fn push(&self, mut delivery: Delivery) -> Result<Pushed, PushError> {
-        let mut queue = self.lock();
+        let mut queue = self.lock_unsettled();
         if queue.state != OutboxState::Open {
             return Err(PushError::Closed);
         }
@@ -424,6 +536,23 @@ impl Outbox {
             queue.live_bytes += cost;
             return Ok(Pushed::Queued);
         }
+        if queue.direct_open
+            && !delivery.ack
+            && queue.items.is_empty()
+            && queue.direct_next.is_none()
+        {
+            queue.live += 1;
+            queue.live_bytes += delivery.cost;
+            queue.direct_next = Some(delivery);
+            let first = !queue.direct_scheduled;
+            queue.direct_scheduled = true;
+            return Ok(if first {
+                Pushed::WriteDirect
+            } else {
+                Pushed::Queued
+            });
+        }
+        queue.settle();
         let was_empty = queue.items.is_empty();
         if delivery.ack {
             // Its `ack` header is the writer's to stamp.
@@ -452,9 +581,20 @@ impl Outbox {
     /// the lock. What it cannot write is left to the connection's task,
     /// which is woken for it.
     pub fn write_direct(&self, buffer: &mut DirectBuffer, now: Instant) -> DirectWrite {
-        let mut queue = self.lock();
+        let mut queue = self.lock_unsettled();
         queue.direct_scheduled = false;
-        if !queue.direct_open || queue.items.is_empty() || queue.state != OutboxState::Open {
+        if !queue.items.is_empty() {
+            queue.settle();
+        }
+        let nothing_queued = queue.items.is_empty() && queue.direct_next.is_none();
+        if !queue.direct_open || nothing_queued || queue.state != OutboxState::Open {
+            if !nothing_queued && queue.state == OutboxState::Open {
+                // The socket went back to the task while this write was
+                // scheduled (a push that needs the task, a replay): what is
+                // queued is the task's to write, and it may be asleep.
+                drop(queue);
+                self.ready.notify_one();
+            }
             return DirectWrite::Skipped;
         }
         let (Some(socket), Some(version)) = (&queue.socket, queue.version) else {
@@ -463,19 +603,31 @@ impl Outbox {
         // Not a plain live message (cannot happen while the socket is the
         // publishers', but the task knows how to write anything), or a full
         // (or broken: the task finds out on its own write) socket.
-        let written = match buffer.encode(&queue.items, version) {
-            true => socket.try_write(&buffer.bytes).unwrap_or(0),
+        let encoded = match &queue.direct_next {
+            Some(delivery) => buffer.encode_one(delivery, version),
+            None => buffer.encode(&queue.items, version),
+        };
+        let written = match encoded {
+            true => send_now(socket, &buffer.bytes),
             false => 0,
         };
         if written == 0 {
+            queue.settle();
             queue.direct_open = false;
             drop(queue);
             self.ready.notify_one();
             return DirectWrite::Handed;
         }
-        let deliveries = queue.items.len();
+        let mut deliveries = 0;
         let mut oldest = None;
+        if let Some(delivery) = queue.direct_next.take() {
+            queue.live -= 1;
+            queue.live_bytes -= delivery.cost;
+            deliveries = 1;
+            oldest = Some(delivery.published_at);
+        }
         while let Some(item) = queue.take_front() {
+            deliveries += 1;
             if let Queued::Message(delivery) = item {
                 oldest.get_or_insert(delivery.published_at);
             }
@@ -510,7 +662,7 @@ impl Outbox {
     pub fn take_socket(&self) -> Option<Arc<TcpStream>> {
         let mut queue = self.lock();
         queue.direct_open = false;
-        queue.socket.take()
+        self.set_socket(&mut queue, None)
     }
 
     /// Gives back the socket [`Outbox::take_socket`] took (moved); it is
@@ -518,7 +670,7 @@ impl Outbox {
     pub fn put_socket(&self, socket: Arc<TcpStream>) {
         let mut queue = self.lock();
         if queue.state != OutboxState::Closed {
-            queue.socket = Some(socket);
+            self.set_socket(&mut queue, Some(socket));
         }
     }
 
@@ -685,7 +837,7 @@ impl Outbox {
         // connection's socket is not kept open by its outbox.
         queue.direct_open = false;
         if state == OutboxState::Closed {
-            queue.socket = None;
+            self.set_socket(&mut queue, None);
         }
         drop(queue);
         self.ready.notify_one();
@@ -958,6 +1110,41 @@ mod tests {
         let (mut batch, mut remainder) = (VecDeque::new(), None);
         outbox.drain_up_to(&mut batch, &mut remainder, usize::MAX, true);
         assert_eq!(outbox.push(delivery(4, 10)), Ok(Pushed::Queued));
+    }
+
+    #[tokio::test]
+    async fn a_push_the_task_must_write_after_a_scheduled_direct_write_wakes_the_task() {
+        let (socket, _reader) = socket_pair().await;
+        let outbox = handed_over(&socket);
+        assert_eq!(outbox.push(delivery(0, 10)), Ok(Pushed::WriteDirect));
+        // Needs the session's `ack` id: the socket goes back to the task.
+        let mut acked = delivery(1, 10);
+        acked.ack = true;
+        assert_eq!(outbox.push(acked), Ok(Pushed::Queued));
+        assert_eq!(
+            outbox.write_direct(&mut DirectBuffer::default(), Instant::now()),
+            DirectWrite::Skipped
+        );
+        // The task, asleep since it handed the socket over, is woken for both.
+        tokio::time::timeout(std::time::Duration::from_secs(1), outbox.ready.notified())
+            .await
+            .expect("the connection's task is woken");
+        let (mut batch, mut remainder) = (VecDeque::new(), None);
+        outbox.drain_up_to(&mut batch, &mut remainder, usize::MAX, true);
+        let sequence: Vec<String> = batch
+            .iter()
+            .map(|item| {
+                item.delivery()
+                    .unwrap()
+                    .message
+                    .headers()
+                    .get("message-id")
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(sequence, ["0", "1"], "in the order they were pushed");
+        assert!(outbox.is_empty());
     }
 
     #[tokio::test]
