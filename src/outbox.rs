@@ -224,17 +224,8 @@ struct Queue {
     other_bytes: usize,
     replies: usize,
     state: OutboxState,
-    /// Subscriptions that lost a message (`slow-consumer drop`) since their
-    /// last queued one; at most one entry per subscription of the session.
-    gapped: Vec<Arc<str>>,
-    /// Subscriptions whose live messages wait here until their history is
-    /// read (redis engine), with those messages (counted as live ones); at
-    /// most one entry per subscription of the session.
-    held: Vec<(Arc<str>, VecDeque<Delivery>)>,
-    /// Subscriptions just released from a hold, with the epoch and offset
-    /// their replay went up to: live messages up to there may still be on
-    /// their way (from Redis) and are dropped, until one past it comes.
-    floors: Vec<(Arc<str>, Arc<str>, u64)>,
+    /// What only gaps and resuming subscriptions need (`None`: nothing).
+    rare: Option<Box<Rare>>,
     /// The connection's socket, for direct writes (`None`: not a plain TCP
     /// socket, or the connection is closing).
     socket: Option<Arc<TcpStream>>,
@@ -257,7 +248,42 @@ struct Queue {
     direct_written_at: Option<Instant>,
 }
 
+/// A queue's bookkeeping for `slow-consumer drop` and for subscriptions
+/// that resume from history; boxed, so that the queue of a reader that needs
+/// none of it does not keep three empty `Vec`s (72 bytes).
+#[derive(Debug, Default)]
+struct Rare {
+    /// Subscriptions that lost a message (`slow-consumer drop`) since their
+    /// last queued one; at most one entry per subscription of the session.
+    gapped: Vec<Arc<str>>,
+    /// Subscriptions whose live messages wait here until their history is
+    /// read (redis engine), with those messages (counted as live ones); at
+    /// most one entry per subscription of the session.
+    held: Vec<(Arc<str>, VecDeque<Delivery>)>,
+    /// Subscriptions just released from a hold, with the epoch and offset
+    /// their replay went up to: live messages up to there may still be on
+    /// their way (from Redis) and are dropped, until one past it comes.
+    floors: Vec<(Arc<str>, Arc<str>, u64)>,
+}
+
+impl Rare {
+    fn is_empty(&self) -> bool {
+        self.gapped.is_empty() && self.held.is_empty() && self.floors.is_empty()
+    }
+}
+
 impl Queue {
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Default::default)
+    }
+
+    /// Gives the box back once nothing is in it.
+    fn tidy_rare(&mut self) {
+        if self.rare.as_ref().is_some_and(|rare| rare.is_empty()) {
+            self.rare = None;
+        }
+    }
+
     fn take_front(&mut self) -> Option<Queued> {
         let item = self.items.pop_front()?;
         self.forget(&item);
@@ -428,9 +454,7 @@ impl Outbox {
                 other_bytes: 0,
                 replies: 0,
                 state: OutboxState::Open,
-                gapped: Vec::new(),
-                held: Vec::new(),
-                floors: Vec::new(),
+                rare: None,
                 socket,
                 version: None,
                 direct_open: false,
@@ -501,40 +525,40 @@ impl Outbox {
         {
             return Err(PushError::Full);
         }
-        if !queue.gapped.is_empty() {
-            if let Some(at) = queue
+        let fields = &mut *queue;
+        if let Some(rare) = fields.rare.as_deref_mut() {
+            if let Some(at) = rare
                 .gapped
                 .iter()
                 .position(|gapped| Arc::ptr_eq(gapped, &delivery.subscription))
             {
-                queue.gapped.swap_remove(at);
+                rare.gapped.swap_remove(at);
                 delivery.gap = true;
             }
-        }
-        if !queue.floors.is_empty() {
-            if let Some(at) = queue
+            if let Some(at) = rare
                 .floors
                 .iter()
                 .position(|(floor, _, _)| Arc::ptr_eq(floor, &delivery.subscription))
             {
-                let (_, epoch, up_to) = &queue.floors[at];
+                let (_, epoch, up_to) = &rare.floors[at];
                 if replayed_already(&delivery, epoch, *up_to) {
                     return Err(PushError::Duplicate);
                 }
-                queue.floors.swap_remove(at);
+                rare.floors.swap_remove(at);
             }
-        }
-        if let Some((_, waiting)) = queue
-            .held
-            .iter_mut()
-            .find(|(held, _)| Arc::ptr_eq(held, &delivery.subscription))
-        {
-            // Counted like a queued one, so the bounds hold meanwhile.
-            let cost = delivery.cost;
-            waiting.push_back(delivery);
-            queue.live += 1;
-            queue.live_bytes += cost;
-            return Ok(Pushed::Queued);
+            if let Some((_, waiting)) = rare
+                .held
+                .iter_mut()
+                .find(|(held, _)| Arc::ptr_eq(held, &delivery.subscription))
+            {
+                // Counted like a queued one, so the bounds hold meanwhile.
+                let cost = delivery.cost;
+                waiting.push_back(delivery);
+                fields.live += 1;
+                fields.live_bytes += cost;
+                return Ok(Pushed::Queued);
+            }
+            fields.tidy_rare();
         }
         if queue.direct_open
             && !delivery.ack
@@ -695,12 +719,13 @@ impl Outbox {
     /// drop`): its next one carries `x-gap:true`.
     pub fn note_gap(&self, subscription: &Arc<str>) {
         let mut queue = self.lock();
-        if !queue
+        let rare = queue.rare();
+        if !rare
             .gapped
             .iter()
             .any(|gapped| Arc::ptr_eq(gapped, subscription))
         {
-            queue.gapped.push(subscription.clone());
+            rare.gapped.push(subscription.clone());
         }
     }
 
@@ -708,12 +733,13 @@ impl Outbox {
     /// history is still to be read) until [`release`](Self::release).
     pub fn hold(&self, subscription: &Arc<str>) {
         let mut queue = self.lock();
-        if !queue
+        let rare = queue.rare();
+        if !rare
             .held
             .iter()
             .any(|(held, _)| Arc::ptr_eq(held, subscription))
         {
-            queue.held.push((subscription.clone(), VecDeque::new()));
+            rare.held.push((subscription.clone(), VecDeque::new()));
         }
     }
 
@@ -729,14 +755,17 @@ impl Outbox {
         replayed_up_to: Option<(&Arc<str>, u64)>,
     ) -> (usize, usize) {
         let mut queue = self.lock();
-        let held = match queue
-            .held
-            .iter()
-            .position(|(held, _)| Arc::ptr_eq(held, subscription))
-        {
-            Some(at) => queue.held.swap_remove(at).1,
-            None => VecDeque::new(),
-        };
+        let held = queue
+            .rare
+            .as_deref_mut()
+            .and_then(|rare| {
+                let at = rare
+                    .held
+                    .iter()
+                    .position(|(held, _)| Arc::ptr_eq(held, subscription))?;
+                Some(rare.held.swap_remove(at).1)
+            })
+            .unwrap_or_default();
         // Replayed messages are the task's to write (they are not live ones).
         queue.direct_open = false;
         let was_empty = queue.items.is_empty();
@@ -762,9 +791,11 @@ impl Outbox {
         }
         if let (Some((epoch, offset)), true) = (replayed_up_to, open) {
             queue
+                .rare()
                 .floors
                 .push((subscription.clone(), epoch.clone(), offset));
         }
+        queue.tidy_rare();
         let queued = queue.items.len() > before;
         drop(queue);
         if was_empty && queued {
@@ -849,9 +880,12 @@ impl Outbox {
     pub fn drain_into(&self, batch: &mut VecDeque<Queued>) -> OutboxState {
         let mut queue = self.lock();
         std::mem::swap(&mut queue.items, batch);
-        for (_, waiting) in std::mem::take(&mut queue.held) {
-            batch.extend(waiting.into_iter().map(Queued::Message));
+        if let Some(rare) = queue.rare.as_deref_mut() {
+            for (_, waiting) in std::mem::take(&mut rare.held) {
+                batch.extend(waiting.into_iter().map(Queued::Message));
+            }
         }
+        queue.tidy_rare();
         queue.live = 0;
         queue.live_bytes = 0;
         queue.other_bytes = 0;
@@ -906,25 +940,27 @@ impl Outbox {
     /// encoded. Returns how many were dropped; O(queue length).
     pub fn retire(&self, subscription: &Arc<str>) -> usize {
         let mut queue = self.lock();
-        queue
-            .gapped
-            .retain(|gapped| !Arc::ptr_eq(gapped, subscription));
-        queue
-            .floors
-            .retain(|(floor, _, _)| !Arc::ptr_eq(floor, subscription));
+        let fields = &mut *queue;
         let mut held_dropped = 0;
-        if let Some(at) = queue
-            .held
-            .iter()
-            .position(|(held, _)| Arc::ptr_eq(held, subscription))
-        {
-            let (_, waiting) = queue.held.swap_remove(at);
-            for delivery in waiting {
-                queue.live -= 1;
-                queue.live_bytes -= delivery.cost;
-                held_dropped += 1;
+        if let Some(rare) = fields.rare.as_deref_mut() {
+            rare.gapped
+                .retain(|gapped| !Arc::ptr_eq(gapped, subscription));
+            rare.floors
+                .retain(|(floor, _, _)| !Arc::ptr_eq(floor, subscription));
+            if let Some(at) = rare
+                .held
+                .iter()
+                .position(|(held, _)| Arc::ptr_eq(held, subscription))
+            {
+                let (_, waiting) = rare.held.swap_remove(at);
+                for delivery in waiting {
+                    fields.live -= 1;
+                    fields.live_bytes -= delivery.cost;
+                    held_dropped += 1;
+                }
             }
         }
+        queue.tidy_rare();
         let before = queue.items.len() + held_dropped;
         let items = std::mem::take(&mut queue.items);
         for item in items {
