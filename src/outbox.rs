@@ -319,6 +319,19 @@ impl Queue {
         self.items.push_back(item);
     }
 
+    /// A live message was queued while the socket is the publishers': the
+    /// first such push schedules the direct write, and whoever scheduled it
+    /// writes the later ones too.
+    fn schedule_direct(&mut self) -> Pushed {
+        let first = !self.direct_scheduled;
+        self.direct_scheduled = true;
+        if first {
+            Pushed::WriteDirect
+        } else {
+            Pushed::Queued
+        }
+    }
+
     /// Puts `direct_next` back at the front of the queue (it is the oldest:
     /// it is only set while the queue is empty).
     fn settle(&mut self) {
@@ -568,13 +581,7 @@ impl Outbox {
             queue.live += 1;
             queue.live_bytes += delivery.cost;
             queue.direct_next = Some(delivery);
-            let first = !queue.direct_scheduled;
-            queue.direct_scheduled = true;
-            return Ok(if first {
-                Pushed::WriteDirect
-            } else {
-                Pushed::Queued
-            });
+            return Ok(queue.schedule_direct());
         }
         queue.settle();
         let was_empty = queue.items.is_empty();
@@ -584,14 +591,7 @@ impl Outbox {
         }
         queue.add(Queued::Message(delivery));
         if queue.direct_open {
-            // Whoever scheduled the pending direct write writes this one too.
-            let first = !queue.direct_scheduled;
-            queue.direct_scheduled = true;
-            return Ok(if first {
-                Pushed::WriteDirect
-            } else {
-                Pushed::Queued
-            });
+            return Ok(queue.schedule_direct());
         }
         drop(queue);
         if was_empty {
@@ -607,6 +607,9 @@ impl Outbox {
     pub fn write_direct(&self, buffer: &mut DirectBuffer, now: Instant) -> DirectWrite {
         let mut queue = self.lock_unsettled();
         queue.direct_scheduled = false;
+        // Never both (`direct_next` is set only into an empty queue, and any
+        // other push settles first); if they were, what is written below must
+        // be everything that is then taken off the queue.
         if !queue.items.is_empty() {
             queue.settle();
         }
