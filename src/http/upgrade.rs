@@ -423,4 +423,108 @@ mod tests {
         rewound.read_exact(&mut rest).await.unwrap();
         assert_eq!(&rest, b"\n\n\0", "then the socket's own bytes");
     }
+
+    /// Stands for the handshake runtime's task: its `Arc`'s count says
+    /// whether anything still holds a waker of it.
+    struct SetUpTask;
+
+    impl std::task::Wake for SetUpTask {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    /// The next text frame from the broker.
+    async fn next_text(client: &mut WebSocketStream<TcpStream>) -> String {
+        use futures_util::StreamExt;
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), client.next());
+        match next.await.expect("a frame in time") {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => text.to_string(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// A session set up under `SetUpHere` (its task's waker is ours here)
+    /// moves once its SUBSCRIBE is answered. From then on nothing may hold
+    /// the old task's waker: a waker keeps the task's memory (512 bytes on
+    /// the handshake runtime) allocated for as long as the connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn once_moved_a_session_holds_no_waker_of_the_task_it_was_set_up_in() {
+        use futures_util::SinkExt;
+        use std::future::Future;
+        let broker = Arc::new(Broker::new(crate::config::Config::default()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (client, (socket, peer)) = (client.unwrap(), accepted.unwrap());
+        let socket = Arc::new(socket);
+        let setup = Setup {
+            slot: broker.admit(peer.ip()).unwrap(),
+            ws_config: WebSocketConfig::default().write_buffer_size(0),
+            before_connect_limit: 4096,
+            connection_id: 1,
+        };
+        let io = Rewound::new(Bytes::new(), socket.clone());
+        let mut set_up_here = Box::pin(SetUpHere::new(
+            broker.clone(),
+            tokio::runtime::Handle::current(),
+            |relocation| setup.serve(io, Some(socket), Some(relocation)),
+        ));
+
+        let reader = tokio::spawn(async move {
+            let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+            let frame = |text: &str| tokio_tungstenite::tungstenite::Message::text(text);
+            client
+                .send(frame("CONNECT\naccept-version:1.2\nhost:h\n\n\0"))
+                .await
+                .unwrap();
+            assert!(next_text(&mut client).await.starts_with("CONNECTED"));
+            client
+                .send(frame(
+                    "SUBSCRIBE\nid:0\ndestination:/topic/t\nreceipt:r\n\n\0",
+                ))
+                .await
+                .unwrap();
+            assert!(next_text(&mut client)
+                .await
+                .starts_with("RECEIPT\nreceipt-id:r\n"));
+            client
+        });
+        let set_up_task = Arc::new(SetUpTask);
+        let waker = std::task::Waker::from(set_up_task.clone());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while set_up_here
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the session never moved"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        drop((set_up_here, waker));
+        let mut client = reader.await.unwrap();
+
+        // An idle reader: nothing is written to it after the move, and what
+        // it was set up with must let go of the old task all the same.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while Arc::strong_count(&set_up_task) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            Arc::strong_count(&set_up_task) - 1,
+            0,
+            "wakers of the set-up task still held by the moved session"
+        );
+        // And the moved session runs: it answers.
+        client
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                "UNSUBSCRIBE\nid:0\nreceipt:u\n\n\0",
+            ))
+            .await
+            .unwrap();
+        assert!(next_text(&mut client)
+            .await
+            .starts_with("RECEIPT\nreceipt-id:u\n"));
+    }
 }

@@ -11,7 +11,7 @@ use crate::session::relocation::{self, MovableSocket, Relocation};
 use crate::session::writer::{Gated, Writer};
 use crate::session::{Flow, Session};
 use bytes::BytesMut;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -232,6 +232,21 @@ pub async fn serve<S>(
                 let deadline = timer.deadline();
                 timer.set(sleep_until(deadline));
                 move_by = None;
+                // tungstenite keeps the waker of the last task that wrote
+                // through it (the set-up replies, on the handshake runtime)
+                // until the next write, which an idle reader never makes:
+                // that waker kept the old task's memory (512 B) alive.
+                // A flush hands it this task's waker instead.
+                let flushed = std::future::poll_fn(|cx| {
+                    Poll::Ready(match ws.poll_flush_unpin(cx) {
+                        Poll::Ready(result) => result,
+                        Poll::Pending => Ok(()),
+                    })
+                });
+                if let Err(error) = flushed.await {
+                    tracing::debug!(%error, "socket flush failed");
+                    break Ending::Quiet;
+                }
             }
         }
         if writer.is_idle() {
