@@ -15,12 +15,14 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::runtime::Handle;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -111,45 +113,47 @@ pub fn handle(
         before_connect_limit,
         connection_id,
     };
-    let session = |relocation: Option<Relocation>| {
-        async move {
-            let upgraded = match on_upgrade.await {
-                Ok(upgraded) => upgraded,
-                Err(error) => {
-                    tracing::debug!(%error, "upgrade failed");
-                    return;
-                }
-            };
-            match upgraded.downcast::<TokioIo<TcpStream>>() {
-                Ok(parts) => {
-                    // Shared: the fan-out may write into it directly (see `outbox`).
-                    let socket = Arc::new(parts.io.into_inner());
-                    let io = Rewound::new(parts.read_buf, socket.clone());
-                    // Boxed, both: the task's future would otherwise be laid
-                    // out for the two sessions' futures side by side (5.3 KB,
-                    // against 320 B and a box of the one that runs).
-                    Box::pin(setup.serve(io, Some(socket), relocation)).await
-                }
-                // Not a plain TCP connection: served as it is, without direct writes.
-                Err(upgraded) => {
-                    let io = TokioIo::new(upgraded);
-                    Box::pin(setup.serve(io, None, relocation)).await
-                }
+    // Served on the handshake runtime, the session is set up there and
+    // then moves to the sessions' runtime (see `relocation`).
+    let sessions = server::session_runtime();
+    let (moves_to, served) = match sessions {
+        Some(sessions) => (Some(sessions.handle), Some(sessions.served)),
+        None => (None, None),
+    };
+    let session_broker = broker.clone();
+    let session = async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(%error, "upgrade failed");
+                return;
+            }
+        };
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                // Shared: the fan-out may write into it directly (see `outbox`).
+                let socket = Arc::new(parts.io.into_inner());
+                let io = Rewound::new(parts.read_buf, socket.clone());
+                run_session(session_broker, moves_to, |relocation| {
+                    setup.serve(io, Some(socket), relocation)
+                })
+                .await
+            }
+            // Not a plain TCP connection: served as it is, without direct writes.
+            Err(upgraded) => {
+                let io = TokioIo::new(upgraded);
+                run_session(session_broker, moves_to, |relocation| {
+                    setup.serve(io, None, relocation)
+                })
+                .await
             }
         }
-        .instrument(span)
-    };
+    }
+    .instrument(span);
     // One task per connection, bounded by `max-connections` (the slot).
-    // Served on the handshake runtime (see `server`), the session is set up
-    // here and then moves to the sessions' runtime (see `relocation`).
-    match server::session_runtime() {
-        Some(sessions) => {
-            let set_up_here = SetUpHere::new(broker.clone(), sessions.handle, |relocation| {
-                session(Some(relocation))
-            });
-            broker.spawn(sessions.served.track_future(set_up_here));
-        }
-        None => broker.spawn(session(None)),
+    match served {
+        Some(served) => broker.spawn(served.track_future(session)),
+        None => broker.spawn(session),
     }
 
     let mut response = Response::builder()
@@ -163,6 +167,25 @@ pub fn handle(
     response
         .body(Full::default())
         .expect("static response parts are valid")
+}
+
+/// Runs a session, boxed: the task's future would otherwise be laid out for
+/// the two kinds of session side by side (5.3 KB, against 320 B and a box
+/// of the one that runs). With `moves_to`, the session is set up here and
+/// its box then moves to that runtime, ending the task it was set up in.
+async fn run_session<F>(
+    broker: Arc<Broker>,
+    moves_to: Option<Handle>,
+    session: impl FnOnce(Option<Relocation>) -> F,
+) where
+    F: Future<Output = ()> + Send + 'static,
+{
+    match moves_to {
+        Some(sessions) => {
+            SetUpHere::new(broker, sessions, |relocation| session(Some(relocation))).await
+        }
+        None => Box::pin(session(None)).await,
+    }
 }
 
 /// What an upgraded connection's session starts with, besides its socket.

@@ -7,8 +7,10 @@
 //! served on the handshake runtime, whose threads run at a lower CPU
 //! priority (`handshake-nice`), they wait instead. So a session starts
 //! where its handshake was served and moves to the sessions' runtime once
-//! set up (see `connection::serve` for when): the task's future is handed
-//! over whole, and its socket and timer are registered anew there.
+//! set up (see `connection::serve` for when): the session's boxed future
+//! is handed over, its socket and timer are registered anew there, and the
+//! task it was set up in ends (with everything the upgrade needed).
+//! Nothing may keep a waker of that task: a waker keeps the task's memory.
 
 use crate::broker::Broker;
 use std::future::Future;
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
+use tracing::Instrument;
 
 /// A session's socket, as its stream holds it: taken out while it moves
 /// from one runtime's I/O driver to another's.
@@ -116,7 +119,8 @@ impl Future for SetUpHere {
         if this.requested.swap(false, Ordering::Relaxed) {
             let rest = this.session.take().expect("checked above");
             let _on_sessions = this.sessions.enter();
-            this.broker.spawn(rest);
+            // The session's span goes with it (it is polled inside it here).
+            this.broker.spawn(rest.instrument(tracing::Span::current()));
             return Poll::Ready(());
         }
         Poll::Pending
