@@ -455,9 +455,11 @@ mod tests {
         fn wake(self: Arc<Self>) {}
     }
 
-    /// The next text frame from the broker.
-    async fn next_text(client: &mut WebSocketStream<TcpStream>) -> String {
-        use futures_util::StreamExt;
+    /// Sends one STOMP frame as a text message; the broker's next text frame.
+    async fn exchange(client: &mut WebSocketStream<TcpStream>, frame: &str) -> String {
+        use futures_util::{SinkExt, StreamExt};
+        let message = tokio_tungstenite::tungstenite::Message::text(frame);
+        client.send(message).await.unwrap();
         let next = tokio::time::timeout(std::time::Duration::from_secs(5), client.next());
         match next.await.expect("a frame in time") {
             Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => text.to_string(),
@@ -471,7 +473,6 @@ mod tests {
     /// the handshake runtime) allocated for as long as the connection.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn once_moved_a_session_holds_no_waker_of_the_task_it_was_set_up_in() {
-        use futures_util::SinkExt;
         use std::future::Future;
         let broker = Arc::new(Broker::new(crate::config::Config::default()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -494,21 +495,11 @@ mod tests {
 
         let reader = tokio::spawn(async move {
             let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
-            let frame = |text: &str| tokio_tungstenite::tungstenite::Message::text(text);
-            client
-                .send(frame("CONNECT\naccept-version:1.2\nhost:h\n\n\0"))
-                .await
-                .unwrap();
-            assert!(next_text(&mut client).await.starts_with("CONNECTED"));
-            client
-                .send(frame(
-                    "SUBSCRIBE\nid:0\ndestination:/topic/t\nreceipt:r\n\n\0",
-                ))
-                .await
-                .unwrap();
-            assert!(next_text(&mut client)
-                .await
-                .starts_with("RECEIPT\nreceipt-id:r\n"));
+            let connected = exchange(&mut client, "CONNECT\naccept-version:1.2\nhost:h\n\n\0");
+            assert!(connected.await.starts_with("CONNECTED"));
+            let subscribe = "SUBSCRIBE\nid:0\ndestination:/topic/t\nreceipt:r\n\n\0";
+            let receipt = exchange(&mut client, subscribe).await;
+            assert!(receipt.starts_with("RECEIPT\nreceipt-id:r\n"));
             client
         });
         let set_up_task = Arc::new(SetUpTask);
@@ -540,14 +531,7 @@ mod tests {
             "wakers of the set-up task still held by the moved session"
         );
         // And the moved session runs: it answers.
-        client
-            .send(tokio_tungstenite::tungstenite::Message::text(
-                "UNSUBSCRIBE\nid:0\nreceipt:u\n\n\0",
-            ))
-            .await
-            .unwrap();
-        assert!(next_text(&mut client)
-            .await
-            .starts_with("RECEIPT\nreceipt-id:u\n"));
+        let receipt = exchange(&mut client, "UNSUBSCRIBE\nid:0\nreceipt:u\n\n\0").await;
+        assert!(receipt.starts_with("RECEIPT\nreceipt-id:u\n"));
     }
 }
